@@ -1,0 +1,1 @@
+"""What all three systems share: run directories, atomic files, seeding, devices, errors."""

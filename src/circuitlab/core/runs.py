@@ -1,0 +1,92 @@
+"""A run directory: everything one job produced, laid out the same way for every system.
+
+    config.json     the exact configuration (a rerun with another config is refused)
+    metrics.jsonl   one line per logged step, appended as the job goes
+    results.json    the final numbers, written atomically
+    done/           one empty marker per finished unit of work, so a rerun skips it
+    checkpoints/    model and optimizer state
+    report.md       what a human reads
+
+Reopening a directory with the same config resumes it: finished units stay finished.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from circuitlab.core.errors import CircuitlabError
+from circuitlab.core.io import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    read_jsonl,
+)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @classmethod
+    def open(cls, path: str | Path, config: Mapping[str, Any]) -> RunDir:
+        """Create the run directory, or reopen it if it holds a run of the same config."""
+        run = cls(Path(path))
+        stored_path = run.path / "config.json"
+        wanted = json.loads(json.dumps(dict(config)))  # as it reads back: tuples become lists
+        if stored_path.exists():
+            stored = read_json(stored_path)
+            if stored != wanted:
+                keys = stored.keys() | wanted.keys()
+                changed = sorted(k for k in keys if stored.get(k) != wanted.get(k))
+                raise CircuitlabError(
+                    f"{run.path} already holds a run with a different config "
+                    f"(differs in: {', '.join(changed)}); choose another directory or delete it"
+                )
+        else:
+            try:
+                run.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise CircuitlabError(
+                    f"cannot create run directory {run.path}: {e.strerror}"
+                ) from None
+            atomic_write_json(stored_path, wanted)
+        return run
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return read_json(self.path / "config.json")
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def log_metrics(self, **record: Any) -> None:
+        append_jsonl(self.path / "metrics.jsonl", [record])
+
+    def metrics(self) -> list[dict[str, Any]]:
+        path = self.path / "metrics.jsonl"
+        return read_jsonl(path) if path.exists() else []
+
+    def write_results(self, results: Mapping[str, Any]) -> None:
+        atomic_write_json(self.path / "results.json", dict(results))
+
+    def results(self) -> dict[str, Any]:
+        return read_json(self.path / "results.json")
+
+    def write_report(self, markdown: str) -> Path:
+        path = self.path / "report.md"
+        atomic_write_text(path, markdown)
+        return path
+
+    def is_done(self, unit: str) -> bool:
+        return (self.path / "done" / unit).exists()
+
+    def mark_done(self, unit: str) -> None:
+        marker = self.path / "done" / unit
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()

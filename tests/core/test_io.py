@@ -1,0 +1,44 @@
+import os
+
+import pytest
+
+from circuitlab.core.errors import CircuitlabError
+from circuitlab.core.io import (
+    append_jsonl,
+    atomic_open,
+    atomic_write_json,
+    read_json,
+    read_jsonl,
+)
+
+
+def test_atomic_write_leaves_nothing_when_the_block_fails(tmp_path):
+    target = tmp_path / "out.json"
+    atomic_write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError), atomic_open(target) as handle:
+        handle.write(b"half")
+        raise RuntimeError("killed")
+    assert read_json(target) == {"a": 1}  # the old file is untouched
+    assert os.listdir(tmp_path) == ["out.json"]  # and no temporary file is left
+
+
+def test_unwritable_location_is_a_user_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CircuitlabError, match="cannot write"):
+        atomic_write_json(blocker / "sub" / "out.json", {})
+
+
+def test_jsonl_reader_skips_a_truncated_last_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    append_jsonl(path, [{"step": 1}, {"step": 2}])
+    with path.open("a") as handle:
+        handle.write('{"step": 3, "lo')
+    assert read_jsonl(path) == [{"step": 1}, {"step": 2}]
+
+
+def test_jsonl_reader_rejects_corruption_in_the_middle(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
+    with pytest.raises(CircuitlabError, match=":2"):
+        read_jsonl(path)

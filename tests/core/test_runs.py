@@ -1,0 +1,27 @@
+import pytest
+
+from circuitlab.core.errors import CircuitlabError
+from circuitlab.core.runs import RunDir
+
+
+def test_reopening_with_the_same_config_resumes(tmp_path):
+    run = RunDir.open(tmp_path / "r", {"lr": 0.1, "sizes": (1, 2)})
+    run.log_metrics(step=1, loss=2.0)
+    run.mark_done("unit-a")
+    again = RunDir.open(tmp_path / "r", {"lr": 0.1, "sizes": (1, 2)})
+    assert again.is_done("unit-a") and not again.is_done("unit-b")
+    assert again.metrics() == [{"step": 1, "loss": 2.0}]
+    assert again.config == {"lr": 0.1, "sizes": [1, 2]}
+
+
+def test_reopening_with_another_config_is_refused(tmp_path):
+    RunDir.open(tmp_path / "r", {"lr": 0.1})
+    with pytest.raises(CircuitlabError, match="differs in: lr"):
+        RunDir.open(tmp_path / "r", {"lr": 0.2})
+
+
+def test_results_and_report_round_trip(tmp_path):
+    run = RunDir.open(tmp_path / "r", {})
+    run.write_results({"acc": 0.5})
+    assert run.results() == {"acc": 0.5}
+    assert run.write_report("# hi\n").read_text() == "# hi\n"

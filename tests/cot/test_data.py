@@ -1,0 +1,70 @@
+import json
+
+import pytest
+
+from circuitlab.core.errors import CircuitlabError
+from circuitlab.cot.data import DataConfig, generate_splits, split_paths, write_dataset
+from circuitlab.cot.tasks import TASKS, get_task
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_splits_are_disjoint_by_question_and_verify(task, tmp_path):
+    size = {"arithmetic": 3, "equation": 2, "lis": 8, "ed": 5}[task]
+    config = DataConfig(task=task, size=size, num=300, test_num=100, seed=1)
+    stats = write_dataset(config, tmp_path / "d.jsonl")
+    paths = split_paths(tmp_path / "d.jsonl")
+    train = [json.loads(line) for line in paths["train"].read_text().splitlines()]
+    test = [json.loads(line) for line in paths["test"].read_text().splitlines()]
+    assert len(train) == 300 and len(test) == 100
+    questions = [r["question"] for r in train + test]
+    assert len(set(questions)) == 400
+    t = get_task(task)
+    for r in train[:50] + test[:50]:
+        assert t.verify(r["question"], r["chain"], r["answer"], 11).valid
+        assert r["text"] == t.format.join(r["question"], r["chain"], r["answer"])
+    assert {r["split"] for r in test} == {"test"}
+    assert stats["num_train"] == 300 and stats["max_tokens"] == max(
+        len(r["text"].split()) for r in train + test
+    )
+    assert sum(stats["answer_distribution"].values()) <= 300
+    assert json.loads(paths["stats"].read_text()) == stats
+
+
+def test_same_seed_same_files(tmp_path):
+    for name in ("a", "b"):
+        write_dataset(DataConfig(task="arithmetic", size=4, num=500, seed=5), tmp_path / name)
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    assert (tmp_path / "a.test.jsonl").read_bytes() == (tmp_path / "b.test.jsonl").read_bytes()
+
+
+def test_direct_and_cot_files_hold_the_same_problems(tmp_path):
+    for fmt in ("direct", "cot"):
+        write_dataset(DataConfig(task="lis", size=10, format=fmt, num=50, seed=2),
+                      tmp_path / f"{fmt}.jsonl")
+    direct = [json.loads(x) for x in (tmp_path / "direct.jsonl").read_text().splitlines()]
+    cot = [json.loads(x) for x in (tmp_path / "cot.jsonl").read_text().splitlines()]
+    for d, c in zip(direct, cot, strict=True):
+        assert (d["question"], d["answer"]) == (c["question"], c["answer"])
+        assert d["chain"] == [] and len(c["chain"]) == 10
+        assert d["text"] == f"{d['question']} <sep> {d['answer']}"
+
+
+def test_asking_for_more_distinct_questions_than_exist_is_an_error():
+    # one operator over Z_5: 5 * 5 * 4 operand/operator choices at most
+    with pytest.raises(CircuitlabError, match="distinct"):
+        generate_splits(DataConfig(task="arithmetic", size=1, num=500, p=5))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"task": "sorting", "size": 3}, "unknown task"),
+        ({"task": "lis", "size": 0}, "out of range"),
+        ({"task": "arithmetic", "size": 4, "p": 12}, "not prime"),
+        ({"task": "arithmetic", "size": 4, "num": 0}, "at least one"),
+        ({"task": "arithmetic", "size": 4, "format": "both"}, "direct or cot"),
+    ],
+)
+def test_bad_configs_are_user_errors(kwargs, message):
+    with pytest.raises(CircuitlabError, match=message):
+        DataConfig(**kwargs)
