@@ -24,8 +24,22 @@ def test_help_lists_the_three_systems_and_says_what_is_missing():
 
 def test_cot_data_writes_files_and_is_deterministic(tmp_path):
     for name in ("a", "b"):
-        result = run("cot", "data", "--task", "arithmetic", "--size", "4", "--format", "cot",
-                     "--num", "200", "--seed", "3", "--out", str(tmp_path / f"{name}.jsonl"))
+        result = run(
+            "cot",
+            "data",
+            "--task",
+            "arithmetic",
+            "--size",
+            "4",
+            "--format",
+            "cot",
+            "--num",
+            "200",
+            "--seed",
+            "3",
+            "--out",
+            str(tmp_path / f"{name}.jsonl"),
+        )
         assert result.returncode == 0, result.stderr
     first = (tmp_path / "a.jsonl").read_text().splitlines()
     assert first == (tmp_path / "b.jsonl").read_text().splitlines()
@@ -56,8 +70,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
 def test_unwritable_output_is_exit_2_and_leaves_nothing(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = run("cot", "data", "--task", "lis", "--size", "10", "--num", "10",
-                 "--out", str(blocker / "d.jsonl"))
+    result = run(
+        "cot",
+        "data",
+        "--task",
+        "lis",
+        "--size",
+        "10",
+        "--num",
+        "10",
+        "--out",
+        str(blocker / "d.jsonl"),
+    )
     assert result.returncode == 2 and "cannot write" in result.stderr
     assert "Traceback" not in result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
@@ -68,8 +92,9 @@ def test_demo_writes_a_report_and_resumes(tmp_path):
     assert result.returncode == 0, result.stderr
     report = (tmp_path / "demo" / "report.md").read_text()
     assert report.count("| cot |") + report.count("| direct |") == 8
+    assert (tmp_path / "demo" / "cot-data" / "lis-50.direct.jsonl").exists()
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert {r["task"] for r in results["cot_data"]} == {"arithmetic", "equation", "lis", "ed"}
-    stamp = (tmp_path / "demo" / "cot-data" / "lis-50-cot.jsonl").stat().st_mtime_ns
+    stamp = (tmp_path / "demo" / "cot-data" / "lis-50.cot.jsonl").stat().st_mtime_ns
     assert run("demo", "--out", str(tmp_path / "demo"), "--num", "100").returncode == 0
-    assert (tmp_path / "demo" / "cot-data" / "lis-50-cot.jsonl").stat().st_mtime_ns == stamp
+    assert (tmp_path / "demo" / "cot-data" / "lis-50.cot.jsonl").stat().st_mtime_ns == stamp

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.cot.data import DataConfig, generate_splits, split_paths, write_dataset
+from circuitlab.cot.data import DataConfig, generate_splits, output_paths, write_dataset
 from circuitlab.cot.tasks import TASKS, get_task
 
 
@@ -11,8 +11,8 @@ from circuitlab.cot.tasks import TASKS, get_task
 def test_splits_are_disjoint_by_question_and_verify(task, tmp_path):
     size = {"arithmetic": 3, "equation": 2, "lis": 8, "ed": 5}[task]
     config = DataConfig(task=task, size=size, num=300, test_num=100, seed=1)
-    stats = write_dataset(config, tmp_path / "d.jsonl")
-    paths = split_paths(tmp_path / "d.jsonl")
+    stats = write_dataset(config, tmp_path / "d.jsonl")["cot"]
+    paths = output_paths(tmp_path / "d.jsonl", "cot")["cot"]
     train = [json.loads(line) for line in paths["train"].read_text().splitlines()]
     test = [json.loads(line) for line in paths["test"].read_text().splitlines()]
     assert len(train) == 300 and len(test) == 100
@@ -37,16 +37,27 @@ def test_same_seed_same_files(tmp_path):
     assert (tmp_path / "a.test.jsonl").read_bytes() == (tmp_path / "b.test.jsonl").read_bytes()
 
 
-def test_direct_and_cot_files_hold_the_same_problems(tmp_path):
-    for fmt in ("direct", "cot"):
-        write_dataset(DataConfig(task="lis", size=10, format=fmt, num=50, seed=2),
-                      tmp_path / f"{fmt}.jsonl")
-    direct = [json.loads(x) for x in (tmp_path / "direct.jsonl").read_text().splitlines()]
-    cot = [json.loads(x) for x in (tmp_path / "cot.jsonl").read_text().splitlines()]
+def test_both_formats_hold_the_same_problems(tmp_path):
+    stats = write_dataset(
+        DataConfig(task="lis", size=10, format="both", num=50, seed=2), tmp_path / "d.jsonl"
+    )
+    paths = output_paths(tmp_path / "d.jsonl", "both")
+    assert paths["cot"]["train"].name == "d.cot.jsonl"
+    direct, cot = (
+        [json.loads(x) for x in paths[f]["train"].read_text().splitlines()]
+        for f in ("direct", "cot")
+    )
     for d, c in zip(direct, cot, strict=True):
         assert (d["question"], d["answer"]) == (c["question"], c["answer"])
         assert d["chain"] == [] and len(c["chain"]) == 10
         assert d["text"] == f"{d['question']} <sep> {d['answer']}"
+    assert stats["direct"]["max_tokens"] == 12  # 10 numbers, <sep>, answer
+    assert stats["cot"]["max_tokens"] == 23  # and 10 dp values and a second <sep>
+    # the same draw as a single-format run with the same seed
+    write_dataset(
+        DataConfig(task="lis", size=10, format="cot", num=50, seed=2), tmp_path / "single.jsonl"
+    )
+    assert (tmp_path / "single.jsonl").read_bytes() == paths["cot"]["train"].read_bytes()
 
 
 def test_asking_for_more_distinct_questions_than_exist_is_an_error():
@@ -62,7 +73,7 @@ def test_asking_for_more_distinct_questions_than_exist_is_an_error():
         ({"task": "lis", "size": 0}, "out of range"),
         ({"task": "arithmetic", "size": 4, "p": 12}, "not prime"),
         ({"task": "arithmetic", "size": 4, "num": 0}, "at least one"),
-        ({"task": "arithmetic", "size": 4, "format": "both"}, "direct or cot"),
+        ({"task": "arithmetic", "size": 4, "format": "all"}, "direct, cot or both"),
     ],
 )
 def test_bad_configs_are_user_errors(kwargs, message):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,15 +33,17 @@ from circuitlab.cot.tasks.common import (
 from circuitlab.cot.tasks.modp import check_modulus
 
 FORMATS = ("direct", "cot")
-CHUNK = 50_000
+BOTH = "both"  # one draw written in both formats: the same problems, direct and CoT
+CHUNK = 131_072  # examples drawn per batch: big enough to amortise numpy overheads
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """One dataset: `num` training and `test_num` test examples of one task and size.
 
-    p is the modulus of arithmetic and equations (ignored by LIS and ED). test_num
-    defaults to num // 10, the official 10:1 ratio.
+    format is direct, cot, or both (the same draw written in both formats). p is the
+    modulus of arithmetic and equations (ignored by LIS and ED). test_num defaults to
+    num // 10, the official 10:1 ratio.
     """
 
     task: str
@@ -54,7 +57,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         task = get_task(self.task)
         task.check_size(self.size)
-        require(self.format in FORMATS, f"--format {self.format!r}: use direct or cot")
+        require(
+            self.format in (*FORMATS, BOTH), f"--format {self.format!r}: use direct, cot or both"
+        )
         require(self.num >= 1, f"--num {self.num}: ask for at least one example")
         require(self.tests >= 0, f"--test-num {self.test_num}: must be >= 0")
         if task.uses_modulus:
@@ -63,6 +68,10 @@ class DataConfig:
     @property
     def tests(self) -> int:
         return self.num // 10 if self.test_num is None else self.test_num
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return FORMATS if self.format == BOTH else (self.format,)
 
 
 class Drawn(NamedTuple):
@@ -85,16 +94,15 @@ def iter_batches(config: DataConfig) -> Iterator[Drawn]:
     while have < wanted:
         count = min(CHUNK, max(64, int((wanted - have) * 1.05)))
         batch = task.generate(rng, config.size, count, config.p)
-        fresh = []
-        for row, key in enumerate(batch.question_keys()):
-            if key in seen:
-                duplicates += 1
-                continue
-            seen.add(key)
-            fresh.append(row)
-            if have + len(fresh) == wanted:
-                break
-        if not fresh:
+        keys = batch.question_keys()
+        _, fresh = np.unique(keys, return_index=True)  # first draw of each question
+        fresh.sort()
+        if seen:
+            unseen = [key not in seen for key in keys[fresh].tolist()]
+            fresh = fresh[np.array(unseen, dtype=bool)]
+        fresh = fresh[: wanted - have]
+        if not len(fresh):
+            duplicates += len(batch)
             stalled += 1
             if stalled >= 3:
                 raise CircuitlabError(
@@ -103,8 +111,10 @@ def iter_batches(config: DataConfig) -> Iterator[Drawn]:
                 )
             continue
         stalled = 0
+        duplicates += int(fresh[-1]) + 1 - len(fresh)  # dropped draws up to the last one kept
+        seen.update(keys[fresh].tolist())
         if len(fresh) < len(batch):
-            batch = batch.select(np.array(fresh, dtype=np.intp))
+            batch = batch.select(fresh)
         to_train = max(0, min(len(batch), config.num - have))
         if to_train:
             yield Drawn("train", batch.select(slice(0, to_train)), duplicates)
@@ -132,94 +142,128 @@ def generate_splits(config: DataConfig) -> Splits:
     return Splits(train, test, duplicates)
 
 
-def split_paths(out: str | Path) -> dict[str, Path]:
-    """Where a dataset written to `out` puts its train, test and statistics files."""
+def output_paths(out: str | Path, fmt: str) -> dict[str, dict[str, Path]]:
+    """Train, test and statistics files of each format, for output path `out` and --format.
+
+    One format: OUT, OUT.test.jsonl, OUT.stats.json (with a .jsonl suffix dropped first).
+    Both: OUT.direct.jsonl, OUT.direct.test.jsonl, OUT.direct.stats.json, and so for cot.
+    """
     out = Path(out)
     stem = out.with_suffix("") if out.suffix == ".jsonl" else out
+
+    def named(suffix: str) -> Path:
+        return stem.with_name(stem.name + suffix)
+
+    if fmt != BOTH:
+        return {
+            fmt: {
+                "train": named(".jsonl"),
+                "test": named(".test.jsonl"),
+                "stats": named(".stats.json"),
+            }
+        }
     return {
-        "train": out if out.suffix == ".jsonl" else out.with_suffix(".jsonl"),
-        "test": stem.with_name(stem.name + ".test.jsonl"),
-        "stats": stem.with_name(stem.name + ".stats.json"),
+        f: {
+            "train": named(f".{f}.jsonl"),
+            "test": named(f".{f}.test.jsonl"),
+            "stats": named(f".{f}.stats.json"),
+        }
+        for f in FORMATS
     }
 
 
 @dataclass
 class _Tally:
-    """Statistics gathered batch by batch while the files are written."""
+    """Statistics of one format, gathered batch by batch while the files are written."""
 
     count: int = 0
     tokens: int = 0
     max_tokens: int = 0
     max_steps: int = 0
-    answers: Counter = field(default_factory=Counter)
-    answer_text: dict[bytes, np.ndarray] = field(default_factory=dict)
 
-    def add(self, task: Task, batch: TokenBatch, fmt: str, split: str) -> None:
+    def add(self, task: Task, batch: TokenBatch, fmt: str) -> None:
         lengths = token_lengths(task, batch, fmt)
         self.count += len(batch)
         self.tokens += int(lengths.sum())
         self.max_tokens = max(self.max_tokens, int(lengths.max(initial=0)))
         if fmt == "cot":
             self.max_steps = max(self.max_steps, int(batch.step_counts().max(initial=0)))
-        if split == "train":
-            answers = compact(batch.answer)
-            keys, first, counts = np.unique(row_keys(answers), return_index=True,
-                                            return_counts=True)
-            for key, row, n in zip(keys.tolist(), first, counts, strict=True):
-                self.answers[key] += int(n)
-                self.answer_text.setdefault(key, answers[row])
+
+
+@dataclass
+class _AnswerCounts:
+    """How often each answer occurs in the training split (the same in every format)."""
+
+    counts: Counter = field(default_factory=Counter)
+    ids: dict[bytes, np.ndarray] = field(default_factory=dict)
+
+    def add(self, batch: TokenBatch) -> None:
+        answers = compact(batch.answer)
+        keys, first, counts = np.unique(row_keys(answers), return_index=True, return_counts=True)
+        for key, row, n in zip(keys.tolist(), first, counts, strict=True):
+            self.counts[key] += int(n)
+            self.ids.setdefault(key, answers[row])
 
 
 def write_dataset(
     config: DataConfig, out: str | Path, progress: Callable[[int], None] | None = None
-) -> dict[str, Any]:
-    """Generate and write the train file, the test file and the statistics; return the stats.
+) -> dict[str, dict[str, Any]]:
+    """Generate and write train, test and statistics files; return the stats by format.
 
     Batches are rendered and written as they are drawn. Each file is written atomically,
     so an interrupted or failed run leaves nothing half-written behind.
     """
-    paths = split_paths(out)
-    _check_writable(paths["train"].parent)
+    paths = output_paths(out, config.format)
+    _check_writable(next(iter(paths.values()))["train"].parent)
     task = get_task(config.task)
     vocab = task.vocab(config.size, config.p)
     start = time.perf_counter()
-    tally = _Tally()
+    tallies = {fmt: _Tally() for fmt in config.formats}
+    answers = _AnswerCounts()
     counts = {"train": 0, "test": 0}
     duplicates = 0
-    with atomic_open(paths["train"]) as train, atomic_open(paths["test"]) as test:
-        handles = {"train": train, "test": test}
+    with ExitStack() as stack:
+        handles = {
+            (fmt, split): stack.enter_context(atomic_open(paths[fmt][split]))
+            for fmt in config.formats
+            for split in ("train", "test")
+        }
         for split, batch, duplicates_so_far in iter_batches(config):
-            handles[split].write(
-                render_jsonl(task, batch, vocab, config.size, config.format, split)
-            )
-            tally.add(task, batch, config.format, split)
+            lines = render_jsonl(task, batch, vocab, config.size, config.formats, split)
+            for fmt in config.formats:
+                handles[fmt, split].write(lines[fmt])
+                tallies[fmt].add(task, batch, fmt)
+            if split == "train":
+                answers.add(batch)
             counts[split] += len(batch)
             duplicates = duplicates_so_far
             if progress:
                 progress(len(batch))
     seconds = time.perf_counter() - start
-    common = tally.answers.most_common(20)
-    stats = {
-        "task": config.task,
-        "size": config.size,
-        "format": config.format,
-        "seed": config.seed,
-        "p": config.p if task.uses_modulus else None,
-        "num_train": counts["train"],
-        "num_test": counts["test"],
-        "duplicates_dropped": duplicates,
-        "vocab_size": len(vocab),
-        "max_tokens": tally.max_tokens,
-        "max_tokens_with_eos": tally.max_tokens + 1,
-        "mean_tokens": round(tally.tokens / tally.count, 2),
-        "max_chain_steps": tally.max_steps,
-        "distinct_answers": len(tally.answers),
-        "answer_distribution": {vocab.decode(tally.answer_text[k]): n for k, n in common},
-        "seconds": round(seconds, 3),
-        "examples_per_second": round(tally.count / max(seconds, 1e-9)),
-    }
-    atomic_write_json(paths["stats"], stats)
-    return stats
+    common = answers.counts.most_common(20)
+    all_stats = {}
+    for fmt, tally in tallies.items():
+        all_stats[fmt] = stats = {
+            "task": config.task,
+            "size": config.size,
+            "format": fmt,
+            "seed": config.seed,
+            "p": config.p if task.uses_modulus else None,
+            "num_train": counts["train"],
+            "num_test": counts["test"],
+            "duplicates_dropped": duplicates,
+            "vocab_size": len(vocab),
+            "max_tokens": tally.max_tokens,
+            "max_tokens_with_eos": tally.max_tokens + 1,
+            "mean_tokens": round(tally.tokens / tally.count, 2),
+            "max_chain_steps": tally.max_steps,
+            "distinct_answers": len(answers.counts),
+            "answer_distribution": {vocab.decode(answers.ids[k]): n for k, n in common},
+            "seconds": round(seconds, 3),
+            "examples_per_second": round(tally.count / max(seconds, 1e-9)),
+        }
+        atomic_write_json(paths[fmt]["stats"], stats)
+    return all_stats
 
 
 def _check_writable(folder: Path) -> None:

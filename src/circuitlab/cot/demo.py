@@ -7,7 +7,7 @@ from pathlib import Path
 from circuitlab.core.io import read_json
 from circuitlab.core.progress import progress_bar
 from circuitlab.core.runs import RunDir
-from circuitlab.cot.data import FORMATS, DataConfig, split_paths, write_dataset
+from circuitlab.cot.data import BOTH, DataConfig, output_paths, write_dataset
 from circuitlab.cot.tasks import TASKS
 
 
@@ -20,15 +20,14 @@ def run_data_demo(out: str | Path, num: int, seed: int) -> Path:
     rows = []
     for name, task in TASKS.items():
         size = task.paper_sizes[0]
-        for fmt in FORMATS:
-            config = DataConfig(task=name, size=size, format=fmt, num=num, seed=seed)
-            target = run.path / "cot-data" / f"{name}-{size}-{fmt}.jsonl"
-            unit = target.stem
-            if not run.is_done(unit):
-                with progress_bar(f"{name} n={size} {fmt}", config.num + config.tests) as bar:
-                    write_dataset(config, target, lambda n: bar.advance(bar.task_ids[0], n))
-                run.mark_done(unit)
-            rows.append(read_json(split_paths(target)["stats"]))
+        config = DataConfig(task=name, size=size, format=BOTH, num=num, seed=seed)
+        target = run.path / "cot-data" / f"{name}-{size}.jsonl"
+        unit = target.stem
+        if not run.is_done(unit):
+            with progress_bar(f"{name} n={size}", config.num + config.tests) as bar:
+                write_dataset(config, target, lambda n: bar.advance(bar.task_ids[0], n))
+            run.mark_done(unit)
+        rows += [read_json(files["stats"]) for files in output_paths(target, BOTH).values()]
     run.write_results({"cot_data": rows})
     return run.write_report(_report(rows, num, seed))
 
@@ -40,8 +39,9 @@ def _report(rows: list[dict], num: int, seed: int) -> str:
         "## cot: datasets (Feng et al. 2023)",
         "",
         f"Made by `circuitlab demo --num {num} --seed {seed}` (the `make demo` target). Each "
-        "row is one dataset under `cot-data/`; lengths count tokens of the full sequence "
-        "without end-of-sequence. Official direct max lengths for comparison: arithmetic n=4 "
+        "row is one dataset under `cot-data/` (direct and CoT files hold the same problems); "
+        "lengths count tokens of the full sequence without end-of-sequence. Official direct "
+        "max lengths for comparison: arithmetic n=4 "
         "19, equation n=3 46, LIS n=50 54, ED n=12 31 (the official counts include special "
         "tokens).",
         "",

@@ -56,8 +56,9 @@ def test_a_changed_number_is_caught():
 
 def test_reference_chains_are_valid():
     assert solve("5 / ( ( 2 + 5 ) / 10 )", 11) == "4"
-    assert verify("6 / ( 10 * 3 / 5 + 3 )", ["6 / ( 10 * 5 + 3 )", "6 / ( 6 + 3 )", "6 / 9"],
-                  "8", 11).valid
+    assert verify(
+        "6 / ( 10 * 3 / 5 + 3 )", ["6 / ( 10 * 5 + 3 )", "6 / ( 6 + 3 )", "6 / 9"], "8", 11
+    ).valid
 
 
 def test_evaluation_order_respects_precedence_and_associativity():
@@ -98,7 +99,7 @@ def test_jsonl_matches_the_python_view():
     batch, exs = examples(4, 3, 100)
     vocab = TASK.vocab(4, 11)
     for fmt in ("direct", "cot"):
-        lines = render_jsonl(TASK, batch, vocab, 4, fmt, "train").decode().splitlines()
+        lines = render_jsonl(TASK, batch, vocab, 4, [fmt], "train")[fmt].decode().splitlines()
         assert len(lines) == len(exs)
         for line, e in zip(lines, exs, strict=True):
             record = json.loads(line)

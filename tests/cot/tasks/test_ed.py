@@ -173,7 +173,7 @@ def test_same_seed_same_batch() -> None:
 def test_render_jsonl_matches_examples(fmt: str) -> None:
     size = 5
     batch = TASK.generate(np.random.default_rng(2), size, 50, 0)
-    lines = render_jsonl(TASK, batch, TASK.vocab(size, 0), size, fmt, "test").splitlines()
+    lines = render_jsonl(TASK, batch, TASK.vocab(size, 0), size, [fmt], "test")[fmt].splitlines()
     rows = [json.loads(line) for line in lines]
     assert len(rows) == 50
     lengths = token_lengths(TASK, batch, fmt)

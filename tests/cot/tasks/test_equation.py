@@ -145,7 +145,7 @@ def test_jsonl_matches_examples_and_direct_agrees_with_cot(size: int) -> None:
     exs = TASK.to_examples(batch, size, P)
     records = {}
     for fmt in ("direct", "cot"):
-        raw = render_jsonl(TASK, batch, vocab(size, P), size, fmt, "train")
+        raw = render_jsonl(TASK, batch, vocab(size, P), size, [fmt], "train")[fmt]
         records[fmt] = [json.loads(line) for line in raw.decode().splitlines()]
         assert len(records[fmt]) == len(exs)
         for rec, ex in zip(records[fmt], exs, strict=True):

@@ -147,7 +147,7 @@ def test_same_seed_same_batch() -> None:
 def test_render_jsonl_matches_examples(fmt: str) -> None:
     size = 7
     batch = TASK.generate(np.random.default_rng(2), size, 50, 0)
-    lines = render_jsonl(TASK, batch, TASK.vocab(size, 0), size, fmt, "train").splitlines()
+    lines = render_jsonl(TASK, batch, TASK.vocab(size, 0), size, [fmt], "train")[fmt].splitlines()
     rows = [json.loads(line) for line in lines]
     assert len(rows) == 50
     for row, ex, n in zip(

@@ -13,9 +13,7 @@ def get_task(name: str) -> Task:
     try:
         return TASKS[name]
     except KeyError:
-        raise CircuitlabError(
-            f"unknown task {name!r}: choose one of {', '.join(TASKS)}"
-        ) from None
+        raise CircuitlabError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}") from None
 
 
 __all__ = ["TASKS", "Example", "Task", "TokenBatch", "Verdict", "Vocab", "get_task"]

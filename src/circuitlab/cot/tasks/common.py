@@ -193,9 +193,9 @@ class TokenBatch:
             _concat_padded([b.answer for b in batches]),
         )
 
-    def question_keys(self) -> list[bytes]:
-        """One hashable key per example that identifies its question (for deduplication)."""
-        return row_keys(compact(self.question)).tolist()
+    def question_keys(self) -> np.ndarray:
+        """One opaque value per example that identifies its question (for deduplication)."""
+        return row_keys(compact(self.question))
 
     def step_counts(self) -> np.ndarray:
         return (self.steps != PAD_ID).any(axis=2).sum(axis=1)
@@ -305,52 +305,70 @@ def _const(text: str, rows: int, present: np.ndarray | None = None) -> np.ndarra
 
 
 def render_jsonl(
-    task: Task, batch: TokenBatch, vocab: Vocab, size: int, fmt: str, split: str
-) -> bytes:
-    """JSON lines for every example in `batch`, built without a per-example Python loop.
+    task: Task,
+    batch: TokenBatch,
+    vocab: Vocab,
+    size: int,
+    formats: Sequence[str],
+    split: str,
+) -> dict[str, bytes]:
+    """JSON lines of every example in `batch`, in each of `formats`, without a per-example
+    Python loop.
 
     Fields: task, size, format, split, question, chain (list of step strings, empty for
-    direct), answer, text (the official sequence in the chosen format). Rows are rendered
-    a few thousand at a time so the byte buffers stay in cache.
+    direct), answer, text (the official sequence in that format). The token fields are
+    turned into bytes once and shared by the formats; rows are rendered a few thousand at
+    a time so the byte buffers stay in cache.
     """
     table = _byte_table(vocab)
-    chunks = []
+    chunks: dict[str, list[bytes]] = {fmt: [] for fmt in formats}
     for lo in range(0, len(batch), RENDER_ROWS):
-        part = batch.select(slice(lo, lo + RENDER_ROWS))
-        chunks.append(_render_rows(task, part, table, size, fmt, split))
-    return b"".join(chunks)
+        fields = _Fields.of(batch.select(slice(lo, lo + RENDER_ROWS)), table, formats)
+        for fmt in formats:
+            chunks[fmt].append(fields.lines(task, size, fmt, split))
+    return {fmt: b"".join(parts) for fmt, parts in chunks.items()}
 
 
 RENDER_ROWS = 4096
 
 
-def _render_rows(
-    task: Task, batch: TokenBatch, table: np.ndarray, size: int, fmt: str, split: str
-) -> bytes:
-    rows = len(batch)
-    question = _field(table, batch.question)
-    answer = _field(table, batch.answer)
-    use_steps = fmt == "cot" and batch.steps.shape[1] > 0
-    present = (batch.steps != PAD_ID).any(axis=2) if use_steps else np.zeros((rows, 0), bool)
-    steps = [_field(table, batch.steps[:, i]) for i in range(present.shape[1])]
-    fmt_ = task.format
+@dataclass
+class _Fields:
+    """The byte form of each token field of a few thousand rows (see `_field`)."""
 
-    head = f'{{"task": "{task.name}", "size": {size}, "format": "{fmt}", "split": "{split}", '
-    parts = [_const(head + '"question": "', rows), question, _const('", "chain": [', rows)]
-    for i, step in enumerate(steps):
-        parts += [_const('"' if i == 0 else ', "', rows, present[:, i]), step]
-        parts.append(_const('"', rows, present[:, i]))
-    parts += [_const('], "answer": "', rows), answer, _const('", "text": "', rows), question]
-    parts.append(_const(f" {fmt_.head}", rows))
-    for i, step in enumerate(steps):
-        parts += [_const(" ", rows, present[:, i]), step]
-        if fmt_.after:
-            parts.append(_const(f" {fmt_.after}", rows, present[:, i]))
-    if steps and fmt_.tail:
-        parts.append(_const(f" {fmt_.tail}", rows, present.any(axis=1)))
-    parts += [_const(" ", rows), answer, _const('"}\n', rows)]
-    flat = np.concatenate(parts, axis=1).ravel()
-    return flat[flat != 0].tobytes()
+    question: np.ndarray
+    answer: np.ndarray
+    steps: list[np.ndarray]
+    present: np.ndarray  # [rows, steps]: which steps each row has
+
+    @classmethod
+    def of(cls, batch: TokenBatch, table: np.ndarray, formats: Sequence[str]) -> _Fields:
+        rows = len(batch)
+        with_steps = "cot" in formats and batch.steps.shape[1] > 0
+        present = (batch.steps != PAD_ID).any(axis=2) if with_steps else np.zeros((rows, 0), bool)
+        steps = [_field(table, batch.steps[:, i]) for i in range(present.shape[1])]
+        return cls(_field(table, batch.question), _field(table, batch.answer), steps, present)
+
+    def lines(self, task: Task, size: int, fmt: str, split: str) -> bytes:
+        rows, present = len(self.question), self.present
+        steps = self.steps if fmt == "cot" else []
+        head = f'{{"task": "{task.name}", "size": {size}, "format": "{fmt}", "split": "{split}", '
+        parts = [_const(head + '"question": "', rows), self.question]
+        parts.append(_const('", "chain": [', rows))
+        for i, step in enumerate(steps):
+            parts += [_const('"' if i == 0 else ', "', rows, present[:, i]), step]
+            parts.append(_const('"', rows, present[:, i]))
+        parts += [_const('], "answer": "', rows), self.answer, _const('", "text": "', rows)]
+        parts += [self.question, _const(f" {task.format.head}", rows)]
+        for i, step in enumerate(steps):
+            parts += [_const(" ", rows, present[:, i]), step]
+            if task.format.after:
+                parts.append(_const(f" {task.format.after}", rows, present[:, i]))
+        if steps and task.format.tail:
+            parts.append(_const(f" {task.format.tail}", rows, present.any(axis=1)))
+        parts += [_const(" ", rows), self.answer, _const('"}\n', rows)]
+        flat = np.concatenate(parts, axis=1).ravel()
+        return flat[flat != 0].tobytes()
 
 
 def token_lengths(task: Task, batch: TokenBatch, fmt: str) -> np.ndarray:
