@@ -40,10 +40,10 @@ def _report(rows: list[dict], num: int, seed: int) -> str:
         "",
         f"Made by `circuitlab demo --num {num} --seed {seed}` (the `make demo` target). Each "
         "row is one dataset under `cot-data/` (direct and CoT files hold the same problems); "
-        "lengths count tokens of the full sequence without end-of-sequence. Official direct "
-        "max lengths for comparison: arithmetic n=4 "
-        "19, equation n=3 46, LIS n=50 54, ED n=12 31 (the official counts include special "
-        "tokens).",
+        "lengths count tokens of the full sequence without end-of-sequence. For comparison, "
+        "the official longest CoT sequences are arithmetic n=4 41, equation n=3 89, LIS n=50 "
+        "103, ED n=12 210 tokens, and the official direct max lengths (which count two "
+        "special tokens) 19, 46, 54, 31.",
         "",
         "| task | size | format | train | test | max tokens | mean tokens | max steps "
         "| distinct answers | examples/s |",

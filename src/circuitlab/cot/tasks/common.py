@@ -116,15 +116,16 @@ class ChainFormat:
                 body, answer = [], tokens
             if not self.after:
                 return list(body), " ".join(answer)
-            pieces = _split_on(body, self.after)
+            pieces = split_on(body, self.after)
             if pieces and not pieces[-1]:
                 pieces.pop()  # the separator after the last step
             return [" ".join(p) for p in pieces], " ".join(answer)
-        pieces = _split_on(tokens, self.after)
+        pieces = split_on(tokens, self.after)
         return [" ".join(p) for p in pieces[:-1]], " ".join(pieces[-1])
 
 
-def _split_on(tokens: Sequence[str], sep: str) -> list[list[str]]:
+def split_on(tokens: Sequence[str], sep: str) -> list[list[str]]:
+    """Tokens cut at every `sep` (which is dropped); n separators give n + 1 pieces."""
     pieces: list[list[str]] = [[]]
     for t in tokens:
         if t == sep:

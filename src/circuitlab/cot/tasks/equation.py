@@ -20,7 +20,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.cot.tasks.common import PAD_ID, ChainFormat, Task, TokenBatch, Verdict, Vocab
+from circuitlab.cot.tasks.common import (
+    PAD_ID,
+    ChainFormat,
+    Task,
+    TokenBatch,
+    Verdict,
+    Vocab,
+    split_on,
+)
 from circuitlab.cot.tasks.modp import check_modulus, inverse, inverse_table
 
 FORMAT = ChainFormat(head="<sep>", after="<sep>", tail="")
@@ -140,16 +148,6 @@ def generate(rng: np.random.Generator, size: int, count: int, p: int) -> TokenBa
 # ------------------------------------------------------------------------------ parsing
 
 
-def _pieces(tokens: list[str], sep: str) -> list[list[str]]:
-    pieces: list[list[str]] = [[]]
-    for t in tokens:
-        if t == sep:
-            pieces.append([])
-        else:
-            pieces[-1].append(t)
-    return pieces
-
-
 def _parse_number(token: str, p: int) -> int:
     if not token.isdigit() or int(token) >= p or str(int(token)) != token:
         raise ValueError(f"{token!r} is not a number in 0..{p - 1}")
@@ -166,7 +164,7 @@ def _parse_row(tokens: list[str], n: int, p: int) -> list[int]:
     row = [0] * (n + 1)
     row[n] = _parse_number(right[0], p)
     seen: set[int] = set()
-    for term in _pieces(left, "+") if left else []:
+    for term in split_on(left, "+") if left else []:
         if len(term) not in (1, 2) or term[-1] not in LETTERS[:n]:
             raise ValueError(f"term {' '.join(term)!r} is not 'coefficient variable' or 'variable'")
         var = LETTERS.index(term[-1])
@@ -181,7 +179,7 @@ def _parse_row(tokens: list[str], n: int, p: int) -> list[int]:
 
 def _parse(text: str, n: int, p: int) -> Matrix:
     """An n-equation system in any state's format (missing terms 0, bare variables 1)."""
-    rows = _pieces(text.split(), ",")
+    rows = split_on(text.split(), ",")
     if len(rows) != n:
         raise ValueError(f"{len(rows)} equations where {n} are expected")
     return [_parse_row(r, n, p) for r in rows]
