@@ -154,21 +154,14 @@ def output_paths(out: str | Path, fmt: str) -> dict[str, dict[str, Path]]:
     def named(suffix: str) -> Path:
         return stem.with_name(stem.name + suffix)
 
-    if fmt != BOTH:
-        return {
-            fmt: {
-                "train": named(".jsonl"),
-                "test": named(".test.jsonl"),
-                "stats": named(".stats.json"),
-            }
-        }
+    infixes = {f: f".{f}" for f in FORMATS} if fmt == BOTH else {fmt: ""}
     return {
         f: {
-            "train": named(f".{f}.jsonl"),
-            "test": named(f".{f}.test.jsonl"),
-            "stats": named(f".{f}.stats.json"),
+            "train": named(f"{infix}.jsonl"),
+            "test": named(f"{infix}.test.jsonl"),
+            "stats": named(f"{infix}.stats.json"),
         }
-        for f in FORMATS
+        for f, infix in infixes.items()
     }
 
 
