@@ -2,30 +2,101 @@
 
 Errors a user can cause (`CircuitlabError`) are printed as one line without a traceback
 and exit with status 2, like a usage error.
+
+Each system's sub-app is imported only when its name is on the command line (or for the
+top-level help, which lists them all): `circuitlab cot data` must not pay for importing
+the model code of `circuits` or `analog`, and start-up is a large part of a short run.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
-from circuitlab.analog.cli import app as analog_app
-from circuitlab.circuits.cli import app as circuits_app
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.cot.cli import app as cot_app
+
+# name -> module whose `app` is that system's Typer app, in the order the help lists them
+SYSTEMS = {
+    "cot": "circuitlab.cot.cli",
+    "circuits": "circuitlab.circuits.cli",
+    "analog": "circuitlab.analog.cli",
+}
+
+
+class _LazyCommands(MutableMapping[str, Any]):
+    """A group's commands, where the systems' sub-apps are built on first access.
+
+    Iterating gives every name (the eager commands, then the systems) without importing
+    anything, so listing and "did you mean" suggestions stay cheap.
+    """
+
+    def __init__(self, eager: dict[str, Any], lazy: dict[str, Callable[[], Any]]) -> None:
+        self._commands = dict(eager)
+        self._lazy = {name: load for name, load in lazy.items() if name not in eager}
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._lazy:
+            self._commands[name] = self._lazy.pop(name)()
+        return self._commands[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self._lazy.pop(name, None)
+        self._commands[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        if self._lazy.pop(name, None) is None:
+            del self._commands[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._commands
+        yield from self._lazy
+
+    def __len__(self) -> int:
+        return len(self._commands) + len(self._lazy)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._commands or name in self._lazy
+
+
+def _system_command(name: str) -> Any:
+    """The click group of system `name`, built exactly as `app.add_typer(sub, name=name)`
+    would build it (through a throwaway parent with the top-level app's settings)."""
+    parent = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+    parent.add_typer(importlib.import_module(SYSTEMS[name]).app, name=name)
+    return typer.main.get_group(parent).commands[name]
+
+
+class _Systems(TyperGroup):
+    """The top-level group: `demo` plus one lazily imported sub-app per system."""
+
+    def __init__(self, *, commands: dict[str, Any] | None = None, **attrs: Any) -> None:
+        lazy = {name: (lambda name=name: _system_command(name)) for name in SYSTEMS}
+        super().__init__(commands=_LazyCommands(dict(commands or {}), lazy), **attrs)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)
+
 
 app = typer.Typer(
+    cls=_Systems,
     help="circuitlab: chain-of-thought transformers (cot), SAE circuit discovery (circuits) "
     "and analog-design LMs (analog).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.add_typer(cot_app, name="cot")
-app.add_typer(circuits_app, name="circuits")
-app.add_typer(analog_app, name="analog")
+
+
+@app.callback()
+def _systems() -> None:
+    # A callback makes typer build a group even while `demo` is the only eager command.
+    pass
 
 
 @app.command()

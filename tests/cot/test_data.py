@@ -1,10 +1,19 @@
 import json
 
+import numpy as np
 import pytest
 
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.cot.data import DataConfig, generate_splits, output_paths, write_dataset
+from circuitlab.cot.data import (
+    DataConfig,
+    _set_keys,
+    first_draws,
+    generate_splits,
+    output_paths,
+    write_dataset,
+)
 from circuitlab.cot.tasks import TASKS, get_task
+from circuitlab.cot.tasks.common import row_keys
 
 
 @pytest.mark.parametrize("task", list(TASKS))
@@ -79,3 +88,23 @@ def test_asking_for_more_distinct_questions_than_exist_is_an_error():
 def test_bad_configs_are_user_errors(kwargs, message):
     with pytest.raises(CircuitlabError, match=message):
         DataConfig(**kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32])
+@pytest.mark.parametrize("width", [1, 3, 13])
+def test_first_draws_are_the_first_of_each_distinct_row(dtype, width):
+    rng = np.random.default_rng(width)
+    rows = rng.integers(0, 3, size=(5000, width)).astype(dtype)  # many repeats
+    _, first = np.unique(row_keys(rows), return_index=True)
+    assert np.array_equal(first_draws(rows), np.sort(first))
+    distinct = np.arange(40, dtype=dtype).reshape(20, 2)
+    assert np.array_equal(first_draws(distinct), np.arange(20))
+
+
+def test_seen_question_keys_do_not_depend_on_the_padding_width():
+    # chunks compact their questions to their own widest one
+    narrow = np.array([[3, 4], [5, 256]], dtype=np.int16)
+    wide = np.array([[3, 4, 0, 0], [5, 256, 0, 0]], dtype=np.int16)
+    assert _set_keys(narrow) == _set_keys(wide)
+    others = np.array([[3, 4, 2], [5, 0, 0], [3, 0, 0], [256, 0, 0]], dtype=np.int16)
+    assert len(set(_set_keys(others)) | set(_set_keys(wide))) == 6

@@ -8,6 +8,7 @@ the same files byte for byte.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from circuitlab.cot.tasks.common import (
     Task,
     TokenBatch,
     compact,
-    render_jsonl,
+    iter_jsonl,
     row_keys,
     token_lengths,
 )
@@ -84,7 +85,8 @@ def iter_batches(config: DataConfig) -> Iterator[Drawn]:
     """Yield batches of new distinct examples until there are num training and then
     test_num test examples.
 
-    Memory stays bounded by one chunk of examples plus the set of questions seen.
+    Memory stays bounded by one chunk of examples plus the set of questions seen, which is
+    only kept when another chunk has to be drawn.
     """
     task = get_task(config.task)
     rng = np.random.default_rng(config.seed)
@@ -94,11 +96,10 @@ def iter_batches(config: DataConfig) -> Iterator[Drawn]:
     while have < wanted:
         count = min(CHUNK, max(64, int((wanted - have) * 1.05)))
         batch = task.generate(rng, config.size, count, config.p)
-        keys = batch.question_keys()
-        _, fresh = np.unique(keys, return_index=True)  # first draw of each question
-        fresh.sort()
+        questions = compact(batch.question)
+        fresh = first_draws(questions)  # first draw of each question
         if seen:
-            unseen = [key not in seen for key in keys[fresh].tolist()]
+            unseen = [key not in seen for key in _set_keys(questions[fresh])]
             fresh = fresh[np.array(unseen, dtype=bool)]
         fresh = fresh[: wanted - have]
         if not len(fresh):
@@ -112,7 +113,8 @@ def iter_batches(config: DataConfig) -> Iterator[Drawn]:
             continue
         stalled = 0
         duplicates += int(fresh[-1]) + 1 - len(fresh)  # dropped draws up to the last one kept
-        seen.update(keys[fresh].tolist())
+        if have + len(fresh) < wanted:  # another chunk follows: remember these questions
+            seen.update(_set_keys(questions[fresh]))
         if len(fresh) < len(batch):
             batch = batch.select(fresh)
         to_train = max(0, min(len(batch), config.num - have))
@@ -121,6 +123,52 @@ def iter_batches(config: DataConfig) -> Iterator[Drawn]:
         if to_train < len(batch):
             yield Drawn("test", batch.select(slice(to_train, len(batch))), duplicates)
         have += len(batch)
+
+
+def first_draws(rows: np.ndarray) -> np.ndarray:
+    """Ascending indices of the first of each group of equal rows of a 2-d id array.
+
+    Rows are hashed to 64-bit integers and only rows whose hash is shared are compared in
+    full, so the usual case (a few repeats in a hundred thousand draws) costs one sort of
+    integers instead of a sort of whole rows. Exact: equal hashes are never trusted.
+    """
+    hashes = _row_hashes(rows)
+    ordered = np.sort(hashes)
+    shared = ordered[1:][ordered[1:] == ordered[:-1]]
+    everything = np.arange(len(rows))
+    if not shared.size:
+        return everything
+    candidates = np.flatnonzero(np.isin(hashes, shared))
+    first: dict[bytes, int] = {}
+    repeats = [
+        i
+        for i, key in zip(candidates.tolist(), row_keys(rows[candidates]).tolist(), strict=True)
+        if first.setdefault(key, i) != i
+    ]
+    return np.delete(everything, repeats)
+
+
+def _row_hashes(rows: np.ndarray) -> np.ndarray:
+    """A well-mixed 64-bit hash of each row's bytes (eight bytes per vectorised step)."""
+    row_bytes = rows.shape[1] * rows.dtype.itemsize
+    raw = np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), row_bytes)
+    words = np.zeros((len(rows), -(-raw.shape[1] // 8) * 8), dtype=np.uint8)
+    words[:, : raw.shape[1]] = raw
+    hashes = np.full(len(rows), 0x9E3779B97F4A7C15, dtype=np.uint64)
+    for word in words.view(np.uint64).T:
+        hashes ^= word
+        hashes *= np.uint64(0xBF58476D1CE4E5B9)
+        hashes ^= hashes >> np.uint64(31)
+    return hashes
+
+
+def _set_keys(questions: np.ndarray) -> list[bytes]:
+    """Keys of compacted questions for the set of questions seen in earlier chunks.
+
+    Trailing zero bytes (padding) are stripped: chunks compact to their own widest
+    question, and the same question must give the same key in every chunk.
+    """
+    return [key.rstrip(b"\0") for key in row_keys(questions).tolist()]
 
 
 @dataclass
@@ -179,8 +227,8 @@ class _Tally:
         self.count += len(batch)
         self.tokens += int(lengths.sum())
         self.max_tokens = max(self.max_tokens, int(lengths.max(initial=0)))
-        if fmt == "cot":
-            self.max_steps = max(self.max_steps, int(batch.step_counts().max(initial=0)))
+        if fmt == "cot" and len(batch):
+            self.max_steps = max(self.max_steps, int(batch.step_counts().max()))
 
 
 @dataclass
@@ -192,10 +240,22 @@ class _AnswerCounts:
 
     def add(self, batch: TokenBatch) -> None:
         answers = compact(batch.answer)
-        keys, first, counts = np.unique(row_keys(answers), return_index=True, return_counts=True)
-        for key, row, n in zip(keys.tolist(), first, counts, strict=True):
+        keys = row_keys(answers)
+        _, first, counts = np.unique(_sortable(keys), return_index=True, return_counts=True)
+        for key, row, n in zip(keys[first].tolist(), first, counts, strict=True):
             self.counts[key] += int(n)
             self.ids.setdefault(key, answers[row])
+
+
+def _sortable(keys: np.ndarray) -> np.ndarray:
+    """Row keys as big-endian integers where they fit in 8 bytes: the same order as the
+    keys' bytes (so the same first-seen order of answers, hence the same ties in the
+    statistics), but sorted by a fast integer sort instead of a byte-string one."""
+    if keys.dtype.itemsize > 8:
+        return keys
+    raw = np.zeros((len(keys), 8), dtype=np.uint8)
+    raw[:, : keys.dtype.itemsize] = keys.view(np.uint8).reshape(len(keys), keys.dtype.itemsize)
+    return raw.view(">u8").ravel()
 
 
 def write_dataset(
@@ -222,9 +282,10 @@ def write_dataset(
             for split in ("train", "test")
         }
         for split, batch, duplicates_so_far in iter_batches(config):
-            lines = render_jsonl(task, batch, vocab, config.size, config.formats, split)
+            for piece in iter_jsonl(task, batch, vocab, config.size, config.formats, split):
+                for fmt, text in piece.items():
+                    handles[fmt, split].write(text)
             for fmt in config.formats:
-                handles[fmt, split].write(lines[fmt])
                 tallies[fmt].add(task, batch, fmt)
             if split == "train":
                 answers.add(batch)
@@ -263,8 +324,8 @@ def _check_writable(folder: Path) -> None:
     """Fail before spending minutes on generation if the output cannot be written."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_open(folder / ".circuitlab-write-check", "wb"):
+        # an anonymous temporary file: nothing to sync or rename, nothing left behind
+        with tempfile.TemporaryFile(dir=folder):
             pass
-        (folder / ".circuitlab-write-check").unlink()
     except OSError as e:
         raise CircuitlabError(f"cannot write to {folder}: {e.strerror or e}") from None

@@ -70,40 +70,60 @@ def _expansions(p: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _expand(states: np.ndarray, step: int, rng: np.random.Generator, p: int) -> np.ndarray:
-    """Replace one random number in every row by an equivalent bracketed-if-needed `a op b`."""
+    """Replace one random number in every row by an equivalent bracketed-if-needed `a op b`.
+
+    Works on whole [rows, width] arrays in the states' own small dtype: every state of step
+    `step` holds exactly step + 1 numbers, so the chosen number's column is a plain lookup
+    in the flat indices of all numbers, and the new state is the old one shifted right
+    behind the replaced number, with the three or five new tokens written in.
+    """
     rows, width = states.shape
-    is_num = (states >= NUM0) & (states < NUM0 + p)
+    flat = states.reshape(-1)
+    numbers = np.flatnonzero((flat >= NUM0) & (flat < NUM0 + p)).reshape(rows, step + 1)
     which = rng.integers(1, step + 2, size=rows, dtype=np.int8)  # there are step + 1 numbers
-    pos = np.argmax(is_num & (np.cumsum(is_num, axis=1, dtype=np.int8) == which[:, None]), axis=1)
     at = np.arange(rows)
-    x = states[at, pos] - NUM0
+    chosen = numbers[at, which - 1]  # flat index of the chosen number
+    pos = chosen - at * width
+    x = flat[chosen] - NUM0
 
     table, counts = _expansions(p)
-    a, op, b = table[x, (rng.random(rows) * counts[x]).astype(np.intp)].T
+    choice = (rng.random(rows) * counts[x]).astype(np.intp)
+    flat_choice = x.astype(np.intp) * table.shape[1] + choice
+    a, op, b = np.take(table.reshape(-1, 3), flat_choice, axis=0).T
     free = b < 0  # only when x == 0: 0 * b or 0 / b, b drawn now (nonzero for division)
     if free.any():
         b = b.copy()
         b[free] = rng.integers((b[free] == FREE_NONZERO).astype(np.int64), p)
 
-    left = np.where(pos > 0, states[at, pos - 1], PAD_ID)
-    right = states[at, np.minimum(pos + 1, width - 1)]
+    left = np.where(pos > 0, flat[chosen - 1], PAD_ID)
+    right = np.where(pos + 1 < width, flat[np.minimum(chosen + 1, flat.size - 1)], PAD_ID)
     sub, mul, div = (_symbol_id(s, p) for s in "-*/")
     add_sub = op <= 1
     brackets = (left == div) | (add_sub & ((left == mul) | (left == sub)))
     brackets |= add_sub & ((right == mul) | (right == div))
 
-    # rows of [old state | five inserted tokens], then one gather builds the new state
-    inserted = np.zeros((rows, 5), dtype=states.dtype)
-    inserted[:, 0] = np.where(brackets, _symbol_id("(", p), a + NUM0)
-    inserted[:, 1] = np.where(brackets, a + NUM0, NUM0 + p + op)
-    inserted[:, 2] = np.where(brackets, NUM0 + p + op, b + NUM0)
-    inserted[:, 3] = np.where(brackets, b + NUM0, PAD_ID)
-    inserted[:, 4] = np.where(brackets, _symbol_id(")", p), PAD_ID)
-    grow = np.where(brackets, 5, 3)[:, None]
-    j = np.arange(width)[None, :]
-    start = pos[:, None]
-    source = np.where(j < start, j, np.where(j < start + grow, width + j - start, j - grow + 1))
-    return np.take_along_axis(np.concatenate([states, inserted], axis=1), source, axis=1)
+    # what follows the replaced number moves right by 2 (a op b) or 4 (( a op b ))
+    shifted = np.zeros_like(states)
+    shifted[:, 2:] = states[:, :-2]
+    if brackets.any():
+        shifted[brackets, 4:] = states[brackets, :-4]
+    # columns before the replaced number keep their token; arithmetic selection on small
+    # ints is several times faster than np.where, as is comparing contiguous rows
+    column = np.arange(width, dtype=np.int16)
+    before = np.repeat(pos.astype(np.int16), width).reshape(rows, width) > column
+    out = states * before + shifted * ~before
+    dtype = states.dtype
+    a_id, b_id = (a + NUM0).astype(dtype), (b + NUM0).astype(dtype)
+    op_id = (op + NUM0 + p).astype(dtype)
+    start = chosen  # the replaced number's flat index is where its expansion starts
+    out_flat = out.reshape(-1)
+    out_flat[start] = np.where(brackets, dtype.type(_symbol_id("(", p)), a_id)
+    out_flat[start + 1] = np.where(brackets, a_id, op_id)
+    out_flat[start + 2] = np.where(brackets, op_id, b_id)
+    start = start[brackets]
+    out_flat[start + 3] = b_id[brackets]
+    out_flat[start + 4] = _symbol_id(")", p)
+    return out
 
 
 def generate(rng: np.random.Generator, size: int, count: int, p: int) -> TokenBatch:

@@ -3,13 +3,14 @@
 Generators work on whole batches of token ids (numpy), not on one example at a time: that
 is what makes data generation several times faster than the official per-example scripts.
 A `TokenBatch` holds the question, the chain steps and the answer of every example as id
-arrays; `render_jsonl` turns a batch into JSON lines with vectorised byte operations, and
-`to_examples` turns it into Python objects for the verifiers, the tests and the trainer.
+arrays; `iter_jsonl` (and `render_jsonl`) turn a batch into JSON lines with vectorised
+byte operations, and `to_examples` turns it into Python objects for the verifiers, the
+tests and the trainer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -198,8 +199,12 @@ class TokenBatch:
         """One opaque value per example that identifies its question (for deduplication)."""
         return row_keys(compact(self.question))
 
+    def step_presence(self) -> np.ndarray:
+        """[B, S] bool: which steps each example has."""
+        return tokens_per_row(self.steps) > 0
+
     def step_counts(self) -> np.ndarray:
-        return (self.steps != PAD_ID).any(axis=2).sum(axis=1)
+        return self.step_presence().sum(axis=1)
 
 
 def _concat_padded(arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -223,13 +228,38 @@ def row_keys(ids: np.ndarray) -> np.ndarray:
 def compact(ids: np.ndarray) -> np.ndarray:
     """Move the non-padding ids of each row (last axis) to the front, keeping their order,
     and drop the columns that are padding in every row."""
+    if ids.shape[-1] == 0:
+        return ids
     pad = ids == PAD_ID
-    if (pad[..., :-1] & ~pad[..., 1:]).any():
+    if _pads_before_tokens(pad.reshape(-1, pad.shape[-1])):
         order = np.argsort(pad, axis=-1, kind="stable")
         ids = np.take_along_axis(ids, order, axis=-1)
-        pad = ids == PAD_ID
-    used = int((~pad).sum(axis=-1).max(initial=0))
+    used = int(tokens_per_row(ids).max(initial=0))
     return ids[..., : max(used, 1)]
+
+
+def _pads_before_tokens(pad: np.ndarray) -> bool:
+    """Whether padding comes before a token in some row of a 2-d padding mask.
+
+    Compares neighbours in the flat mask (one fast contiguous pass) and discounts the pairs
+    that straddle two rows, instead of comparing strided column slices.
+    """
+    flat = pad.reshape(-1)
+    joined = np.count_nonzero(flat[:-1] > flat[1:])
+    across_rows = np.count_nonzero(pad[:-1, -1] > pad[1:, 0])
+    return joined > across_rows
+
+
+def tokens_per_row(ids: np.ndarray) -> np.ndarray:
+    """How many non-padding ids each row (last axis) holds, as int64.
+
+    einsum adds up short rows several times faster than .sum(axis=-1); it adds in the
+    input's dtype, so bytes only carry the count while a row cannot overflow them.
+    """
+    present = (ids != PAD_ID).view(np.uint8)
+    if ids.shape[-1] > np.iinfo(np.uint8).max:
+        present = present.astype(np.int32)
+    return np.einsum("...j->...", present).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -290,21 +320,6 @@ def _byte_table(vocab: Vocab) -> np.ndarray:
     return table
 
 
-def _field(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """[B, L] ids -> [B, L*W] bytes of 'tok tok tok' (zeros are dropped later)."""
-    chars = table[compact(ids)].reshape(ids.shape[0], -1)
-    chars[:, 0] = 0  # the space in front of the first token
-    return chars
-
-
-def _const(text: str, rows: int, present: np.ndarray | None = None) -> np.ndarray:
-    raw = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
-    out = np.broadcast_to(raw, (rows, raw.size))
-    if present is not None:
-        out = out * present[:, None].astype(np.uint8)
-    return out
-
-
 def render_jsonl(
     task: Task,
     batch: TokenBatch,
@@ -314,70 +329,171 @@ def render_jsonl(
     split: str,
 ) -> dict[str, bytes]:
     """JSON lines of every example in `batch`, in each of `formats`, without a per-example
-    Python loop.
-
-    Fields: task, size, format, split, question, chain (list of step strings, empty for
-    direct), answer, text (the official sequence in that format). The token fields are
-    turned into bytes once and shared by the formats; rows are rendered a few thousand at
-    a time so the byte buffers stay in cache.
+    Python loop (see `iter_jsonl`, which yields the same bytes in pieces).
     """
-    table = _byte_table(vocab)
     chunks: dict[str, list[bytes]] = {fmt: [] for fmt in formats}
-    for lo in range(0, len(batch), RENDER_ROWS):
-        fields = _Fields.of(batch.select(slice(lo, lo + RENDER_ROWS)), table, formats)
-        for fmt in formats:
-            chunks[fmt].append(fields.lines(task, size, fmt, split))
+    for rendered in iter_jsonl(task, batch, vocab, size, formats, split):
+        for fmt, text in rendered.items():
+            chunks[fmt].append(text)
     return {fmt: b"".join(parts) for fmt, parts in chunks.items()}
 
 
-RENDER_ROWS = 4096
+def iter_jsonl(
+    task: Task,
+    batch: TokenBatch,
+    vocab: Vocab,
+    size: int,
+    formats: Sequence[str],
+    split: str,
+) -> Iterator[dict[str, bytes]]:
+    """The JSON lines of `batch` a few thousand rows at a time: {format: bytes} per piece.
+
+    Fields: task, size, format, split, question, chain (list of step strings, empty for
+    direct), answer, text (the official sequence in that format).
+
+    Each line is laid out in a fixed-width byte row: constants, and each token as ' tok'
+    zero-filled to the widest token; dropping the zero bytes leaves the line. The row
+    buffers are allocated once with their constants in place, so a piece only costs the
+    token lookups, their copies into the rows and one pass that drops the zeros. Rows are
+    rendered a few thousand at a time so the buffers stay in cache, and writers can write
+    each piece as it comes instead of joining megabytes first.
+    """
+    fields = _Fields.of(batch, _byte_table(vocab), with_steps="cot" in formats)
+    layouts = {fmt: _Layout.of(task, size, fmt, split, fields) for fmt in formats}
+    widest = max(layout.width for layout in layouts.values())
+    rows = max(64, min(len(batch), RENDER_BYTES // widest))
+    buffers = {fmt: layout.buffer(rows) for fmt, layout in layouts.items()}
+    for lo in range(0, len(batch), rows):
+        piece = fields.bytes_of(slice(lo, lo + rows))
+        yield {fmt: layouts[fmt].render(buffers[fmt], piece) for fmt in formats}
+
+
+RENDER_BYTES = 1 << 20  # bytes of row buffer per format and piece: about what L2 holds
 
 
 @dataclass
 class _Fields:
-    """The byte form of each token field of a few thousand rows (see `_field`)."""
+    """The token fields of a batch, compacted once; `bytes_of` renders a slice of rows."""
 
+    table: np.ndarray  # [V, W] from `_byte_table`
     question: np.ndarray
     answer: np.ndarray
-    steps: list[np.ndarray]
-    present: np.ndarray  # [rows, steps]: which steps each row has
+    steps: list[np.ndarray]  # one [B, L] array per step that some row has
+    present: np.ndarray  # [B, steps]: which steps each row has
 
     @classmethod
-    def of(cls, batch: TokenBatch, table: np.ndarray, formats: Sequence[str]) -> _Fields:
+    def of(cls, batch: TokenBatch, table: np.ndarray, with_steps: bool) -> _Fields:
+        with_steps = with_steps and batch.steps.shape[1] > 0
         rows = len(batch)
-        with_steps = "cot" in formats and batch.steps.shape[1] > 0
-        present = (batch.steps != PAD_ID).any(axis=2) if with_steps else np.zeros((rows, 0), bool)
-        steps = [_field(table, batch.steps[:, i]) for i in range(present.shape[1])]
-        return cls(_field(table, batch.question), _field(table, batch.answer), steps, present)
+        present = batch.step_presence() if with_steps else np.zeros((rows, 0), bool)
+        steps = [compact(batch.steps[:, i]) for i in range(present.shape[1])]
+        return cls(table, compact(batch.question), compact(batch.answer), steps, present)
 
-    def lines(self, task: Task, size: int, fmt: str, split: str) -> bytes:
-        rows, present = len(self.question), self.present
-        steps = self.steps if fmt == "cot" else []
+    def width(self, ids: np.ndarray) -> int:
+        return ids.shape[1] * self.table.shape[1]
+
+    def bytes_of(self, rows: slice) -> dict[str, np.ndarray]:
+        """{name: [rows, L*W] bytes of 'tok tok tok'} (zeros are dropped later); names are
+        question, answer, step0, step1, ..., and present0, ... (each [rows, 1] 0/1 bytes)."""
+        out = {
+            "question": self._field(self.question[rows]),
+            "answer": self._field(self.answer[rows]),
+        }
+        for i, step in enumerate(self.steps):
+            out[f"step{i}"] = self._field(step[rows])
+            out[f"present{i}"] = self.present[rows, i : i + 1].view(np.uint8)
+        if self.steps:
+            out["any"] = self.present[rows].any(axis=1, keepdims=True).view(np.uint8)
+        return out
+
+    def _field(self, ids: np.ndarray) -> np.ndarray:
+        # np.take on axis 0 copies whole table rows: several times faster than table[ids]
+        chars = np.take(self.table, ids, axis=0).reshape(ids.shape[0], -1)
+        chars[:, 0] = 0  # the space in front of the first token (compacted to column 0)
+        return chars
+
+
+@dataclass
+class _Layout:
+    """Where each constant and field goes in the byte rows of one format's lines.
+
+    constants: (column, bytes), the same in every row; fields: (column, field name, width)
+    of the token fields; optional: (column, bytes, presence name) of the separators that
+    belong to a step, zeroed in the rows without that step.
+    """
+
+    width: int
+    constants: list[tuple[int, bytes]]
+    fields: list[tuple[int, str, int]]
+    optional: list[tuple[int, bytes, str]]
+
+    @classmethod
+    def of(cls, task: Task, size: int, fmt: str, split: str, fields: _Fields) -> _Layout:
+        layout = cls(0, [], [], [])
+        steps = range(len(fields.steps)) if fmt == "cot" else range(0)
+        widths = {"question": fields.width(fields.question), "answer": fields.width(fields.answer)}
+        widths.update({f"step{i}": fields.width(fields.steps[i]) for i in steps})
         head = f'{{"task": "{task.name}", "size": {size}, "format": "{fmt}", "split": "{split}", '
-        parts = [_const(head + '"question": "', rows), self.question]
-        parts.append(_const('", "chain": [', rows))
-        for i, step in enumerate(steps):
-            parts += [_const('"' if i == 0 else ', "', rows, present[:, i]), step]
-            parts.append(_const('"', rows, present[:, i]))
-        parts += [_const('], "answer": "', rows), self.answer, _const('", "text": "', rows)]
-        parts += [self.question, _const(f" {task.format.head}", rows)]
-        for i, step in enumerate(steps):
-            parts += [_const(" ", rows, present[:, i]), step]
+        layout._const(head + '"question": "')
+        layout._field("question", widths)
+        layout._const('", "chain": [')
+        for i in steps:
+            layout._const('"' if i == 0 else ', "', f"present{i}")
+            layout._field(f"step{i}", widths)
+            layout._const('"', f"present{i}")
+        layout._const('], "answer": "')
+        layout._field("answer", widths)
+        layout._const('", "text": "')
+        layout._field("question", widths)
+        layout._const(f" {task.format.head}")
+        for i in steps:
+            layout._const(" ", f"present{i}")
+            layout._field(f"step{i}", widths)
             if task.format.after:
-                parts.append(_const(f" {task.format.after}", rows, present[:, i]))
-        if steps and task.format.tail:
-            parts.append(_const(f" {task.format.tail}", rows, present.any(axis=1)))
-        parts += [_const(" ", rows), self.answer, _const('"}\n', rows)]
-        flat = np.concatenate(parts, axis=1).ravel()
-        return flat[flat != 0].tobytes()
+                layout._const(f" {task.format.after}", f"present{i}")
+        if fmt == "cot" and fields.steps and task.format.tail:
+            layout._const(f" {task.format.tail}", "any")
+        layout._const(" ")
+        layout._field("answer", widths)
+        layout._const('"}\n')
+        return layout
+
+    def _const(self, text: str, present: str | None = None) -> None:
+        raw = text.encode("ascii")
+        if present is None:
+            self.constants.append((self.width, raw))
+        else:
+            self.optional.append((self.width, raw, present))
+        self.width += len(raw)
+
+    def _field(self, name: str, widths: dict[str, int]) -> None:
+        self.fields.append((self.width, name, widths[name]))
+        self.width += widths[name]
+
+    def buffer(self, rows: int) -> np.ndarray:
+        """[rows, width] bytes with the constants filled in, reused for every piece."""
+        buffer = np.zeros((rows, self.width), dtype=np.uint8)
+        for column, raw in self.constants:
+            buffer[:, column : column + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        return buffer
+
+    def render(self, buffer: np.ndarray, piece: dict[str, np.ndarray]) -> bytes:
+        rows = len(piece["question"])
+        for column, name, width in self.fields:
+            buffer[:rows, column : column + width] = piece[name]
+        for column, raw, present in self.optional:
+            constant = np.frombuffer(raw, dtype=np.uint8)
+            buffer[:rows, column : column + len(raw)] = constant * piece[present]
+        return buffer[:rows].tobytes().translate(None, b"\0")
 
 
 def token_lengths(task: Task, batch: TokenBatch, fmt: str) -> np.ndarray:
     """Tokens in each example's text (without end-of-sequence), vectorised."""
-    n = (batch.question != PAD_ID).sum(axis=1) + 1 + (batch.answer != PAD_ID).sum(axis=1)
+    n = tokens_per_row(batch.question) + 1 + tokens_per_row(batch.answer)
     if fmt == "cot" and batch.steps.shape[1] > 0:
-        present = (batch.steps != PAD_ID).any(axis=2)
-        n = n + (batch.steps != PAD_ID).sum(axis=(1, 2))
+        present = batch.step_presence()
+        rows, steps, width = batch.steps.shape
+        n = n + tokens_per_row(batch.steps.reshape(rows, steps * width))
         if task.format.after:
             n = n + present.sum(axis=1)
         if task.format.tail:
