@@ -1,0 +1,252 @@
+"""The three agents of the distillation framework: question designer, solver, reviewer.
+
+AnalogSeeker's multi-agent framework turns implicit knowledge in textbook prose into
+question/answer pairs with detailed reasoning. Each role here is a prompt, the fields of
+its JSON reply and a schema for it:
+- designer: from a node's text, one question answerable from that text alone;
+- solver: step-by-step reasoning and a final answer, grounded in the node's text;
+- reviewer: checks the answer against the source: accept, revise (with feedback for the
+  solver) or reject.
+Replies are parsed leniently (code fences, text around the object, a reply cut off by the
+token limit are repaired; see `parse_object`) and then validated against the role's
+schema; what still fails is a `MalformedOutput` with a short cause that is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from circuitlab.analog.llm.base import ChatRequest, messages
+
+QUESTION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["question"],
+    "properties": {
+        "question": {"type": "string", "minLength": 15, "maxLength": 800, "pattern": r"\?"}
+    },
+}
+SOLUTION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["reasoning", "answer"],
+    "properties": {
+        "reasoning": {"type": "string", "minLength": 30},
+        "answer": {"type": "string", "minLength": 1, "pattern": r"\w"},
+    },
+}
+REVIEW_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["verdict"],
+    "properties": {
+        "verdict": {"enum": ["accept", "revise", "reject"]},
+        "feedback": {"type": "string"},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    system: str
+    fields: tuple[str, ...]  # the reply's keys, in the order a small model writes them
+    schema: dict[str, Any]
+
+    def prefill(self, values: dict[str, Any] | None = None) -> str:
+        """The reply so far: the fields already known, then the opening of the next one.
+
+        A backend that continues a prefilled reply (the embedded one) is asked one field at
+        a time: the model only ever writes the inside of a JSON string, which a 135M model
+        does far more reliably than a whole object.
+        """
+        values = values or {}
+        missing = [f for f in self.fields if f not in values]
+        known = [f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in values.items()]
+        if missing:
+            known.append(f'"{missing[0]}": "')
+            return "{" + ", ".join(known)
+        return "{" + ", ".join(known) + "}"
+
+
+DESIGNER = Role(
+    "designer",
+    "You are a question designer for a course on analog circuit design. Read the textbook "
+    "passage and write ONE exam question that tests its main concept and can be answered "
+    "from the passage alone. Reply with only a JSON object: "
+    '{"question": "<the question, ending with a question mark>"}',
+    ("question",),
+    QUESTION_SCHEMA,
+)
+SOLVER = Role(
+    "solver",
+    "You are an expert analog circuit designer. Answer the question using the textbook "
+    "passage. Reason step by step, citing the facts of the passage, then state the final "
+    'answer. Reply with only a JSON object: {"reasoning": "<step-by-step reasoning>", '
+    '"answer": "<the final answer>"}',
+    ("reasoning", "answer"),
+    SOLUTION_SCHEMA,
+)
+REVIEWER = Role(
+    "reviewer",
+    "You are a strict reviewer of exam material on analog circuits. Check the answer and its "
+    "reasoning against the textbook passage. Verdict accept if correct and supported by the "
+    "passage, revise if fixable (say what to fix), reject if the question or answer is "
+    'wrong or off topic. Reply with only a JSON object: {"verdict": "accept" or "revise" '
+    'or "reject", "feedback": "<one sentence>"}',
+    ("verdict", "feedback"),
+    REVIEW_SCHEMA,
+)
+ROLES = {role.name: role for role in (DESIGNER, SOLVER, REVIEWER)}
+
+
+class MalformedOutput(Exception):
+    """A reply that is not a valid object for its role; `cause` is short and countable."""
+
+    def __init__(self, cause: str, detail: str = "") -> None:
+        super().__init__(f"{cause}: {detail}" if detail else cause)
+        self.cause = cause
+        self.detail = detail
+
+
+def passage(node: dict[str, Any]) -> str:
+    title = node["provenance"]["section"][-1]
+    return f'Textbook passage (section "{title}"):\n{node["text"]}'
+
+
+def designer_request(node: dict[str, Any], prefill: str = "", **options: Any) -> ChatRequest:
+    user = f"{passage(node)}\n\nWrite one exam question about this passage."
+    return ChatRequest(messages(DESIGNER.system, user), prefill=prefill, json=True, **options)
+
+
+def solver_request(
+    node: dict[str, Any],
+    question: str,
+    feedback: str | None = None,
+    prefill: str = "",
+    **options: Any,
+) -> ChatRequest:
+    user = f"{passage(node)}\n\nQuestion: {question}"
+    if feedback:
+        user += f"\n\nA reviewer asked for a revision of your previous answer: {feedback}"
+    user += "\n\nAnswer the question step by step."
+    return ChatRequest(messages(SOLVER.system, user), prefill=prefill, json=True, **options)
+
+
+def reviewer_request(
+    node: dict[str, Any],
+    question: str,
+    reasoning: str,
+    answer: str,
+    prefill: str = "",
+    **options: Any,
+) -> ChatRequest:
+    user = (
+        f"{passage(node)}\n\nQuestion: {question}\nReasoning: {reasoning}\nAnswer: {answer}"
+        "\n\nIs the answer correct and supported by the passage?"
+    )
+    return ChatRequest(messages(REVIEWER.system, user), prefill=prefill, json=True, **options)
+
+
+# What small models write instead of the three verdicts; mapped before schema validation.
+VERDICT_SYNONYMS = {
+    "yes": "accept", "accepted": "accept", "accepts": "accept", "correct": "accept",
+    "approve": "accept", "approved": "accept", "pass": "accept", "true": "accept",
+    "no": "reject", "rejected": "reject", "rejects": "reject", "incorrect": "reject",
+    "wrong": "reject", "fail": "reject", "false": "reject",
+    "revised": "revise", "revision": "revise", "revises": "revise", "fix": "revise",
+}  # fmt: skip
+_PAIR = re.compile(r'"(\w+)"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.S)
+
+
+def _repair(text: str) -> str:
+    """Close a JSON object cut off mid-way: an open string, a dangling comma, open braces."""
+    in_string = escaped = False
+    depth = 0
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+    if escaped:
+        text = text[:-1]
+    if in_string:
+        text += '"'
+    text = re.sub(r",\s*$", "", text.rstrip())
+    text = re.sub(r'(\{|,)\s*"[^"]*"\s*:?\s*$', r"\1", text)  # a key with no value
+    text = re.sub(r",\s*$", "", text)
+    return text + "}" * max(depth, 0)
+
+
+def parse_object(text: str | None) -> tuple[dict[str, Any], bool]:
+    """(object, repaired) from a model reply; raises MalformedOutput (empty_reply, no_json,
+    bad_json). Accepts the object alone, inside a code fence or surrounded by prose; an
+    object cut off by the token limit is closed (repaired=True)."""
+    if text is None or not text.strip():
+        raise MalformedOutput("empty_reply")
+    candidates = [text]
+    fenced = _FENCE.search(text)
+    if fenced:
+        candidates.insert(0, fenced.group(1))
+    decoder = json.JSONDecoder(strict=False)
+    found_brace = False
+    for candidate in candidates:
+        start = candidate.find("{")
+        if start < 0:
+            continue
+        found_brace = True
+        body = candidate[start:]
+        try:
+            value, _ = decoder.raw_decode(body)
+            if isinstance(value, dict):
+                return value, False
+        except json.JSONDecodeError:
+            pass
+        try:
+            value = decoder.decode(_repair(body.strip()))
+            if isinstance(value, dict):
+                return value, True
+        except json.JSONDecodeError:
+            continue
+    if found_brace:
+        # Last resort: the "key": "string" pairs of a broken object ({"verdict": "yes" or
+        # "no"}), first occurrence of each key.
+        pairs: dict[str, Any] = {}
+        for key, value in _PAIR.findall(text):
+            pairs.setdefault(key, json.loads(f'"{value}"') if "\\" in value else value)
+        if pairs:
+            return pairs, True
+    cause = "bad_json" if found_brace else "no_json"
+    raise MalformedOutput(cause, text[:200])
+
+
+def check(role: Role, value: dict[str, Any]) -> dict[str, Any]:
+    """Schema-check a parsed reply of `role` (strings stripped, verdict lower-cased)."""
+    value = {k: v.strip() if isinstance(v, str) else v for k, v in value.items()}
+    if role is REVIEWER and isinstance(value.get("verdict"), str):
+        verdict = value["verdict"].lower().strip(" .!")
+        value["verdict"] = VERDICT_SYNONYMS.get(verdict, verdict)
+    try:
+        jsonschema.validate(value, role.schema)
+    except jsonschema.ValidationError as e:
+        where = ".".join(str(p) for p in e.absolute_path) or "reply"
+        raise MalformedOutput(f"schema:{where}", e.message[:200]) from None
+    return value
+
+
+def validate(role: Role, text: str | None) -> tuple[dict[str, Any], bool]:
+    """Parse and schema-check one whole reply of `role`: (value, repaired)."""
+    value, repaired = parse_object(text)
+    return check(role, value), repaired

@@ -1,0 +1,503 @@
+"""Multi-agent distillation: knowledge nodes -> question / reasoning / answer records.
+
+For each node the designer writes a question, the solver answers it with step-by-step
+reasoning, and the reviewer accepts, asks for a revision (the solver answers again with the
+feedback, up to `max_revisions` times) or rejects. Nodes go through in batches, stage by
+stage, so the embedded model generates a batch at once and an HTTP server sees
+`concurrency` requests in flight.
+
+Outputs in the run directory:
+    qa.jsonl        one record per node that produced a reviewed QA pair (any verdict)
+    failures.jsonl  one record per node that did not (stage, cause, the last raw reply)
+    results.json    acceptance rate, failures by cause, coverage per taxonomy branch
+    llm-cache/      every successful LLM response, by content hash
+A node's single line in qa.jsonl or failures.jsonl is its done marker: a killed run leaves
+at most a cut-off last line, which the rerun drops before it continues, so no record is
+duplicated or lost, and the cache makes redoing the interrupted batch free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from circuitlab.analog import agents
+from circuitlab.analog.agents import MalformedOutput, Role
+from circuitlab.analog.corpus.dedup import Deduplicator
+from circuitlab.analog.llm.base import Backend, ChatRequest
+from circuitlab.analog.llm.cache import CachedBackend
+from circuitlab.analog.nodes import read_nodes
+from circuitlab.analog.taxonomy import UNTAGGED, top_branch
+from circuitlab.core.config import config_to_dict, require
+from circuitlab.core.errors import CircuitlabError
+from circuitlab.core.io import append_jsonl, atomic_open, read_jsonl
+from circuitlab.core.runs import RunDir
+
+BACKENDS = ("embedded", "openai")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """What generates and how much.
+
+    backend: embedded (model: None for SmolLM2-135M-Instruct, or a .gguf / model dir) or
+    openai (any OpenAI-compatible server: base_url, model, and the *name* of the environment
+    variable holding the key; the key itself is never stored). The token limits suit the
+    embedded 135M model; give a server's large model room (answer_tokens 1024 or more).
+    A reply that fails its schema is retried (max_attempts in all) with sampling at
+    retry_temperature and a new seed.
+    """
+
+    backend: str = "embedded"
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    timeout_s: float = 120.0
+    retries: int = 4
+    json_mode: bool = False
+    max_nodes: int | None = None
+    batch_size: int = 8
+    question_tokens: int = 64
+    answer_tokens: int = 160
+    review_tokens: int = 48
+    temperature: float = 0.0
+    retry_temperature: float = 0.7
+    max_attempts: int = 2
+    max_revisions: int = 1
+    question_near_duplicate: float = 0.9
+    seed: int = 0
+    threads: int = 1  # embedded backend: torch threads while generating (0: torch default)
+
+    def __post_init__(self) -> None:
+        require(self.backend in BACKENDS, f"backend {self.backend!r}: use {' or '.join(BACKENDS)}")
+        if self.backend == "openai":
+            require(bool(self.base_url), "the openai backend needs --base-url")
+            require(bool(self.model), "the openai backend needs --model (the served name)")
+        require(
+            self.max_nodes is None or self.max_nodes >= 1,
+            f"max_nodes {self.max_nodes}: at least 1",
+        )
+        require(self.batch_size >= 1, f"batch_size {self.batch_size}: at least 1")
+        require(self.max_attempts >= 1, f"max_attempts {self.max_attempts}: at least 1")
+        require(self.max_revisions >= 0, f"max_revisions {self.max_revisions}: must be >= 0")
+        for name in ("question_tokens", "answer_tokens", "review_tokens"):
+            require(getattr(self, name) >= 8, f"{name} {getattr(self, name)}: at least 8")
+        require(0 < self.question_near_duplicate <= 1, "question_near_duplicate: in (0, 1]")
+        require(self.threads >= 0, f"threads {self.threads}: 0 (torch default) or more")
+
+
+def make_backend(
+    config: DistillConfig, cache_dir: str | Path, api_key: str | None = None, lm: Any = None
+) -> CachedBackend:
+    """The configured backend behind the on-disk response cache."""
+    if config.backend == "embedded":
+        from circuitlab.analog.llm.embedded import EmbeddedBackend
+
+        inner: Backend = EmbeddedBackend(
+            config.model, batch_size=config.batch_size, lm=lm, threads=config.threads
+        )
+    else:
+        from circuitlab.analog.llm.openai_http import HTTPConfig, OpenAIBackend
+
+        http = HTTPConfig(
+            base_url=str(config.base_url),
+            model=str(config.model),
+            api_key_env=config.api_key_env,
+            timeout_s=config.timeout_s,
+            retries=config.retries,
+            concurrency=config.concurrency,
+            json_mode=config.json_mode,
+        )
+        inner = OpenAIBackend(http, api_key=api_key)
+    return CachedBackend(inner, cache_dir)
+
+
+def select_nodes(nodes: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict]:
+    """Up to `limit` nodes, taken round-robin across top-level branches (shuffled within a
+    branch by `seed`), so a small run still covers the taxonomy."""
+    if limit is None or limit >= len(nodes):
+        return list(nodes)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for node in nodes:
+        groups[top_branch((node.get("tags") or [UNTAGGED])[0])].append(node)
+    rng = random.Random(seed)
+    order = sorted(groups)
+    for name in order:
+        rng.shuffle(groups[name])
+    picked: list[dict[str, Any]] = []
+    while len(picked) < limit:
+        for name in order:
+            if groups[name] and len(picked) < limit:
+                picked.append(groups[name].pop(0))
+    return picked
+
+
+_CONTENT = re.compile(r"[a-z0-9]{4,}")
+
+
+def grounding(text: str, source: str) -> float:
+    """Share of the content words (4+ letters) of `text` that occur in `source`."""
+    words = set(_CONTENT.findall(text.lower()))
+    if not words:
+        return 0.0
+    return round(len(words & set(_CONTENT.findall(source.lower()))) / len(words), 3)
+
+
+def _drop_cut_line(path: Path) -> None:
+    """Remove a last line cut short by a kill, so appends start on a clean line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    keep = data[: data.rfind(b"\n") + 1]
+    with atomic_open(path, "wb") as handle:
+        handle.write(keep)
+
+
+@dataclass
+class _Item:
+    node: dict[str, Any]
+    question: str = ""
+    reasoning: str = ""
+    answer: str = ""
+    verdict: str = ""
+    feedback: str = ""
+    revisions: int = 0
+    models: dict[str, str] | None = None
+    repaired: list[str] | None = None
+    failure: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.models, self.repaired = {}, []
+
+
+class Distiller:
+    """Runs the three agents over batches of nodes with one (cached) backend."""
+
+    def __init__(self, config: DistillConfig, backend: CachedBackend) -> None:
+        self.config = config
+        self.backend = backend
+        self.questions = Deduplicator(config.question_near_duplicate, min_words=3)
+
+    def remember(self, record: dict[str, Any]) -> None:
+        self.questions.check(record["id"], record["question"])
+
+    def options(self, attempt: int) -> dict[str, Any]:
+        if attempt == 0:
+            return {"temperature": self.config.temperature, "seed": self.config.seed}
+        return {"temperature": self.config.retry_temperature, "seed": self.config.seed + attempt}
+
+    def call(
+        self,
+        role: Role,
+        items: Sequence[_Item],
+        build: Callable[..., ChatRequest],
+        max_tokens: int,
+    ) -> list[tuple[_Item, dict[str, Any]]]:
+        """Ask `role` for every item, retrying malformed replies; failures are set on items.
+
+        `build(item, prefill=..., max_tokens=..., temperature=..., seed=...)` makes the
+        request. A backend that continues prefilled replies is asked field by field (see
+        Role.prefill); later fields get at most 48 tokens.
+        """
+        pending = list(items)
+        done: list[tuple[_Item, dict[str, Any]]] = []
+        last: dict[int, tuple[str, str, str | None]] = {}
+        stepwise = self.backend.continues_prefill
+        for attempt in range(self.config.max_attempts):
+            if not pending:
+                break
+            options = self.options(attempt)
+            values: dict[int, dict[str, Any]] = {id(item): {} for item in pending}
+            repaired: dict[int, bool] = {}
+            failed: set[int] = set()
+            for number, name in enumerate(role.fields if stepwise else role.fields[:1]):
+                asking = [it for it in pending if id(it) not in failed]
+                asking = [it for it in asking if name not in values[id(it)]]
+                if not asking:
+                    continue
+                tokens = max_tokens if number == 0 else min(max_tokens, 48)
+                requests = [
+                    build(
+                        it,
+                        prefill=role.prefill(values[id(it)]) if stepwise else "",
+                        max_tokens=tokens,
+                        **options,
+                    )
+                    for it in asking
+                ]
+                for item, result in zip(asking, self.backend.generate(requests), strict=True):
+                    if result.error is not None:
+                        last[id(item)] = ("backend_error", result.error, None)
+                        failed.add(id(item))
+                        continue
+                    try:
+                        value, fixed = agents.parse_object(result.text)
+                    except MalformedOutput as e:
+                        last[id(item)] = (e.cause, e.detail, result.text)
+                        failed.add(id(item))
+                        continue
+                    repaired[id(item)] = repaired.get(id(item), False) or fixed
+                    known = values[id(item)]
+                    known.update({k: v for k, v in value.items() if k not in known})
+                    item.models = {**(item.models or {}), role.name: result.model}
+                    last[id(item)] = ("schema", "", result.text)
+            retry = []
+            for item in pending:
+                if id(item) in failed:
+                    retry.append(item)
+                    continue
+                try:
+                    value = agents.check(role, values[id(item)])
+                except MalformedOutput as e:
+                    last[id(item)] = (e.cause, e.detail, last[id(item)][2])
+                    retry.append(item)
+                    continue
+                if repaired.get(id(item)):
+                    assert item.repaired is not None
+                    item.repaired.append(role.name)
+                done.append((item, value))
+            pending = retry
+        for item in pending:
+            cause, detail, raw = last[id(item)]
+            item.failure = {
+                "stage": role.name,
+                "cause": f"{role.name}:{cause}",
+                "detail": detail[:300],
+                "raw": (raw or "")[:500],
+            }
+        return done
+
+    def run_batch(self, nodes: Sequence[dict[str, Any]]) -> list[_Item]:
+        c = self.config
+        items = [_Item(node) for node in nodes]
+        designed = self.call(
+            agents.DESIGNER,
+            items,
+            lambda it, **o: agents.designer_request(it.node, **o),
+            c.question_tokens,
+        )
+        solvable = []
+        for item, value in designed:
+            match = self.questions.check(f"q-{item.node['id']}", value["question"])
+            if match is not None:
+                item.failure = {
+                    "stage": "designer",
+                    "cause": "duplicate_question",
+                    "detail": f"{match.kind} duplicate of {match.of} ({match.similarity})",
+                    "raw": value["question"],
+                }
+            else:
+                item.question = value["question"]
+                solvable.append(item)
+        self.solve(solvable, feedback=False)
+        reviewing = [it for it in solvable if it.failure is None]
+        for round_ in range(c.max_revisions + 1):
+            reviewed = self.call(
+                agents.REVIEWER,
+                reviewing,
+                lambda it, **o: agents.reviewer_request(
+                    it.node, it.question, it.reasoning, it.answer, **o
+                ),
+                c.review_tokens,
+            )
+            revise = []
+            for item, value in reviewed:
+                item.verdict, item.feedback = value["verdict"], value.get("feedback", "")
+                if item.verdict == "revise" and round_ < c.max_revisions:
+                    revise.append(item)
+            if not revise:
+                break
+            for item in revise:
+                item.revisions += 1
+            self.solve(revise, feedback=True)
+            reviewing = [it for it in revise if it.failure is None]
+        return items
+
+    def solve(self, items: list[_Item], feedback: bool) -> None:
+        c = self.config
+        solved = self.call(
+            agents.SOLVER,
+            items,
+            lambda it, **o: agents.solver_request(
+                it.node, it.question, it.feedback if feedback else None, **o
+            ),
+            c.answer_tokens,
+        )
+        for item, value in solved:
+            item.reasoning, item.answer = value["reasoning"], value["answer"]
+
+
+def qa_record(item: _Item) -> dict[str, Any]:
+    node = item.node
+    models = item.models or {}
+    return {
+        "id": f"qa-{node['id'].removeprefix('n-')}",
+        "node_id": node["id"],
+        "question": item.question,
+        "reasoning": item.reasoning,
+        "answer": item.answer,
+        # The released AnalogSeeker data's shape: prompt, and a response with the reasoning
+        # in <think> and the final answer in <answer>.
+        "prompt": item.question,
+        "response": f"<think>\n{item.reasoning}\n</think>\n<answer>\n{item.answer}\n</answer>",
+        "verdict": item.verdict,
+        "feedback": item.feedback,
+        "revisions": item.revisions,
+        "grounding": grounding(f"{item.reasoning} {item.answer}", node["text"]),
+        "concept": node.get("concept"),
+        "kind": node.get("kind"),
+        "tags": node.get("tags", []),
+        "branches": node.get("branches", []),
+        "tagged_by": node.get("tagged_by"),
+        "provenance": node["provenance"],
+        "source": node["text"],
+        "models": {
+            "question": models.get("designer"),
+            "reasoning": models.get("solver"),
+            "answer": models.get("solver"),
+            "review": models.get("reviewer"),
+        },
+        "repaired_json": item.repaired or [],
+    }
+
+
+def failure_record(item: _Item) -> dict[str, Any]:
+    node = item.node
+    return {
+        "node_id": node["id"],
+        **(item.failure or {}),
+        "question": item.question or None,
+        "tags": node.get("tags", []),
+        "branches": node.get("branches", []),
+        "provenance": node["provenance"],
+    }
+
+
+def summarize(
+    selected: list[dict[str, Any]], qa: list[dict[str, Any]], failures: list[dict[str, Any]]
+) -> dict[str, Any]:
+    verdicts = Counter(r["verdict"] for r in qa)
+    processed = len(qa) + len(failures)
+    by_branch: dict[str, Counter[str]] = defaultdict(Counter)
+    for node in selected:
+        for branch in node.get("branches") or [UNTAGGED]:
+            by_branch[branch]["nodes"] += 1
+    for record in qa:
+        for branch in record.get("branches") or [UNTAGGED]:
+            by_branch[branch]["qa"] += 1
+            by_branch[branch]["accepted"] += record["verdict"] == "accept"
+    for record in failures:
+        for branch in record.get("branches") or [UNTAGGED]:
+            by_branch[branch]["failed"] += 1
+    models: dict[str, list[str]] = defaultdict(list)
+    for record in qa:
+        for part, model in record["models"].items():
+            if model and model not in models[part]:
+                models[part].append(model)
+    return {
+        "nodes_selected": len(selected),
+        "nodes_processed": processed,
+        "qa_records": len(qa),
+        "accepted": verdicts["accept"],
+        "revise": verdicts["revise"],
+        "rejected": verdicts["reject"],
+        "failed": len(failures),
+        "acceptance_rate": round(verdicts["accept"] / processed, 4) if processed else None,
+        "failures_by_cause": dict(Counter(f["cause"] for f in failures).most_common()),
+        "repaired_json": dict(Counter(r for q in qa for r in q.get("repaired_json", []))),
+        "mean_grounding": round(sum(q["grounding"] for q in qa) / len(qa), 3) if qa else None,
+        "coverage": {b: dict(c) for b, c in sorted(by_branch.items())},
+        "models": dict(models),
+    }
+
+
+def distill(
+    nodes_file: str | Path,
+    out: str | Path,
+    config: DistillConfig | None = None,
+    *,
+    api_key: str | None = None,
+    lm: Any = None,
+    cache_dir: str | Path | None = None,
+    on_batch: Callable[[dict[str, int]], None] | None = None,
+    stop_after_batches: int | None = None,
+) -> dict[str, Any]:
+    """Distil the nodes of `nodes_file` into run directory `out`; resumes a killed run.
+
+    `on_batch(counts)` is called after the run starts and after each batch with the
+    running accepted / revise / rejected / failed / done counts. Returns the summary,
+    also written to results.json.
+    """
+    config = config or DistillConfig()
+    nodes_path = Path(nodes_file)
+    nodes = read_nodes(nodes_path)
+    if not nodes:
+        raise CircuitlabError(f"{nodes_path} holds no nodes: nothing to distil")
+    digest = hashlib.sha256(nodes_path.read_bytes()).hexdigest()[:16]
+    run = RunDir.open(out, {**config_to_dict(config), "nodes_sha256": digest})
+    backend = make_backend(config, cache_dir or run.path / "llm-cache", api_key=api_key, lm=lm)
+    qa_path, failures_path = run.path / "qa.jsonl", run.path / "failures.jsonl"
+    for path in (qa_path, failures_path):
+        _drop_cut_line(path)
+    qa = read_jsonl(qa_path) if qa_path.exists() else []
+    failures = read_jsonl(failures_path) if failures_path.exists() else []
+    selected = select_nodes(nodes, config.max_nodes, config.seed)
+    done = {r["node_id"] for r in qa} | {r["node_id"] for r in failures}
+    distiller = Distiller(config, backend)
+    for record in qa:
+        distiller.remember(record)
+    pending = [n for n in selected if n["id"] not in done]
+    counts = Counter({"accept": 0, "revise": 0, "reject": 0})
+    counts.update(r["verdict"] for r in qa)
+    counts["failed"] = len(failures)
+    counts["done"] = len(done)
+    counts["total"] = len(selected)
+    if on_batch:
+        on_batch(dict(counts))
+    started, new_records = time.perf_counter(), 0
+    for number, start in enumerate(range(0, len(pending), config.batch_size)):
+        if stop_after_batches is not None and number >= stop_after_batches:
+            break
+        batch = pending[start : start + config.batch_size]
+        items = distiller.run_batch(batch)
+        for item in items:  # one line per node: its done marker
+            if item.failure is None:
+                record = qa_record(item)
+                append_jsonl(qa_path, [record])
+                qa.append(record)
+                counts[record["verdict"]] += 1
+            else:
+                record = failure_record(item)
+                append_jsonl(failures_path, [record])
+                failures.append(record)
+                counts["failed"] += 1
+            counts["done"] += 1
+            new_records += 1
+        if on_batch:
+            on_batch(dict(counts))
+    seconds = time.perf_counter() - started
+    summary = summarize(selected, qa, failures)
+    summary.update(
+        backend=config.backend,
+        model=backend.model,
+        complete=summary["nodes_processed"] == len(selected),
+        session={
+            "nodes": new_records,
+            "seconds": round(seconds, 2),
+            "records_per_minute": round(60 * new_records / seconds, 2) if seconds > 0 else None,
+            "cache_hits": backend.stats.hits,
+            "cache_misses": backend.stats.misses,
+        },
+    )
+    run.write_results(summary)
+    return summary

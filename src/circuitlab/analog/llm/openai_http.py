@@ -1,0 +1,167 @@
+"""Any OpenAI-compatible chat-completions server over HTTP (vLLM, llama.cpp, Ollama, hosted).
+
+This is how distillation scales: a vLLM server (tensor parallel, or several behind a load
+balancer / Ray Serve) does the generation and this client keeps `concurrency` requests in
+flight with a thread pool (standard library only: urllib + concurrent.futures).
+- Retries with exponential backoff and jitter on 429, 5xx, connection errors, timeouts and
+  malformed response bodies; a Retry-After header is honoured (capped). Other 4xx errors
+  (bad model name, bad key) fail at once: retrying cannot fix them.
+- The API key comes from the constructor or the environment variable named in the config;
+  it is sent in the Authorization header and nowhere else: the config (which is written to
+  the run directory) holds only the variable's name, and error messages never include it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from circuitlab.analog.llm.base import ChatRequest, ChatResult
+from circuitlab.core.config import require
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    base_url: str  # e.g. http://localhost:8000/v1
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 120.0
+    retries: int = 4
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    concurrency: int = 8
+    json_mode: bool = False  # send response_format={"type": "json_object"} for JSON requests
+
+    def __post_init__(self) -> None:
+        require(
+            self.base_url.startswith(("http://", "https://")),
+            f"base URL {self.base_url!r} must start with http:// or https://",
+        )
+        require(bool(self.model), "the HTTP backend needs a model name (--model)")
+        require(self.timeout_s > 0, f"timeout {self.timeout_s}: must be positive")
+        require(self.retries >= 0, f"retries {self.retries}: must be >= 0")
+        require(self.concurrency >= 1, f"concurrency {self.concurrency}: use at least 1")
+
+
+class RetryableError(Exception):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class OpenAIBackend:
+    def __init__(self, config: HTTPConfig, api_key: str | None = None) -> None:
+        self.config = config
+        self._key = api_key if api_key is not None else os.environ.get(config.api_key_env)
+        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self.requests_sent = 0
+
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+    @property
+    def identity(self) -> str:
+        return f"openai:{self.config.model}"
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        if len(requests) <= 1 or self.config.concurrency == 1:
+            return [self.complete(r) for r in requests]
+        workers = min(self.config.concurrency, len(requests))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llm-http") as pool:
+            return list(pool.map(self.complete, requests))
+
+    def body(self, request: ChatRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": [{"role": role, "content": text} for role, text in request.messages],
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "seed": request.seed,
+        }
+        if request.json and self.config.json_mode:
+            body["response_format"] = {"type": "json_object"}
+        return body
+
+    def complete(self, request: ChatRequest) -> ChatResult:
+        """One request with retries; never raises for server or network trouble."""
+        data = json.dumps(self.body(request)).encode()
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        started = time.perf_counter()
+        last = "no attempt made"
+        for attempt in range(self.config.retries + 1):
+            try:
+                text, model, usage = self._post(data, headers)
+                return ChatResult(
+                    text=text,
+                    model=model or self.config.model,
+                    seconds=time.perf_counter() - started,
+                    usage=usage,
+                )
+            except RetryableError as e:
+                last = str(e)
+                if attempt == self.config.retries:
+                    break
+                delay = min(self.config.max_backoff_s, self.config.backoff_s * 2**attempt)
+                delay *= 0.5 + random.random() / 2
+                if e.retry_after is not None:
+                    delay = min(self.config.max_backoff_s, max(delay, e.retry_after))
+                time.sleep(delay)
+            except PermanentError as e:
+                last = str(e)
+                break
+        return ChatResult(
+            text=None,
+            model=self.config.model,
+            error=f"{last} (after {attempt + 1} attempt(s))",
+            seconds=time.perf_counter() - started,
+        )
+
+    def _post(self, data: bytes, headers: dict[str, str]) -> tuple[str, str, dict[str, int]]:
+        self.requests_sent += 1
+        request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as e:
+            detail = e.read()[:200].decode("utf-8", "replace")
+            message = f"HTTP {e.code} from {self.url}: {detail}"
+            if e.code in RETRY_STATUS:
+                raise RetryableError(message, _retry_after(e.headers.get("Retry-After"))) from None
+            raise PermanentError(message) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+            reason = getattr(e, "reason", e)
+            raise RetryableError(f"cannot reach {self.url}: {reason}") from None
+        try:
+            body = json.loads(raw)
+            text = body["choices"][0]["message"]["content"]
+            if not isinstance(text, str):
+                raise TypeError("content is not a string")
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as e:
+            snippet = raw[:120].decode("utf-8", "replace")
+            raise RetryableError(f"malformed response from {self.url} ({e}): {snippet!r}") from None
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+        return text, str(body.get("model") or ""), usage
+
+
+class PermanentError(Exception):
+    pass
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,134 @@
+"""A real OpenAI-compatible chat-completions server (stdlib http.server) for tests/benchmarks.
+
+Run: python fake_openai_server.py --mode MODE [--delay S]; it prints its port on the first
+line of stdout. Modes:
+  ok               every request answered with valid agent JSON
+  flaky500         each distinct request body gets a 500 the first time, then ok
+  rate429          each distinct request body gets a 429 (Retry-After: 0) first, then ok
+  malformed_body   each distinct request body gets a 200 with a non-JSON body first
+  always500        every request fails with 500
+  bad_content      valid HTTP, but the reply is prose instead of agent JSON
+  same_question    like ok, but the designer always asks the same question
+  slow             like ok after sleeping --delay seconds (requests overlap: threaded)
+GET /stats returns {"requests", "max_in_flight", "auth"} (auth: the Authorization headers
+seen, so tests can check the key is sent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+LOCK = threading.Lock()
+STATE = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "seen": set(), "auth": []}
+
+
+def agent_reply(body: dict, mode: str) -> str:
+    system = body["messages"][0]["content"]
+    user = body["messages"][-1]["content"]
+    passage = user.split("\n", 1)[1] if "\n" in user else user
+    words = passage.split()[:6]
+    tag = hashlib.sha1(passage.encode()).hexdigest()[:6]
+    if "question designer" in system:
+        if mode == "same_question":
+            return json.dumps({"question": "What is the main idea of this passage?"})
+        return json.dumps(
+            {"question": f"What does the passage say about {' '.join(words)} ({tag})?"}
+        )
+    if "expert analog" in system:
+        return json.dumps(
+            {
+                "reasoning": f"Step 1: the passage states {' '.join(words)}. Step 2: hence.",
+                "answer": " ".join(words),
+            }
+        )
+    return json.dumps({"verdict": "accept", "feedback": "supported by the passage"})
+
+
+class Handler(BaseHTTPRequestHandler):
+    mode = "ok"
+    delay = 0.0
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def send(self, code: int, payload: bytes, headers: dict | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self) -> None:
+        with LOCK:
+            stats = {k: v for k, v in STATE.items() if k != "seen"}
+        self.send(200, json.dumps(stats).encode())
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with LOCK:
+            STATE["requests"] += 1
+            STATE["in_flight"] += 1
+            STATE["max_in_flight"] = max(STATE["max_in_flight"], STATE["in_flight"])
+            STATE["auth"].append(self.headers.get("Authorization"))
+            digest = hashlib.sha1(raw).hexdigest()
+            first = digest not in STATE["seen"]
+            STATE["seen"].add(digest)
+        try:
+            self.answer(raw, first)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client was killed mid-request (the resume tests do that)
+        finally:
+            with LOCK:
+                STATE["in_flight"] -= 1
+
+    def answer(self, raw: bytes, first: bool) -> None:
+        mode = self.mode
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            return self.send(404, b'{"error": "no such route"}')
+        if mode == "slow":
+            time.sleep(self.delay)
+        if mode == "always500" or (mode == "flaky500" and first):
+            return self.send(500, b'{"error": "internal"}')
+        if mode == "rate429" and first:
+            return self.send(429, b'{"error": "slow down"}', {"Retry-After": "0"})
+        if mode == "malformed_body" and first:
+            return self.send(200, b"<html>upstream proxy error</html>")
+        body = json.loads(raw)
+        if mode == "bad_content":
+            content = "Sure! Here is a great question about op-amps for you."
+        else:
+            content = agent_reply(body, mode)
+        reply = {
+            "id": "cmpl-1",
+            "object": "chat.completion",
+            "model": body.get("model", "fake"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 10},
+        }
+        self.send(200, json.dumps(reply).encode())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", default="ok")
+    parser.add_argument("--delay", type=float, default=0.2)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    Handler.mode, Handler.delay = args.mode, args.delay
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
+    print(server.server_address[1], flush=True)
+    sys.stdout.flush()
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Agent replies: lenient parsing, schema validation, field-by-field prefills."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from circuitlab.analog.agents import (
+    DESIGNER,
+    REVIEWER,
+    SOLVER,
+    MalformedOutput,
+    parse_object,
+    validate,
+)
+
+
+@pytest.mark.parametrize(
+    "text, expected, repaired",
+    [
+        ('{"question": "Why?"}', {"question": "Why?"}, False),
+        ('```json\n{"question": "Why?"}\n```', {"question": "Why?"}, False),
+        ('Sure! {"question": "Why?"} Hope it helps.', {"question": "Why?"}, False),
+        ('{"reasoning": "the gain is hi', {"reasoning": "the gain is hi"}, True),
+        ('{"reasoning": "r", "answer": "a",', {"reasoning": "r", "answer": "a"}, True),
+        (
+            '{"verdict": "yes" or "no", "feedback": "ok"}',
+            {"verdict": "yes", "feedback": "ok"},
+            True,
+        ),
+    ],
+)
+def test_lenient_parser_recovers_objects(text, expected, repaired):
+    assert parse_object(text) == (expected, repaired)
+
+
+@pytest.mark.parametrize(
+    "text, cause", [("", "empty_reply"), (None, "empty_reply"), ("no json at all", "no_json")]
+)
+def test_parser_reports_unrecoverable_replies(text, cause):
+    with pytest.raises(MalformedOutput) as info:
+        parse_object(text)
+    assert info.value.cause == cause
+
+
+@pytest.mark.parametrize(
+    "role, text, cause",
+    [
+        (DESIGNER, '{"question": "What?"}', "schema:question"),  # too short
+        (DESIGNER, '{"question": "Describe the op-amp in detail."}', "schema:question"),
+        (DESIGNER, '{"query": "What is the gain of a follower?"}', "schema:reply"),
+        (SOLVER, '{"reasoning": "Because the gain is high enough to matter."}', "schema:reply"),
+        (SOLVER, '{"reasoning": "x", "answer": "y"}', "schema:reasoning"),
+        (REVIEWER, '{"verdict": "maybe"}', "schema:verdict"),
+        (REVIEWER, '{"verdict": 1}', "schema:verdict"),
+    ],
+)
+def test_schema_rejects_wrong_replies_with_a_countable_cause(role, text, cause):
+    with pytest.raises(MalformedOutput) as info:
+        validate(role, text)
+    assert info.value.cause == cause
+
+
+def test_valid_replies_and_verdict_synonyms():
+    value, _ = validate(DESIGNER, '{"question": "  What does negative feedback do? "}')
+    assert value == {"question": "What does negative feedback do?"}
+    value, _ = validate(
+        SOLVER,
+        '{"reasoning": "Step 1: feedback subtracts output. Step 2: gain drops.", '
+        '"answer": "It lowers and stabilises the gain."}',
+    )
+    assert value["answer"].startswith("It lowers")
+    assert validate(REVIEWER, '{"verdict": "Yes."}')[0]["verdict"] == "accept"
+    assert validate(REVIEWER, '{"verdict": "REJECT", "feedback": "off"}')[0]["verdict"] == "reject"
+
+
+def test_prefill_asks_for_one_field_at_a_time():
+    assert SOLVER.prefill() == '{"reasoning": "'
+    partial = SOLVER.prefill({"reasoning": 'a "quoted" Ω'})
+    assert partial == '{"reasoning": "a \\"quoted\\" Ω", "answer": "'
+    done = SOLVER.prefill({"reasoning": "r", "answer": "a"})
+    assert json.loads(done) == {"reasoning": "r", "answer": "a"}
+    value, repaired = parse_object(partial + 'forty dB"}')
+    assert value == {"reasoning": 'a "quoted" Ω', "answer": "forty dB"} and not repaired

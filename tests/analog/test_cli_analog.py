@@ -1,0 +1,42 @@
+"""`circuitlab analog` through its real entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "circuitlab", "analog", *args], capture_output=True, text=True
+    )
+
+
+def test_nodes_command_writes_nodes_and_reports_skipped_files(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "opamp.md").write_text(
+        "# Op-amps\n\n" + "An op-amp with negative feedback keeps its inputs equal. " * 8
+    )
+    (corpus / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
+    result = run("nodes", "--corpus", str(corpus), "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert "skipped broken.pdf" in result.stderr
+    summary = json.loads((tmp_path / "run" / "nodes_summary.json").read_text())
+    assert summary["nodes"] >= 1 and summary["skipped"][0]["file"] == "broken.pdf"
+    coverage = summary["coverage"]
+    assert coverage["opamps"]["count"] + coverage["feedback"]["count"] >= 1
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    missing, out = str(tmp_path / "missing"), str(tmp_path / "d")
+    for args, message in [
+        (["nodes", "--corpus", missing, "--out", out], "does not exist"),
+        (["distill", "--backend", "gpt", "--out", out], "backend"),
+        (["distill", "--nodes", missing + ".jsonl", "--out", out], "does not exist"),
+    ]:
+        result = run(*args)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,123 @@
+"""Distillation over a real local HTTP server: records, failures, dedup, resume, kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from circuitlab.analog.distill import DistillConfig, distill, select_nodes
+from circuitlab.core.errors import CircuitlabError
+
+
+def http_config(srv, **kw) -> DistillConfig:
+    options = {"max_nodes": 12, "batch_size": 4, "retries": 2, "concurrency": 4}
+    options.update(kw)
+    return DistillConfig(backend="openai", base_url=srv.base_url, model="fake-m", **options)
+
+
+def lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_records_carry_everything_and_the_key_is_never_written(
+    server, shipped_nodes, tmp_path, monkeypatch
+):
+    srv = server("flaky500")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-do-not-store-42")
+    summary = distill(shipped_nodes, tmp_path / "run", http_config(srv))
+    qa = lines(tmp_path / "run" / "qa.jsonl")
+    assert len(qa) == 12 == summary["accepted"] and summary["acceptance_rate"] == 1.0
+    record = qa[0]
+    for key in ("question", "reasoning", "answer", "node_id", "provenance", "tags", "verdict"):
+        assert record[key]
+    assert record["models"] == {k: "fake-m" for k in ("question", "reasoning", "answer", "review")}
+    assert record["response"].startswith("<think>") and "<answer>" in record["response"]
+    assert record["provenance"]["file"].endswith(".sml")
+    assert len(summary["coverage"]) >= 8  # round-robin selection spans the taxonomy
+    assert all(a == "Bearer sk-do-not-store-42" for a in srv.stats()["auth"])
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file():
+            assert b"sk-do-not-store-42" not in path.read_bytes(), path
+
+
+def test_malformed_agent_output_is_recorded_per_cause_never_a_crash(
+    server, shipped_nodes, tmp_path
+):
+    summary = distill(shipped_nodes, tmp_path / "bad", http_config(server("bad_content")))
+    assert summary["failed"] == 12 and summary["qa_records"] == 0
+    assert summary["failures_by_cause"] == {"designer:no_json": 12}
+    failure = lines(tmp_path / "bad" / "failures.jsonl")[0]
+    assert failure["raw"].startswith("Sure!") and failure["stage"] == "designer"
+    down = distill(shipped_nodes, tmp_path / "down", http_config(server("always500"), max_nodes=2))
+    assert down["failures_by_cause"] == {"designer:backend_error": 2}
+
+
+def test_duplicate_questions_are_dropped(server, shipped_nodes, tmp_path):
+    summary = distill(shipped_nodes, tmp_path / "run", http_config(server("same_question")))
+    assert summary["qa_records"] == 1
+    assert summary["failures_by_cause"] == {"duplicate_question": 11}
+
+
+def test_resume_continues_without_duplicates_or_losses(server, shipped_nodes, tmp_path):
+    srv = server("ok")
+    out = tmp_path / "run"
+    config = http_config(srv)
+    distill(shipped_nodes, out, config, stop_after_batches=1)
+    assert len(lines(out / "qa.jsonl")) == 4
+    with (out / "qa.jsonl").open("a") as handle:  # a kill in the middle of a write
+        handle.write('{"id": "qa-cut", "node_id": "n-cu')
+    before = srv.stats()["requests"]
+    summary = distill(shipped_nodes, out, config)
+    qa = lines(out / "qa.jsonl")
+    assert len(qa) == 12 and len({r["node_id"] for r in qa}) == 12
+    wanted = {
+        n["id"]
+        for n in select_nodes(
+            [json.loads(x) for x in shipped_nodes.read_text().splitlines()], 12, 0
+        )
+    }
+    assert {r["node_id"] for r in qa} == wanted
+    assert srv.stats()["requests"] - before == 8 * 3  # only the 8 new nodes cost requests
+    again = distill(shipped_nodes, out, config)
+    assert again["session"]["nodes"] == 0 and again["accepted"] == summary["accepted"] == 12
+    with pytest.raises(CircuitlabError, match="different config"):
+        distill(shipped_nodes, out, http_config(srv, max_revisions=3))
+
+
+def test_killed_cli_run_resumes_to_exactly_one_record_per_node(server, shipped_nodes, tmp_path):
+    srv = server("slow", delay=0.15)
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "circuitlab", "analog", "distill", "--nodes", str(shipped_nodes),
+        "--out", str(out), "--backend", "openai", "--base-url", srv.base_url,
+        "--model", "fake-m", "--max-nodes", "10", "--batch-size", "2", "--concurrency", "2",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    deadline = time.time() + 60
+    while len(lines(out / "qa.jsonl")) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = len(lines(out / "qa.jsonl"))
+    assert 3 <= killed_at < 10
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    qa = lines(out / "qa.jsonl")
+    assert len(qa) == 10 and len({r["node_id"] for r in qa}) == 10
+    assert json.loads((out / "results.json").read_text())["complete"] is True
+    assert "10/10 nodes: 10 accepted" in " ".join(result.stderr.split())
+
+
+def test_bad_distill_settings_are_user_errors():
+    with pytest.raises(CircuitlabError, match="base-url"):
+        DistillConfig(backend="openai", model="m")
+    with pytest.raises(CircuitlabError, match="backend"):
+        DistillConfig(backend="gpt")
+    with pytest.raises(CircuitlabError, match="max_nodes"):
+        DistillConfig(max_nodes=0)

@@ -1,0 +1,111 @@
+"""LLM backends: the HTTP client against real local servers, and the response cache."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from circuitlab.analog.llm.base import ChatRequest, ChatResult, messages
+from circuitlab.analog.llm.cache import CachedBackend
+from circuitlab.analog.llm.openai_http import HTTPConfig, OpenAIBackend
+from circuitlab.core.errors import CircuitlabError
+
+DESIGN = messages("You are a question designer.", "Passage:\nOp-amps have high gain.")
+
+
+def backend(srv, **kw) -> OpenAIBackend:
+    options = {"retries": 3, "backoff_s": 0.01, "max_backoff_s": 0.05, "timeout_s": 10}
+    options.update(kw)
+    return OpenAIBackend(HTTPConfig(base_url=srv.base_url, model="fake-m", **options))
+
+
+def test_ok_server_answers_and_receives_the_key(server, monkeypatch):
+    srv = server("ok")
+    monkeypatch.setenv("TEST_LLM_KEY", "sk-secret-123")
+    client = backend(srv, api_key_env="TEST_LLM_KEY")
+    (result,) = client.generate([ChatRequest(DESIGN, max_tokens=20)])
+    assert result.error is None and result.model == "fake-m"
+    assert '"question"' in result.text and result.usage["completion_tokens"] == 10
+    assert srv.stats()["auth"] == ["Bearer sk-secret-123"]
+
+
+@pytest.mark.parametrize("mode", ["flaky500", "rate429", "malformed_body"])
+def test_transient_failures_are_retried_until_they_succeed(server, mode):
+    srv = server(mode)
+    client = backend(srv)
+    results = client.generate([ChatRequest(DESIGN, seed=i) for i in range(3)])
+    assert all(r.error is None and '"question"' in r.text for r in results)
+    assert srv.stats()["requests"] == 6  # each request failed once, then succeeded
+
+
+def test_persistent_errors_become_failed_results_not_exceptions(server):
+    srv = server("always500")
+    client = backend(srv, retries=2)
+    (result,) = client.generate([ChatRequest(DESIGN)])
+    assert result.text is None and "HTTP 500" in result.error and "3 attempt" in result.error
+    assert srv.stats()["requests"] == 3
+
+
+def test_client_errors_and_dead_servers_fail_fast_and_cleanly(server):
+    srv = server("ok")
+    wrong_path = OpenAIBackend(
+        HTTPConfig(base_url=f"http://127.0.0.1:{srv.port}/nope", model="m", retries=3)
+    )
+    (result,) = wrong_path.generate([ChatRequest(DESIGN)])
+    assert "HTTP 404" in result.error and "1 attempt" in result.error
+    dead = OpenAIBackend(
+        HTTPConfig(base_url="http://127.0.0.1:9/v1", model="m", retries=1, backoff_s=0.01)
+    )
+    (result,) = dead.generate([ChatRequest(DESIGN)])
+    assert "cannot reach" in result.error
+
+
+def test_requests_overlap_up_to_the_concurrency_limit(server):
+    srv = server("slow", delay=0.3)
+    client = backend(srv, concurrency=4)
+    started = time.perf_counter()
+    results = client.generate([ChatRequest(DESIGN, seed=i) for i in range(8)])
+    seconds = time.perf_counter() - started
+    assert all(r.error is None for r in results)
+    assert srv.stats()["max_in_flight"] == 4
+    assert seconds < 8 * 0.3 / 2  # serial would take 2.4 s; 4 at a time about 0.6 s
+
+
+def test_bad_config_is_a_user_error():
+    with pytest.raises(CircuitlabError, match="http"):
+        HTTPConfig(base_url="localhost:8000", model="m")
+    with pytest.raises(CircuitlabError, match="model"):
+        HTTPConfig(base_url="http://x", model="")
+
+
+class Counting:
+    model = identity = "counting"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls = 0
+        self.fail = fail
+
+    def generate(self, requests):
+        self.calls += len(requests)
+        if self.fail:
+            return [ChatResult(None, "counting", error="boom") for _ in requests]
+        return [ChatResult(f"reply to {r.messages[-1][1]}", "counting") for r in requests]
+
+
+def test_cache_serves_repeated_requests_and_never_caches_failures(tmp_path):
+    inner = Counting()
+    cached = CachedBackend(inner, tmp_path)
+    first = cached.generate([ChatRequest(messages("s", "a")), ChatRequest(messages("s", "b"))])
+    again = CachedBackend(Counting(), tmp_path)  # a new process sees the same files
+    second = again.generate([ChatRequest(messages("s", "b")), ChatRequest(messages("s", "c"))])
+    assert inner.calls == 2 and again.backend.calls == 1
+    assert second[0].cached and second[0].text == first[1].text == "reply to b"
+    assert not second[1].cached
+    assert ChatRequest(messages("s", "a")).key("x") != ChatRequest(messages("s", "a"), seed=1).key(
+        "x"
+    )
+    failing = CachedBackend(Counting(fail=True), tmp_path / "f")
+    failing.generate([ChatRequest(messages("s", "z"))])
+    failing.generate([ChatRequest(messages("s", "z"))])
+    assert failing.backend.calls == 2
