@@ -1,0 +1,26 @@
+"""Fixtures for the circuits tests: the embedded tokenizer and tiny random-init models."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import ARCHS, tiny_lm
+
+from circuitlab.core.lm import LoadedLM
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded_lm: LoadedLM) -> Any:
+    return embedded_lm.tokenizer
+
+
+@pytest.fixture(scope="session", params=ARCHS)
+def tiny(request: pytest.FixtureRequest, tokenizer: Any) -> LoadedLM:
+    """A random-init tiny GPT-2, Pythia or Llama (6 query heads on 2 key/value heads)."""
+    return tiny_lm(request.param, tokenizer)
