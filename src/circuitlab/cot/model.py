@@ -1,0 +1,198 @@
+"""A small GPT decoder, written out rather than borrowed from `transformers`.
+
+Why not GPT2 from a config: the cot experiments vary exactly the parts `transformers` hides
+(positional encoding, depth at fixed width, dropout placement), the models are tiny, and a
+100-line module makes the architecture the paper reasons about readable in one screen. It
+uses PyTorch's fused `scaled_dot_product_attention` (the official minGPT code multiplies
+and masks attention matrices by hand) and a key/value cache for greedy generation.
+
+Layout as in minGPT / the official code: pre-LayerNorm blocks, GELU MLP of width 4 d, learned
+token embeddings, untied output head; positions are sinusoidal (the paper) or learned.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from circuitlab.core.config import require
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the decoder. `vocab_size` and `max_len` come from the task's data."""
+
+    vocab_size: int
+    max_len: int
+    layers: int = 3
+    d_model: int = 256
+    heads: int = 4
+    dropout: float = 0.1
+    positions: str = "sinusoidal"
+    embed_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        require(self.vocab_size >= 2, "vocab_size must be at least 2")
+        require(self.max_len >= 2, "max_len must be at least 2")
+        require(self.layers >= 1, "layers must be at least 1")
+        require(self.heads >= 1, "heads must be at least 1")
+        require(
+            self.d_model % self.heads == 0,
+            f"d_model ({self.d_model}) must be divisible by heads ({self.heads})",
+        )
+        require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        require(self.embed_std > 0, "embed_std must be positive")
+        require(
+            self.positions in ("sinusoidal", "learned"),
+            f"positions must be 'sinusoidal' or 'learned', not {self.positions!r}",
+        )
+
+
+def sinusoidal_table(max_len: int, d_model: int) -> torch.Tensor:
+    """The fixed sin/cos position table of Vaswani et al. (what the paper's models use)."""
+    position = torch.arange(max_len, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(1e4) / d_model))
+    table = torch.zeros(max_len, d_model)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq[: d_model // 2])
+    return table
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.heads = config.heads
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.dropout = config.dropout
+        self.resid_drop = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        # With a cache the new tokens come last, so they may see every cached position;
+        # causal masking is only needed among the new tokens themselves.
+        causal = t > 1
+        if causal and past is not None:
+            raise ValueError("with a cache, feed one token at a time")
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        y = y.transpose(1, 2).reshape(b, t, d)
+        return self.resid_drop(self.proj(y)), (k, v)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.d_model)
+        self.attn = SelfAttention(config)
+        self.ln2 = nn.LayerNorm(config.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.d_model, 4 * config.d_model),
+            nn.GELU(),
+            nn.Linear(4 * config.d_model, config.d_model),
+            nn.Dropout(config.dropout),
+        )
+
+    def forward(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        a, present = self.attn(self.ln1(x), past)
+        x = x + a
+        return x + self.mlp(self.ln2(x)), present
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer; `forward` returns logits for every position."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok = nn.Embedding(config.vocab_size, config.d_model)
+        if config.positions == "learned":
+            self.pos = nn.Parameter(torch.zeros(config.max_len, config.d_model))
+        else:
+            self.register_buffer(
+                "pos", sinusoidal_table(config.max_len, config.d_model), persistent=False
+            )
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
+        self.ln_f = nn.LayerNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.apply(_init_weights)
+        # Token embeddings start at the scale of the sinusoidal table they are added to. At
+        # GPT-2's 0.02 the position signal drowns the token identity after LayerNorm, and
+        # training sits at chance for thousands of steps until the embeddings grow.
+        nn.init.normal_(self.tok.weight, mean=0.0, std=config.embed_std)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
+                # GPT-2's scaling of residual projections keeps early activations bounded.
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.layers))
+
+    def forward(
+        self, ids: torch.Tensor, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, KVCache]:
+        start = 0 if cache is None else cache[0][0].shape[2]
+        end = start + ids.shape[1]
+        if end > self.config.max_len:
+            raise ValueError(f"sequence of {end} tokens exceeds max_len {self.config.max_len}")
+        x = self.drop(self.tok(ids) + self.pos[start:end])
+        presents: KVCache = []
+        for i, block in enumerate(self.blocks):
+            x, present = block(x, None if cache is None else cache[i])
+            presents.append(present)
+        return self.head(self.ln_f(x)), presents
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward = 3x forward), PaLM-appendix style."""
+        c = self.config
+        matmul_params = c.layers * 12 * c.d_model**2 + c.d_model * c.vocab_size
+        attention = c.layers * 2 * seq_len * c.d_model  # scores + weighted sum, averaged causal
+        return 3 * (2 * matmul_params + 2 * attention)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+
+@torch.no_grad()
+def greedy_generate(model: GPT, prompts: torch.Tensor, max_new: int, eos_id: int) -> torch.Tensor:
+    """Greedy continuation of equal-length prompts [B, Lp] -> new tokens [B, <= max_new].
+
+    Rows that have produced `eos_id` keep emitting it; generation stops early once every row
+    has. Uses the key/value cache, so each new token costs one position of compute.
+    """
+    max_new = min(max_new, model.config.max_len - prompts.shape[1])
+    logits, cache = model(prompts)
+    out: list[torch.Tensor] = []
+    done = torch.zeros(prompts.shape[0], dtype=torch.bool, device=prompts.device)
+    for _ in range(max_new):
+        nxt = logits[:, -1].argmax(dim=-1)
+        nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+        out.append(nxt)
+        done |= nxt == eos_id
+        if bool(done.all()):
+            break
+        logits, cache = model(nxt[:, None], cache)
+    if not out:
+        return prompts.new_zeros((prompts.shape[0], 0))
+    return torch.stack(out, dim=1)

@@ -1,0 +1,331 @@
+"""The paper's experiment as one command: tasks x sizes x {CoT, direct at several depths} x seeds.
+
+Each point is an ordinary training run in `OUT/points/<name>/`, so a killed sweep resumes
+point by point (and inside a point from its last checkpoint). When all points are done the
+sweep writes results.json (every point, plus mean/min/max over seeds), results.csv and
+accuracy_vs_size.png, the picture of the paper's Figure 3: CoT flat near 100%, direct
+falling with problem size.
+
+Points run one after another by default; `executor="ray"` fans them out over a Ray cluster
+(`pip install 'circuitlab[ray]'`, then `ray start` on each machine or a running cluster).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from circuitlab.core.config import config_to_dict, require
+from circuitlab.core.errors import CircuitlabError
+from circuitlab.core.io import atomic_write_json, atomic_write_text
+from circuitlab.core.runs import RunDir
+from circuitlab.cot.train import TrainConfig, train
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """One task's part of a sweep: its sizes and the training settings for all its points."""
+
+    task: str
+    sizes: tuple[int, ...]
+    train: TrainConfig  # task/size/format/layers/seed are filled in per point
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    plans: tuple[TaskPlan, ...]
+    cot_layers: int
+    direct_layers: tuple[int, ...]
+    seeds: tuple[int, ...]
+    note: str
+
+
+def _paper() -> Profile:
+    """The official configuration (reference/cot.md): a multi-GPU job, days on one GPU."""
+    base = TrainConfig(
+        num=1_000_000, test_num=100_000, d_model=256, heads=4, dropout=0.1, epochs=100,
+        batch_size=512, lr=1e-4, weight_decay=0.01, warmup=0.05, schedule="linear",
+        checkpoint_every=2_000, log_every=100, eval_every=10, eval_examples=2_000,
+    )  # fmt: skip
+    plans = (
+        # the documented arithmetic commands use --under: a third of the problems smaller
+        TaskPlan("arithmetic", (4, 5, 6), dataclasses.replace(base, mix_smaller=1 / 3)),
+        TaskPlan("equation", (3, 4, 5), base),
+        TaskPlan("lis", (50, 80, 100), base),
+        TaskPlan("ed", (12, 16, 20), base),
+    )
+    return Profile(
+        "paper",
+        plans,
+        cot_layers=3,
+        direct_layers=(3, 4, 5),
+        seeds=(2021, 2022, 2023, 2024),
+        note="official configuration: d_model 256, 4 heads, 1e6 examples, 100 epochs, "
+        "batch 512, AdamW 1e-4; a GPU job (about 5 GPU-days for all 192 points)",
+    )
+
+
+def _quick() -> Profile:
+    """Scaled down to finish on a 2-core CPU in under 30 minutes and still show the effect.
+
+    Smaller problems, a d_model-128 model without dropout, a higher learning rate and a
+    few thousand steps. Direct models get the same data and epochs as CoT models, which is
+    less compute (their sequences are shorter), as in the paper.
+    """
+    base = TrainConfig(
+        num=30_000, test_num=500, d_model=128, heads=4, dropout=0.0, epochs=6, batch_size=32,
+        lr=1e-3, weight_decay=0.01, warmup=0.05, schedule="cosine",
+        checkpoint_every=500, log_every=50,
+    )  # fmt: skip
+    plans = (
+        TaskPlan("arithmetic", (2, 3), dataclasses.replace(base, num=25_000, mix_smaller=0.3)),
+        TaskPlan("lis", (8, 16), base),
+    )
+    return Profile(
+        "quick",
+        plans,
+        cot_layers=3,
+        direct_layers=(3, 5),
+        seeds=(2021,),
+        note="scaled down for a 2-core CPU: arithmetic n=2,3 (30% of training problems "
+        "smaller, as the official --under) and LIS n=8,16; d_model 128, 25-30k examples, "
+        "6 epochs, batch 32, AdamW 1e-3, one seed",
+    )
+
+
+PROFILES = {"quick": _quick, "paper": _paper}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise CircuitlabError(f"unknown profile {name!r}: use one of {', '.join(PROFILES)}")
+    return PROFILES[name]()
+
+
+@dataclass(frozen=True)
+class Point:
+    config: TrainConfig
+
+    @property
+    def name(self) -> str:
+        c = self.config
+        return f"{c.task}-n{c.size}-{c.format}-L{c.layers}-s{c.seed}"
+
+
+def points(profile: Profile, tasks: tuple[str, ...] = (), device: str | None = None) -> list[Point]:
+    """Every point of the sweep, in the order they run (cheap direct runs first per size)."""
+    known = {p.task for p in profile.plans}
+    unknown = sorted(set(tasks) - known)
+    require(not unknown, f"task(s) {', '.join(unknown)} not in profile {profile.name}: "
+            f"it has {', '.join(sorted(known))}")  # fmt: skip
+    out = []
+    for plan in profile.plans:
+        if tasks and plan.task not in tasks:
+            continue
+        for size in plan.sizes:
+            for seed in profile.seeds:
+                variants = [("direct", layers) for layers in profile.direct_layers]
+                variants.append(("cot", profile.cot_layers))
+                for fmt, layers in variants:
+                    config = dataclasses.replace(
+                        plan.train, task=plan.task, size=size, format=fmt, layers=layers,
+                        seed=seed, **({"device": device} if device else {}),
+                    )  # fmt: skip
+                    out.append(Point(config))
+    return out
+
+
+def run_sweep(
+    profile: Profile,
+    out: str | Path,
+    *,
+    tasks: tuple[str, ...] = (),
+    executor: str = "local",
+    device: str | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run (or resume) every point, then aggregate. Returns what results.json holds."""
+    require(executor in EXECUTORS, f"executor must be one of {', '.join(EXECUTORS)}")
+    todo = points(profile, tasks, device)
+    root = Path(out)
+    RunDir.open(root, {"profile": profile.name, "tasks": list(tasks) or "all"})
+    if executor == "ray":
+        results = _run_ray(todo, root)
+    else:
+        results = []
+        for i, point in enumerate(todo, 1):
+            if not quiet:
+                print(f"[{i}/{len(todo)}] {point.name}", flush=True)
+            results.append(train(point.config, root / "points" / point.name, resume=True,
+                                 quiet=quiet))  # fmt: skip
+    return write_summary(profile, root, todo, results)
+
+
+def _run_ray(todo: list[Point], root: Path) -> list[dict[str, Any]]:
+    try:
+        import ray
+    except ImportError:
+        raise CircuitlabError(
+            "the ray executor needs Ray: pip install 'circuitlab[ray]' (or run without it)"
+        ) from None
+    if not ray.is_initialized():
+        ray.init(address="auto" if _ray_cluster_running() else None)
+
+    gpus = 1 if any(p.config.device in ("cuda", "auto") for p in todo) else 0
+
+    @ray.remote(num_gpus=gpus if ray.cluster_resources().get("GPU") else 0)
+    def one(config: TrainConfig, path: str) -> dict[str, Any]:
+        return train(config, path, resume=True, quiet=True)
+
+    futures = [one.remote(p.config, str(root / "points" / p.name)) for p in todo]
+    return list(ray.get(futures))
+
+
+def _ray_cluster_running() -> bool:
+    import os
+
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
+# ------------------------------------------------------------------ aggregation
+
+
+def _variant(result: dict[str, Any]) -> str:
+    return "cot" if result["format"] == "cot" else f"direct L{result['layers']}"
+
+
+def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, min and max answer accuracy over seeds for each (task, size, variant)."""
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        groups[(r["task"], r["size"], _variant(r))].append(r)
+    rows = []
+    for (task, size, variant), rs in sorted(groups.items()):
+        acc = [r["answer_accuracy"] for r in rs]
+        chain = [r["chain_accuracy"] for r in rs]
+        rows.append({
+            "task": task, "size": size, "variant": variant, "seeds": len(rs),
+            "answer_accuracy": sum(acc) / len(acc), "min": min(acc), "max": max(acc),
+            "chain_accuracy": sum(chain) / len(chain),
+            "train_seconds": sum(r["train_seconds"] for r in rs) / len(rs),
+        })  # fmt: skip
+    return rows
+
+
+def write_summary(
+    profile: Profile, root: Path, todo: list[Point], results: list[dict[str, Any]]
+) -> dict[str, Any]:
+    rows = aggregate(results)
+    summary = {
+        "profile": profile.name,
+        "note": profile.note,
+        "points": [{"name": p.name, **r} for p, r in zip(todo, results, strict=True)],
+        "summary": rows,
+        "configs": {p.name: config_to_dict(p.config) for p in todo},
+    }
+    atomic_write_json(root / "results.json", summary)
+    atomic_write_text(root / "results.csv", to_csv(summary["points"]))
+    plot_accuracy(rows, root / "accuracy_vs_size.png", profile.name)
+    atomic_write_text(root / "report.md", report_markdown(profile, rows))
+    return summary
+
+
+def to_csv(point_rows: list[dict[str, Any]]) -> str:
+    fields = ["name", "task", "size", "format", "layers", "seed", "answer_accuracy",
+              "chain_accuracy", "right_answer_wrong_chain", "examples", "parameters", "steps",
+              "train_seconds", "eval_seconds", "tokens_per_s"]  # fmt: skip
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(point_rows)
+    return buffer.getvalue()
+
+
+# Final test accuracy of the official runs, mean of four seeds (reference/cot.md).
+OFFICIAL: dict[tuple[str, int], dict[str, float]] = {
+    ("arithmetic", 4): {"direct L3": 0.729, "direct L4": 0.914, "direct L5": 0.968},
+    ("arithmetic", 5): {"direct L3": 0.374, "direct L4": 0.322, "direct L5": 0.699},
+    ("arithmetic", 6): {"direct L3": 0.254, "direct L4": 0.252, "direct L5": 0.491},
+    ("lis", 50): {"direct L3": 0.644, "direct L4": 0.908, "direct L5": 0.959},
+    ("lis", 80): {"direct L3": 0.300, "direct L4": 0.630, "direct L5": 0.752},
+    ("lis", 100): {"direct L3": 0.226, "direct L4": 0.335, "direct L5": 0.551},
+    ("ed", 12): {"direct L3": 0.752, "direct L4": 0.872, "direct L5": 0.934},
+    ("ed", 16): {"direct L3": 0.547, "direct L4": 0.720, "direct L5": 0.799},
+    ("ed", 20): {"direct L3": 0.426, "direct L4": 0.579, "direct L5": 0.640},
+    ("equation", 3): {"direct L3": 0.025, "direct L4": 0.04, "direct L5": 0.04},
+    ("equation", 4): {"direct L3": 0.0, "direct L4": 0.0, "direct L5": 0.0},
+    ("equation", 5): {"direct L3": 0.0, "direct L4": 0.0, "direct L5": 0.0},
+}
+OFFICIAL_COT_MIN = 0.9946  # CoT (3 layers) reached at least this everywhere
+
+
+def report_markdown(profile: Profile, rows: list[dict[str, Any]]) -> str:
+    variants = sorted({r["variant"] for r in rows}, key=lambda v: (v != "cot", v))
+    lines = [
+        f"# cot sweep, profile `{profile.name}`",
+        "",
+        profile.note + ".",
+        "",
+        "Final-answer accuracy on held-out problems (greedy decoding), mean over seeds.",
+        "",
+        "| task | size | " + " | ".join(variants) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in variants) + " |",
+    ]
+    by_key: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        by_key[(r["task"], r["size"])][r["variant"]] = r["answer_accuracy"]
+    for (task, size), accs in sorted(by_key.items()):
+        cells = [f"{accs[v]:.3f}" if v in accs else "" for v in variants]
+        lines.append(f"| {task} | {size} | " + " | ".join(cells) + " |")
+    official = [k for k in by_key if k in OFFICIAL]
+    if official:
+        lines += ["", f"Official (paper) numbers at the same sizes; CoT >= {OFFICIAL_COT_MIN}:", ""]
+        for key in sorted(official):
+            parts = ", ".join(f"{v} {a:.3f}" for v, a in OFFICIAL[key].items())
+            lines.append(f"- {key[0]} n={key[1]}: {parts}")
+    lines += ["", "![accuracy vs size](accuracy_vs_size.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """One panel per task: accuracy vs size, CoT solid, direct per depth dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        mine = [r for r in rows if r["task"] == task]
+        for variant in sorted({r["variant"] for r in mine}, key=lambda v: (v != "cot", v)):
+            pts = sorted((r for r in mine if r["variant"] == variant), key=lambda r: r["size"])
+            sizes = [r["size"] for r in pts]
+            mean = [r["answer_accuracy"] for r in pts]
+            err = [[m - r["min"] for m, r in zip(mean, pts, strict=True)],
+                   [r["max"] - m for m, r in zip(mean, pts, strict=True)]]  # fmt: skip
+            style = "-o" if variant == "cot" else "--s"
+            ax.errorbar(sizes, mean, yerr=err, fmt=style, capsize=3, label=variant)
+        ax.set_title(task)
+        ax.set_xlabel("problem size")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xticks(sorted({r["size"] for r in mine}))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("final-answer accuracy")
+    axes[0][-1].legend(loc="lower left", fontsize=8)
+    fig.suptitle(f"CoT vs direct ({title} profile)")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    from circuitlab.core.io import atomic_write_bytes
+
+    atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,511 @@
+"""Training one model on one task, size and format, resumable after a kill.
+
+A run directory holds everything: config.json, metrics.jsonl (loss, lr, tokens/s; eval
+points), checkpoints/step-N/ (model weights in safetensors; optimizer, scheduler position
+and RNG states) and results.json with the final evaluation. Resuming rebuilds the data
+(generation is deterministic and takes seconds), restores the latest checkpoint and skips
+the batches already seen in the current epoch, so a killed and resumed run ends in exactly
+the state an uninterrupted run reaches.
+
+Several GPUs: launch the same command under `torchrun --nproc_per_node N` or
+`accelerate launch`; each rank trains on its share of every epoch's batches (DDP) and
+rank 0 writes the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from circuitlab.core.config import config_to_dict, require
+from circuitlab.core.devices import pick_device
+from circuitlab.core.errors import CircuitlabError
+from circuitlab.core.io import atomic_write_json, read_json, read_jsonl
+from circuitlab.core.runs import RunDir
+from circuitlab.cot.batching import epoch_plan, shard
+from circuitlab.cot.data import DataConfig, generate_splits
+from circuitlab.cot.evaluate import EvalResult, evaluate_model
+from circuitlab.cot.model import GPT, ModelConfig
+from circuitlab.cot.sequences import Sequences, build_sequences, loss_labels
+from circuitlab.cot.tasks import get_task
+from circuitlab.cot.tasks.common import TokenBatch
+
+SCHEDULES = ("cosine", "linear", "constant")
+AMP = ("auto", "off", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run. Defaults: the official model and optimiser
+    (d_model 256, 4 heads, 3 layers, AdamW 1e-4, weight decay 0.01, 5% warmup) on a small
+    dataset; the sweep profiles set data size and epochs."""
+
+    task: str = "arithmetic"
+    size: int = 4
+    format: str = "cot"
+    p: int = 11
+    num: int = 10_000
+    test_num: int = 1_000
+    data_seed: int = 0
+    seed: int = 2021
+    mix_smaller: float = 0.0
+    layers: int = 3
+    d_model: int = 256
+    heads: int = 4
+    dropout: float = 0.1
+    positions: str = "sinusoidal"
+    embed_std: float = 1.0
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.05
+    schedule: str = "cosine"
+    grad_clip: float = 1.0
+    amp: str = "auto"
+    device: str = "auto"
+    eval_every: int = 0
+    eval_examples: int = 500
+    checkpoint_every: int = 200
+    log_every: int = 20
+
+    def __post_init__(self) -> None:
+        require(
+            self.format in ("direct", "cot"), f"format must be direct or cot, not {self.format!r}"
+        )
+        require(self.epochs >= 1, "epochs must be at least 1")
+        require(self.batch_size >= 1, "batch_size must be at least 1")
+        require(self.lr > 0, "lr must be positive")
+        require(0.0 <= self.warmup < 1.0, "warmup is a fraction of all steps, in [0, 1)")
+        require(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}")
+        require(self.amp in AMP, f"amp must be one of {', '.join(AMP)}")
+        require(self.checkpoint_every >= 1, "checkpoint_every must be at least 1")
+        require(self.log_every >= 1, "log_every must be at least 1")
+        require(self.test_num >= 1, "test_num must be at least 1: the run ends with an evaluation")
+        require(
+            0.0 <= self.mix_smaller < 1.0, "mix_smaller is a fraction of training data, in [0, 1)"
+        )
+        DataConfig(
+            self.task, self.size, self.format, self.num, self.test_num, self.data_seed, self.p
+        )
+
+    @property
+    def data(self) -> DataConfig:
+        return DataConfig(
+            self.task, self.size, self.format, self.num, self.test_num, self.data_seed, self.p
+        )
+
+
+@dataclass
+class Prepared:
+    """Data and model shape of a run, rebuilt identically on every (re)start."""
+
+    train: Sequences
+    test: Sequences
+    model_config: ModelConfig
+
+
+def prepare(config: TrainConfig) -> Prepared:
+    task = get_task(config.task)
+    vocab = task.vocab(config.size, config.p)
+    splits = generate_splits(config.data)
+    train_batch = splits.train
+    if config.mix_smaller > 0:
+        train_batch = _mix_in_smaller(train_batch, config)
+    train = build_sequences(task, train_batch, vocab, config.format)
+    test = build_sequences(task, splits.test, vocab, config.format)
+    # Room beyond the longest true sequence, so a wrong (longer) generation can still end.
+    max_len = max(train.max_len, test.max_len) + 8
+    model_config = ModelConfig(
+        vocab_size=len(vocab),
+        max_len=max_len,
+        layers=config.layers,
+        d_model=config.d_model,
+        heads=config.heads,
+        dropout=config.dropout,
+        positions=config.positions,
+        embed_std=config.embed_std,
+    )
+    return Prepared(train, test, model_config)
+
+
+def fresh_test(config: TrainConfig, count: int) -> Sequences:
+    """`count` new test problems (another seed), none of whose questions was trained on."""
+    task = get_task(config.task)
+    vocab = task.vocab(config.size, config.p)
+
+    def keys(batch: TokenBatch) -> list[bytes]:  # independent of each batch's padded width
+        return [row[row != 0].astype(np.int16).tobytes() for row in batch.question]
+
+    seen = set(keys(generate_splits(config.data).train))
+    draw = dataclasses.replace(config.data, num=count, test_num=0, seed=config.data_seed + 1)
+    batch = generate_splits(draw).train
+    keep = np.array([k not in seen for k in keys(batch)], dtype=bool)
+    return build_sequences(task, batch.select(keep), vocab, config.format)
+
+
+def _mix_in_smaller(batch: TokenBatch, config: TrainConfig) -> TokenBatch:
+    """Replace a `mix_smaller` share of the training set by problems of sizes below `size`.
+
+    The official `--under` option does this for arithmetic: short problems teach the
+    one-step facts the long ones are built of. Smaller sizes get equal shares; they are
+    drawn independently (repeats allowed) and cannot collide with the test set, whose
+    problems all have the full size.
+    """
+    task = get_task(config.task)
+    sizes = [k for k in range(task.min_size, config.size)]
+    if not sizes:
+        return batch
+    vocab = task.vocab(config.size, config.p)
+    if any(task.vocab(k, config.p) != vocab for k in sizes):
+        raise CircuitlabError(
+            f"mix_smaller needs one vocabulary for all sizes, which {config.task} does not have"
+        )
+    smaller = round(len(batch) * config.mix_smaller)
+    rng = np.random.default_rng([config.data_seed, 7919])
+    parts = [batch.select(slice(0, len(batch) - smaller))]
+    for i, k in enumerate(sizes):
+        count = smaller // len(sizes) + (1 if i < smaller % len(sizes) else 0)
+        if count:
+            parts.append(task.generate(rng, k, count, config.p))
+    return TokenBatch.concat(parts)
+
+
+def lr_at(step: int, total: int, config: TrainConfig) -> float:
+    """Learning rate at optimizer step `step` (linear warmup, then the chosen decay)."""
+    warm = int(config.warmup * total)
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    if config.schedule == "constant" or total <= warm:
+        return config.lr
+    frac = (step - warm) / max(total - warm, 1)
+    if config.schedule == "linear":
+        return config.lr * (1.0 - frac)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+# ------------------------------------------------------------------ distributed set-up
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_world() -> World:
+    """Join the process group when launched by torchrun / accelerate (WORLD_SIZE > 1)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    return World(dist.get_rank(), size, local)
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def _checkpoint_dirs(run: RunDir) -> list[Path]:
+    if not run.checkpoints.exists():
+        return []
+    found = [p for p in run.checkpoints.glob("step-*") if (p / "trainer.json").exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(
+    run: RunDir,
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    position: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write checkpoints/step-N atomically (temp dir + rename); keep the newest `keep`."""
+    final = run.checkpoints / f"step-{position['step']:08d}"
+    tmp = run.checkpoints / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        tmp / "model.safetensors",
+    )
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    torch.save({"optimizer": optimizer.state_dict(), "rng": rng}, tmp / "state.pt")
+    atomic_write_json(tmp / "trainer.json", position)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in _checkpoint_dirs(run)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_weights(path: Path, model: GPT) -> None:
+    model.load_state_dict(load_file(path / "model.safetensors"))
+
+
+def restore_checkpoint(path: Path, model: GPT, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    load_weights(path, model)
+    state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["cpu"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["rng"]["cuda"])
+    return read_json(path / "trainer.json")
+
+
+def _trim_metrics(run: RunDir, step: int) -> None:
+    """Drop metric lines logged after the checkpoint we resume from (they will be redone)."""
+    path = run.path / "metrics.jsonl"
+    if path.exists():
+        kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        from circuitlab.core.io import atomic_write_text
+
+        atomic_write_text(path, text)
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def _autocast(device: torch.device, amp: str) -> AbstractContextManager[Any]:
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return nullcontext()
+    if amp == "fp16":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _batches(
+    data: Sequences, config: TrainConfig, world: World, epoch: int, skip: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    plan = shard(
+        epoch_plan(data.lengths, config.batch_size, config.seed, epoch), world.rank, world.size
+    )
+    for i in range(skip, len(plan)):
+        yield i, plan[i]
+
+
+def steps_per_epoch(data: Sequences, config: TrainConfig, world: World) -> int:
+    return len(shard(epoch_plan(data.lengths, config.batch_size, config.seed, 0), 0, world.size))
+
+
+def train(
+    config: TrainConfig, out: str | Path, *, resume: bool = False, quiet: bool = False
+) -> dict[str, Any]:
+    """Train (or resume) the run in `out`; return its results (also in results.json)."""
+    world = init_world()
+    run = RunDir.open(out, config_to_dict(config)) if world.main else RunDir(Path(out))
+    if run.is_done("train") and (run.path / "results.json").exists():
+        return run.results()
+    existing = _checkpoint_dirs(run)
+    if existing and not resume:
+        raise CircuitlabError(
+            f"{run.path} holds an unfinished run (checkpoint {existing[-1].name}); "
+            "pass --resume to continue it or choose another --out"
+        )
+    device = pick_device(config.device)
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    prepared = prepare(config)
+    torch.manual_seed(config.seed)
+    model = GPT(prepared.model_config).to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+        betas=(0.9, 0.95),
+        fused=device.type == "cuda",
+    )
+    position = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "seconds": 0.0}
+    if existing:
+        position = restore_checkpoint(existing[-1], model, optimizer)
+        if world.main:
+            _trim_metrics(run, position["step"])
+    ddp_model: torch.nn.Module = model
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    per_epoch = steps_per_epoch(prepared.train, config, world)
+    total = per_epoch * config.epochs
+    scaler = torch.amp.GradScaler(enabled=config.amp == "fp16" and device.type == "cuda")
+    ids_all = torch.as_tensor(prepared.train.ids)
+    labels_all = torch.as_tensor(
+        loss_labels(prepared.train.ids, prepared.train.lengths, prepared.train.prompt)
+    )
+    lengths = prepared.train.lengths
+    task = get_task(config.task)
+    vocab = task.vocab(config.size, config.p)
+
+    bar = tqdm(
+        total=total,
+        initial=position["step"],
+        desc=f"train {config.task} n={config.size} {config.format}",
+        disable=quiet or not world.main,
+        unit="step",
+        dynamic_ncols=True,
+    )
+    window_tokens, window_start = 0, time.perf_counter()
+    run_start = time.perf_counter() - position["seconds"]
+    model.train()
+    for epoch in range(position["epoch"], config.epochs):
+        for index, rows in _batches(
+            prepared.train,
+            config,
+            world,
+            epoch,
+            position["batch"] if epoch == position["epoch"] else 0,
+        ):
+            width = int(lengths[rows].max())
+            ids = ids_all[rows, :width].to(device, non_blocking=True)
+            labels = labels_all[rows, :width].to(device, non_blocking=True)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(position["step"], total, config)
+            with _autocast(device, config.amp):
+                logits, _ = ddp_model(ids)
+                loss = F.cross_entropy(
+                    logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            tokens = int(lengths[rows].sum()) * world.size
+            position.update(
+                step=position["step"] + 1,
+                epoch=epoch,
+                batch=index + 1,
+                tokens=position["tokens"] + tokens,
+            )
+            window_tokens += tokens
+            step = position["step"]
+            if step % config.log_every == 0 or step == total:
+                elapsed = time.perf_counter() - window_start
+                rate = window_tokens / max(elapsed, 1e-9)
+                window_tokens, window_start = 0, time.perf_counter()
+                loss_value = float(loss.detach())
+                if world.main:
+                    run.log_metrics(
+                        step=step,
+                        epoch=epoch,
+                        loss=loss_value,
+                        lr=optimizer.param_groups[0]["lr"],
+                        tokens_per_s=rate,
+                        tokens=position["tokens"],
+                    )
+                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{rate:,.0f}", epoch=epoch + 1)
+            bar.update(1)
+            if step % config.checkpoint_every == 0 and world.main:
+                position["seconds"] = time.perf_counter() - run_start
+                save_checkpoint(run, model, optimizer, dict(position))
+        position.update(epoch=epoch + 1, batch=0)
+        if (
+            config.eval_every
+            and (epoch + 1) % config.eval_every == 0
+            and epoch + 1 < config.epochs
+            and world.main
+        ):
+            result = _evaluate(
+                model, task, vocab, prepared.test, config, device, config.eval_examples
+            )
+            run.log_metrics(
+                step=position["step"],
+                epoch=epoch + 1,
+                **{f"eval_{k}": v for k, v in result.to_dict().items() if k != "first_error"},
+            )
+    bar.close()
+    seconds = time.perf_counter() - run_start
+    if not world.main:
+        return {}
+    position["seconds"] = seconds
+    save_checkpoint(run, model, optimizer, dict(position), keep=1)
+    eval_start = time.perf_counter()
+    result = _evaluate(model, task, vocab, prepared.test, config, device, None)
+    results = {
+        "task": config.task,
+        "size": config.size,
+        "format": config.format,
+        "layers": config.layers,
+        "seed": config.seed,
+        **result.to_dict(),
+        "parameters": model.num_parameters(),
+        "steps": position["step"],
+        "train_tokens": position["tokens"],
+        "train_seconds": seconds,
+        "eval_seconds": time.perf_counter() - eval_start,
+        "tokens_per_s": position["tokens"] / max(seconds, 1e-9),
+    }
+    run.write_results(results)
+    run.mark_done("train")
+    return results
+
+
+def _evaluate(
+    model: GPT,
+    task: Any,
+    vocab: Any,
+    test: Sequences,
+    config: TrainConfig,
+    device: torch.device,
+    limit: int | None,
+) -> EvalResult:
+    if limit is not None and limit < len(test):
+        test = Sequences(test.ids[:limit], test.lengths[:limit], test.prompt[:limit])
+    return evaluate_model(model, task, vocab, test, config.format, config.p, device=device)
+
+
+def load_run(out: str | Path) -> tuple[TrainConfig, GPT, Prepared]:
+    """A finished (or checkpointed) run's config, model with its latest weights, and data."""
+    run = RunDir(Path(out))
+    if not (run.path / "config.json").exists():
+        raise CircuitlabError(f"{run.path} is not a cot training run (no config.json)")
+    from circuitlab.core.config import config_from_dict
+
+    config = config_from_dict(TrainConfig, run.config)
+    checkpoints = _checkpoint_dirs(run)
+    if not checkpoints:
+        raise CircuitlabError(f"{run.path} has no checkpoint yet: train it first")
+    prepared = prepare(config)
+    model = GPT(prepared.model_config)
+    load_weights(checkpoints[-1], model)
+    return config, model, prepared
+
+
+def replace(config: TrainConfig, **changes: Any) -> TrainConfig:
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from circuitlab.core.errors import CircuitlabError
+from circuitlab.cot import sweep
+from circuitlab.cot.train import TrainConfig
+
+TINY = TrainConfig(num=300, test_num=10, layers=1, d_model=16, heads=2, dropout=0.0,
+                   epochs=1, batch_size=32, checkpoint_every=1000, device="cpu")  # fmt: skip
+
+
+def tiny_profile() -> sweep.Profile:
+    plans = (
+        sweep.TaskPlan("arithmetic", (2, 3), TINY),
+        sweep.TaskPlan("lis", (5,), dataclasses.replace(TINY, num=200)),
+    )
+    return sweep.Profile("tiny", plans, cot_layers=2, direct_layers=(1, 2), seeds=(1, 2),
+                         note="test profile")  # fmt: skip
+
+
+def test_points_cover_tasks_sizes_variants_and_seeds() -> None:
+    pts = sweep.points(tiny_profile())
+    assert len(pts) == 3 * 3 * 2  # (2 + 1 sizes) x (2 direct depths + cot) x 2 seeds
+    names = {p.name for p in pts}
+    assert "arithmetic-n3-cot-L2-s2" in names and "lis-n5-direct-L1-s1" in names
+    assert {p.config.task for p in sweep.points(tiny_profile(), ("lis",))} == {"lis"}
+    with pytest.raises(CircuitlabError, match="not in profile"):
+        sweep.points(tiny_profile(), ("ed",))
+
+
+def test_sweep_writes_results_csv_plot_and_report(tmp_path: Path) -> None:
+    profile = tiny_profile()
+    summary = sweep.run_sweep(profile, tmp_path, tasks=("arithmetic",), quiet=True)
+    assert len(summary["points"]) == 2 * 3 * 2
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert len(rows) == 12
+    assert {r["format"] for r in rows} == {"direct", "cot"}
+    stored = json.loads((tmp_path / "results.json").read_text())
+    agg = {(r["task"], r["size"], r["variant"]): r for r in stored["summary"]}
+    assert set(agg) == {("arithmetic", n, v) for n in (2, 3)
+                        for v in ("cot", "direct L1", "direct L2")}  # fmt: skip
+    for r in stored["summary"]:
+        assert r["seeds"] == 2 and r["min"] <= r["answer_accuracy"] <= r["max"]
+    png = (tmp_path / "accuracy_vs_size.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+    report = (tmp_path / "report.md").read_text()
+    assert "| arithmetic | 2 |" in report and "direct L2" in report
+
+    # a rerun trains nothing: every point is done
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("points/*/results.json")}
+    sweep.run_sweep(profile, tmp_path, tasks=("arithmetic",), quiet=True)
+    assert stamps == {p: p.stat().st_mtime_ns for p in tmp_path.glob("points/*/results.json")}
+
+
+def test_aggregate_means_over_seeds() -> None:
+    base = {"task": "lis", "size": 5, "format": "direct", "layers": 3, "chain_accuracy": 0.0,
+            "train_seconds": 1.0}  # fmt: skip
+    rows = sweep.aggregate([{**base, "answer_accuracy": 0.2}, {**base, "answer_accuracy": 0.6}])
+    assert rows == [{"task": "lis", "size": 5, "variant": "direct L3", "seeds": 2,
+                     "answer_accuracy": pytest.approx(0.4), "min": 0.2, "max": 0.6,
+                     "chain_accuracy": 0.0, "train_seconds": 1.0}]  # fmt: skip
+
+
+def test_profiles_are_well_formed(tmp_path: Path) -> None:
+    paper = sweep.get_profile("paper")
+    assert paper.direct_layers == (3, 4, 5) and paper.cot_layers == 3
+    assert {p.task for p in paper.plans} == {"arithmetic", "equation", "lis", "ed"}
+    assert all(p.train.d_model == 256 and p.train.num == 1_000_000 for p in paper.plans)
+    quick = sweep.get_profile("quick")
+    assert len(quick.plans) >= 2 and all(len(p.sizes) >= 2 for p in quick.plans)
+    with pytest.raises(CircuitlabError, match="unknown profile"):
+        sweep.get_profile("huge")
+    if importlib.util.find_spec("ray") is None:
+        with pytest.raises(CircuitlabError, match="Ray"):
+            sweep.run_sweep(tiny_profile(), tmp_path, executor="ray")

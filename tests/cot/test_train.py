@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from circuitlab.core.errors import CircuitlabError
+from circuitlab.cot.train import TrainConfig, lr_at, prepare, train
+
+TINY = dict(
+    task="arithmetic", size=2, format="cot", num=2000, test_num=20, layers=1, d_model=32,
+    heads=2, dropout=0.1, epochs=4, batch_size=16, lr=2e-3, checkpoint_every=25,
+    log_every=25, device="cpu",
+)  # fmt: skip
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    (ckpt,) = sorted((run / "checkpoints").glob("step-*"))
+    return load_file(ckpt / "model.safetensors")
+
+
+def test_resume_after_kill_reaches_the_uninterrupted_state(tmp_path: Path) -> None:
+    (tmp_path / "tiny.toml").write_text(
+        "[train]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items())
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same float reduction order in every run
+
+    def command(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "circuitlab", "cot", "train", "--config",
+                str(tmp_path / "tiny.toml"), "--out", str(out), *extra]  # fmt: skip
+
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(command(reference), env=env, check=True, capture_output=True)
+
+    proc = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((killed / "checkpoints").glob("step-*")):
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists()
+
+    refused = subprocess.run(command(killed), env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    subprocess.run(command(killed, "--resume"), env=env, check=True, capture_output=True)
+
+    want, got = final_weights(reference), final_weights(killed)
+    assert want.keys() == got.keys()
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").open()]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # no repeated lines
+    timing = ("train_seconds", "eval_seconds", "tokens_per_s")
+    a, b = (json.loads((r / "results.json").read_text()) for r in (reference, killed))
+    assert {k: v for k, v in a.items() if k not in timing} == {
+        k: v for k, v in b.items() if k not in timing
+    }
+
+
+def test_a_finished_run_is_not_retrained(tmp_path: Path) -> None:
+    config = TrainConfig(**{**TINY, "epochs": 1})
+    first = train(config, tmp_path, quiet=True)
+    stamp = (tmp_path / "results.json").stat().st_mtime_ns
+    assert train(config, tmp_path, quiet=True) == first
+    assert (tmp_path / "results.json").stat().st_mtime_ns == stamp
+    with pytest.raises(CircuitlabError, match="different config"):
+        train(TrainConfig(**{**TINY, "epochs": 2}), tmp_path, quiet=True)
+
+
+def test_learning_rate_warms_up_then_decays() -> None:
+    config = TrainConfig(lr=1e-3, warmup=0.1, schedule="cosine")
+    lrs = [lr_at(s, 100, config) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4)
+    assert max(lrs) == pytest.approx(1e-3)
+    assert lrs.index(max(lrs)) == 9
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
+    assert lrs[-1] < 1e-5
+    linear = TrainConfig(lr=1e-3, warmup=0.0, schedule="linear")
+    assert lr_at(50, 100, linear) == pytest.approx(5e-4)
+
+
+def test_mix_smaller_adds_shorter_problems_to_training_only() -> None:
+    config = TrainConfig(task="arithmetic", size=3, num=600, test_num=50, mix_smaller=0.5)
+    prepared = prepare(config)
+    plain = prepare(TrainConfig(task="arithmetic", size=3, num=600, test_num=50))
+    assert len(prepared.train) == 600
+    assert prepared.train.prompt.mean() < plain.train.prompt.mean()
+    assert (prepared.test.ids == plain.test.ids).all()
+
+
+def test_bad_settings_are_clear_errors() -> None:
+    with pytest.raises(CircuitlabError, match="format"):
+        TrainConfig(format="both")
+    with pytest.raises(CircuitlabError, match="schedule"):
+        TrainConfig(schedule="step")
+    with pytest.raises(CircuitlabError, match="size"):
+        TrainConfig(task="lis", size=1)
+
+
+def test_tiny_model_learns_arithmetic_chain_of_thought(tmp_path: Path) -> None:
+    """The headline property at test scale: 1-2 operators, >= 95% of chains fully right."""
+    config = TrainConfig(
+        task="arithmetic", size=2, format="cot", num=20_000, test_num=200, mix_smaller=0.3,
+        layers=3, d_model=128, heads=4, dropout=0.0, epochs=5, batch_size=32, lr=1e-3,
+        checkpoint_every=10_000, device="cpu",
+    )  # fmt: skip
+    results = train(config, tmp_path, quiet=True)
+    assert results["chain_accuracy"] >= 0.95, results
+    assert results["answer_accuracy"] >= results["chain_accuracy"]
