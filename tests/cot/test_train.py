@@ -112,9 +112,28 @@ def test_tiny_model_learns_arithmetic_chain_of_thought(tmp_path: Path) -> None:
     """The headline property at test scale: 1-2 operators, >= 95% of chains fully right."""
     config = TrainConfig(
         task="arithmetic", size=2, format="cot", num=20_000, test_num=200, mix_smaller=0.3,
-        layers=3, d_model=128, heads=4, dropout=0.0, epochs=5, batch_size=32, lr=1e-3,
+        layers=3, d_model=128, heads=4, dropout=0.0, epochs=7, batch_size=32, lr=1e-3,
         checkpoint_every=10_000, device="cpu",
     )  # fmt: skip
     results = train(config, tmp_path, quiet=True)
     assert results["chain_accuracy"] >= 0.95, results
     assert results["answer_accuracy"] >= results["chain_accuracy"]
+
+
+def test_torchrun_data_parallel_on_cpu(tmp_path: Path) -> None:
+    """Two gloo ranks split every epoch's batches; rank 0 writes one run directory."""
+    (tmp_path / "tiny.toml").write_text(
+        "[train]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items())
+    )
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", "29517"]  # fmt: skip
+    train_cmd = ["-m", "circuitlab", "cot", "train", "--config", str(tmp_path / "tiny.toml"),
+                 "--out", str(tmp_path / "ddp"), "--epochs", "1"]  # fmt: skip
+    cmd = launcher + train_cmd
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    single = TrainConfig(**{**TINY, "epochs": 1})
+    batches = -(-single.num // single.batch_size)  # ceil: batches in one epoch
+    assert results["steps"] == batches // 2  # each step consumed two batches, one per rank
+    assert results["examples"] == single.test_num

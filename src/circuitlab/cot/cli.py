@@ -143,7 +143,8 @@ def train(
             base[key] = value
     train_config = config_from_dict(TrainConfig, base)
     results = run_training(train_config, out, resume=resume)
-    _print_eval(results, out)
+    if results:  # data-parallel ranks other than 0 return nothing to report
+        _print_eval(results, out)
 
 
 def _load_train_config(path: Path) -> dict[str, Any]:
@@ -221,7 +222,9 @@ def _print_eval(results: dict[str, Any], out: Path) -> None:
 def sweep(
     out: Path = typer.Option(..., help="Sweep directory: one run per point under points/."),
     profile: str = typer.Option(
-        "quick", help="quick (2-core CPU, < 30 min) or paper (the official configuration)."
+        "quick",
+        help="quick (2-core CPU, < 30 min), demo (its arithmetic slice, a few minutes) "
+        "or paper (the official configuration, a GPU job).",
     ),
     task: list[str] = typer.Option([], help="Only these tasks (repeatable)."),
     executor: str = typer.Option("local", help="local (one point after another) or ray."),

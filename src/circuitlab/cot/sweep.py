@@ -101,7 +101,18 @@ def _quick() -> Profile:
     )
 
 
-PROFILES = {"quick": _quick, "paper": _paper}
+def _demo() -> Profile:
+    """The slice `make demo` runs: the quick profile's arithmetic, direct at one depth."""
+    quick = _quick()
+    arithmetic = next(p for p in quick.plans if p.task == "arithmetic")
+    return Profile(
+        "demo", (arithmetic,), cot_layers=3, direct_layers=(3,), seeds=quick.seeds,
+        note="the demo slice of the quick profile: arithmetic n=2,3, CoT vs direct at 3 "
+        "layers, d_model 128, 25k examples, 6 epochs",
+    )  # fmt: skip
+
+
+PROFILES = {"quick": _quick, "paper": _paper, "demo": _demo}
 
 
 def get_profile(name: str) -> Profile:
