@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup lint bench clean
+.PHONY: demo test setup lint bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +18,26 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/circuitlab demo --out runs/demo
 
-test: $(STAMP)
+# Debian's chromium, for the browser test of the HTML report (tests/core/test_report_browser.py).
+# Cheap when already there; CIRCUITLAB_SKIP_BROWSER=1 skips the install and the test.
+browser:
+	@if [ "$$CIRCUITLAB_SKIP_BROWSER" = 1 ] || command -v chromium >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; \
+	else echo "make: chromium is missing and this user cannot install it: run" \
+	  "'apt-get install -y --no-install-recommends chromium' as root," \
+	  "or set CIRCUITLAB_SKIP_BROWSER=1" >&2; exit 1; fi; \
+	echo "installing chromium (Debian) for the report's browser test"; \
+	$$SUDO apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium
+
+test: $(STAMP) browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cot_data.py
+	$(BIN)/python benchmarks/bench_cot_train.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs test-output

@@ -13,13 +13,18 @@ def run(*args, cwd=None):
     )
 
 
-def test_help_lists_the_three_systems_and_says_what_is_missing():
+def test_help_lists_the_three_systems_and_their_commands():
     result = run("--help")
     assert result.returncode == 0
-    for name in ("cot", "circuits", "analog", "demo"):
+    for name in ("cot", "circuits", "analog", "demo", "report"):
         assert name in result.stdout
-    for system in ("circuits", "analog"):
-        assert "NOT IMPLEMENTED YET" in " ".join(run(system, "--help").stdout.split())
+    expected = {"cot": ("data", "train", "eval", "sweep"), "circuits": ("check", "reference"),
+                "analog": ("nodes", "distill")}  # fmt: skip
+    for system, commands in expected.items():
+        sub = run(system, "--help")
+        assert sub.returncode == 0
+        for command in commands:
+            assert command in sub.stdout
 
 
 def test_cot_data_writes_files_and_is_deterministic(tmp_path):
@@ -98,3 +103,55 @@ def test_demo_writes_a_report_and_resumes(tmp_path):
     stamp = (tmp_path / "demo" / "cot-data" / "lis-50.cot.jsonl").stat().st_mtime_ns
     assert run("demo", "--out", str(tmp_path / "demo"), "--num", "100").returncode == 0
     assert (tmp_path / "demo" / "cot-data" / "lis-50.cot.jsonl").stat().st_mtime_ns == stamp
+
+
+def test_report_rebuilds_one_html_page_from_run_directories(tmp_path):
+    import base64
+
+    png = base64.b64decode(  # a 1x1 PNG
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+    )
+    for name, body in [("cot", "| n | acc |\n| --- | ---: |\n| 3 | 0.987 |\n\n![acc](acc.png)"),
+                       ("circuits", "![roc](roc.png)")]:  # fmt: skip
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.md").write_text(f"# {name} run\n\n{body}\n")
+    (tmp_path / "cot" / "acc.png").write_bytes(png)
+
+    result = run("report", str(tmp_path / "cot"), str(tmp_path / "circuits"),
+                 "--out", str(tmp_path / "site" / "index.html"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "site" / "index.html").read_text()
+    assert "<h2>cot run</h2>" in page and "<h2>circuits run</h2>" in page
+    assert '<td class="r">0.987</td>' in page and "data:image/png;base64," in page
+    # the missing plot is a warning and a box, not an error
+    assert "warning:" in result.stderr and "missing plot: roc.png" in result.stderr
+    assert "missing plot: roc.png" in page
+    combined = (tmp_path / "site" / "index.md").read_text()
+    assert "## cot run" in combined and "![acc](../cot/acc.png)" in combined
+
+    # default output: the first run directory's report.html; its report.md stays as it was
+    result = run("report", str(tmp_path / "cot"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "cot" / "report.html").exists()
+    assert (tmp_path / "cot" / "report.md").read_text().startswith("# cot run\n")
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: None, "no such run directory"),
+        (lambda d: d.mkdir(), "has no report.md"),
+    ],
+)
+def test_report_of_a_bad_run_directory_is_one_line_exit_2(tmp_path, make, message):
+    make(tmp_path / "run")
+    result = run("report", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("**/*.html"))
+
+
+def test_help_lists_the_report_command():
+    result = run("--help")
+    assert result.returncode == 0 and "report" in result.stdout

@@ -116,6 +116,32 @@ def demo(
     typer.echo(f"report: {report}")
 
 
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(
+        ...,
+        metavar="RUN_DIR...",
+        help="Run directories with a report.md, one report section each, in this order.",
+    ),
+    out: Path | None = typer.Option(
+        None, help="HTML file to write (default: FIRST_RUN_DIR/report.html)."
+    ),
+) -> None:
+    """Rebuild one self-contained HTML report (plots embedded) from run directories.
+
+    Also writes the sections as one markdown file next to the HTML (OUT with suffix .md, or
+    NAME.combined.md where that would overwrite an input's report.md). A plot a report.md
+    links but that is missing is shown as a "missing plot" box and warned about.
+    """
+    from circuitlab.core.report import build_report
+
+    built = build_report(run_dirs, out)
+    for warning in built.warnings:
+        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+    typer.echo(f"report: {built.html}")
+    typer.echo(f"markdown: {built.markdown}")
+
+
 def main() -> None:
     try:
         app()

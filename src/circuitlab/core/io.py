@@ -28,6 +28,10 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     except OSError as e:
         raise CircuitlabError(f"cannot write {path}: {e.strerror or e}") from None
     try:
+        # mkstemp creates 0600; give the file the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
