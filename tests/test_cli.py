@@ -18,7 +18,8 @@ def test_help_lists_the_three_systems_and_their_commands():
     assert result.returncode == 0
     for name in ("cot", "circuits", "analog", "demo", "report"):
         assert name in result.stdout
-    expected = {"cot": ("data", "train", "eval", "sweep"), "circuits": ("check", "reference"),
+    expected = {"cot": ("data", "train", "eval", "sweep"),
+                "circuits": ("check", "reference", "discover", "evaluate", "sweep"),
                 "analog": ("nodes", "distill")}  # fmt: skip
     for system, commands in expected.items():
         sub = run(system, "--help")
@@ -93,16 +94,23 @@ def test_unwritable_output_is_exit_2_and_leaves_nothing(tmp_path):
 
 
 def test_demo_writes_a_report_and_resumes(tmp_path):
-    result = run("demo", "--out", str(tmp_path / "demo"), "--num", "100")
+    demo = tmp_path / "demo"
+    args = ("demo", "--out", str(demo), "--num", "100", "--stage", "cot-data")
+    result = run(*args)
     assert result.returncode == 0, result.stderr
-    report = (tmp_path / "demo" / "report.md").read_text()
-    assert report.count("| cot |") + report.count("| direct |") == 8
-    assert (tmp_path / "demo" / "cot-data" / "lis-50.direct.jsonl").exists()
-    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    stage_report = (demo / "cot-data" / "report.md").read_text()
+    assert stage_report.count("| cot |") + stage_report.count("| direct |") == 8
+    assert "| lis | 50 |" in (demo / "report.md").read_text()
+    assert "<html" in (demo / "report.html").read_text()
+    data = demo / "cot-data" / "cot-data"
+    assert (data / "lis-50.direct.jsonl").exists()
+    results = json.loads((demo / "cot-data" / "results.json").read_text())
     assert {r["task"] for r in results["cot_data"]} == {"arithmetic", "equation", "lis", "ed"}
-    stamp = (tmp_path / "demo" / "cot-data" / "lis-50.cot.jsonl").stat().st_mtime_ns
-    assert run("demo", "--out", str(tmp_path / "demo"), "--num", "100").returncode == 0
-    assert (tmp_path / "demo" / "cot-data" / "lis-50.cot.jsonl").stat().st_mtime_ns == stamp
+    stamp = (data / "lis-50.cot.jsonl").stat().st_mtime_ns
+    assert run(*args).returncode == 0
+    assert (data / "lis-50.cot.jsonl").stat().st_mtime_ns == stamp
+    bad = run("demo", "--out", str(demo), "--stage", "nope")
+    assert bad.returncode == 2 and "unknown demo stage" in bad.stderr
 
 
 def test_report_rebuilds_one_html_page_from_run_directories(tmp_path):

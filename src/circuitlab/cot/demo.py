@@ -34,11 +34,9 @@ def run_data_demo(out: str | Path, num: int, seed: int) -> Path:
 
 def _report(rows: list[dict], num: int, seed: int) -> str:
     lines = [
-        "# circuitlab demo",
+        "# cot: the four datasets (Feng et al. 2023)",
         "",
-        "## cot: datasets (Feng et al. 2023)",
-        "",
-        f"Made by `circuitlab demo --num {num} --seed {seed}` (the `make demo` target). Each "
+        f"Made by `make demo` ({num} training examples per dataset, seed {seed}). Each "
         "row is one dataset under `cot-data/` (direct and CoT files hold the same problems); "
         "lengths count tokens of the full sequence without end-of-sequence. For comparison, "
         "the official longest CoT sequences are arithmetic n=4 41, equation n=3 89, LIS n=50 "
