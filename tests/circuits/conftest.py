@@ -24,3 +24,14 @@ def tokenizer(embedded_lm: LoadedLM) -> Any:
 def tiny(request: pytest.FixtureRequest, tokenizer: Any) -> LoadedLM:
     """A random-init tiny GPT-2, Pythia or Llama (6 query heads on 2 key/value heads)."""
     return tiny_lm(request.param, tokenizer)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Any:
+    """Tiny models on a shared 2-core CPU: one thread avoids spin-waiting (often 10x faster)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -63,6 +63,10 @@ def test_reference_on_a_model_directory(tmp_path: Path, tokenizer) -> None:
         (["check", "--task", "sorting"], "unknown task"),
         (["reference", "--ablation", "noise"], "unknown ablation"),
         (["reference", "--layers", "a-b"], "bad --layers"),
+        (["discover", "--methods", "sae,acdc"], "unknown method"),
+        (["discover", "--num", "3", "--n-train", "10"], "exceeds"),
+        (["evaluate", "--reference", "ioi"], "TASK=FILE"),
+        (["sweep", "--reference", "x.json", "--features", "a,b"], "bad list"),
     ],
 )
 def test_bad_input_is_a_circuitlab_error(args, message) -> None:
@@ -86,3 +90,116 @@ def test_literature_lists_the_variants() -> None:
     assert result.exit_code == 0
     text = " ".join(result.stdout.split())
     assert "wang" in text and "sae-paper" in text and "11.3" in text
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tokenizer) -> Path:
+    from tiny import tiny_lm
+
+    where = tmp_path_factory.mktemp("model") / "tiny"
+    lm: LoadedLM = tiny_lm("gpt2", tokenizer)
+    lm.model.save_pretrained(where)
+    tokenizer.save_pretrained(where)
+    (where.parent / "heads.json").write_text(json.dumps(["0.1", "1.2", "2.0"]))
+    return where
+
+
+def test_discover_writes_scores_timings_and_a_heatmap(tmp_path: Path, tiny_dir: Path) -> None:
+    out = tmp_path / "disc"
+    result = run(
+        "discover",
+        "--task",
+        "ioi",
+        "--model",
+        str(tiny_dir),
+        "--reference",
+        str(tiny_dir.parent / "heads.json"),
+        "--num",
+        "8",
+        "--epochs",
+        "30",
+        "--methods",
+        "sae,sae-edge,attribution,random",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    scores = json.loads((out / "scores.json").read_text())
+    assert set(scores["methods"]) == {"sae", "sae-edge", "attribution", "random"}
+    sae = scores["methods"]["sae"]
+    assert {"activations", "sae_training", "scoring"} <= set(sae["seconds"])
+    assert 0 <= sae["evaluation"]["auc"] <= 1 and len(sae["ranking"]) == 12
+    assert (out / "heatmap.png").exists() and (out / "report.md").exists()
+
+
+def test_evaluate_and_sweep_write_a_table_and_plots(tmp_path: Path, tiny_dir: Path) -> None:
+    heads = str(tiny_dir.parent / "heads.json")
+    out = tmp_path / "eval"
+    args = [
+        "evaluate",
+        "--reference",
+        f"ioi={heads}",
+        "--reference",
+        f"greater-than={heads}",
+        "--model",
+        str(tiny_dir),
+        "--methods",
+        "sae,attribution,random",
+        "--seeds",
+        "2",
+        "--num",
+        "6",
+        "--n-train",
+        "4",
+        "--epochs",
+        "20",
+        "--out",
+        str(out),
+    ]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    runs = {(r["task"], r["method"]): r["runs"] for r in results["table"]}
+    assert runs == {
+        (t, m): (1 if m == "attribution" else 2)
+        for t in ("ioi", "greater-than")
+        for m in ("sae", "attribution", "random")
+    }
+    assert (out / "roc.png").exists() and "ROC AUC" in (out / "report.md").read_text()
+    stamp = (out / "units" / "ioi-sae-s1.json").stat().st_mtime_ns
+    assert run(*args).exit_code == 0  # resumes: nothing recomputed
+    assert (out / "units" / "ioi-sae-s1.json").stat().st_mtime_ns == stamp
+
+    sweep_out = tmp_path / "sweep"
+    result = run(
+        "sweep",
+        "--reference",
+        heads,
+        "--model",
+        str(tiny_dir),
+        "--num",
+        "6",
+        "--seeds",
+        "1",
+        "--n-train",
+        "2,4",
+        "--features",
+        "8",
+        "--l1",
+        "0.02",
+        "--epochs",
+        "10",
+        "--out",
+        str(sweep_out),
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads((sweep_out / "results.json").read_text())["rows"]
+    assert [(r["setting"], r["value"]) for r in rows] == [
+        ("n_train", 2),
+        ("n_train", 4),
+        ("n_features", 8),
+        ("l1", 0.02),
+        ("reduction", "mean"),
+        ("reduction", "last"),
+    ]
+    assert (sweep_out / "sweep.png").exists()

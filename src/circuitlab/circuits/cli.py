@@ -1,4 +1,5 @@
-"""`circuitlab circuits`: tasks, model checks, literature and patching reference circuits."""
+"""`circuitlab circuits`: tasks, model checks, reference circuits, SAE discovery, baselines,
+evaluation and robustness sweeps."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from circuitlab.core.errors import CircuitlabError
 
 app = typer.Typer(
     help="Circuit discovery (O'Neill & Bui 2024): tasks (IOI, greater-than, docstring, your "
-    "JSONL), per-head outputs and ablations, literature and patching reference circuits. "
-    "The SAE method, baselines and evaluation are NOT IMPLEMENTED YET (issue 5).",
+    "JSONL), literature and patching reference circuits, the discrete-SAE method (node and "
+    "edge) with baselines (attribution patching, HISP, activation patching, random), "
+    "evaluation against a reference (ROC AUC, AP, F1) and robustness sweeps.",
     no_args_is_help=True,
 )
 
@@ -190,3 +192,239 @@ def literature(
             f"{c.citation.split('.')[0]}. {c.note}",
         )
     Console().print(table)
+
+
+METHODS_HELP = (
+    "Comma-separated: sae, sae-edge, attribution, hisp, activation (exhaustive patching: slow), "
+    "random."
+)
+
+
+def _default_out(kind: str, task: str, model: str) -> Path:
+    from circuitlab.core.lm import display_name
+
+    name = display_name(None if model == "embedded" else model).replace("/", "_")
+    return Path("runs/circuits") / f"{kind}-{Path(task).stem}-{name}"
+
+
+@app.command()
+def discover(
+    task: str = typer.Option("ioi", help=TASK_HELP),
+    model: str = typer.Option("embedded", help=MODEL_HELP),
+    reference: str = typer.Option(
+        None,
+        help="Score against this circuit: a reference.json, a JSON list of layer.head, or "
+        "literature:MODEL:TASK[:VARIANT].",
+    ),
+    out: Path = typer.Option(None, help="Run directory [default: runs/circuits/discover-...]."),
+    methods: str = typer.Option("sae,sae-edge,attribution,hisp,random", help=METHODS_HELP),
+    num: int = typer.Option(250, help="Prompt pairs (positives and negatives each)."),
+    seed: int = typer.Option(0, help="Seed of the SAE (training draw, init) and random ranking."),
+    task_seed: int = typer.Option(0, help="Seed of the prompt generator."),
+    n_train: int = typer.Option(10, help="SAE training prompts, drawn from the pooled prompts."),
+    features: int = typer.Option(200, help="SAE features."),
+    l1: float = typer.Option(0.0, help="SAE L1 coefficient [0: 0.05 for docstring, else 0.02]."),
+    epochs: int = typer.Option(500, help="SAE full-batch epochs."),
+    reduction: str = typer.Option("mean", help="Head output over positions: mean or last."),
+    normalised: bool = typer.Option(False, help="Node score |P\\N| / |P u N|."),
+    threshold: float = typer.Option(0.5, help="Circuit: heads scoring >= this x top score."),
+    patch_num: int = typer.Option(8, help="Prompt pairs for the activation-patching baseline."),
+    dtype: str = typer.Option("float32", help="LM weights: float32 or bfloat16."),
+    sae_dtype: str = typer.Option("float32", help="SAE matrix products: float32 or bfloat16."),
+    threads: int = typer.Option(0, help="Torch CPU threads (0: default; 1 on a busy CPU)."),
+) -> None:
+    """Find the task's circuit with the SAE method and baselines, on the same prompts.
+
+    Writes OUT/scores.json (per method: score per head, ranking, circuit, timings of
+    activation extraction, SAE training and scoring; with --reference also AUC, AP, F1),
+    OUT/heatmap.png and OUT/report.md.
+
+    Example: circuitlab circuits discover --task ioi --reference runs/circuits/ref/reference.json
+    """
+    from circuitlab.circuits.methods import DiscoveryConfig, methods_from_text, run_discover
+
+    config = DiscoveryConfig(
+        task=task,
+        model=model,
+        num=num,
+        seed=seed,
+        task_seed=task_seed,
+        methods=methods_from_text(methods),
+        n_train=n_train,
+        n_features=features,
+        l1=l1,
+        epochs=epochs,
+        reduction=reduction,
+        normalised=normalised,
+        threshold=threshold,
+        patch_num=patch_num,
+        dtype=dtype,
+        sae_dtype=sae_dtype,
+        threads=threads,
+    )
+    out = out or _default_out("discover", task, model)
+    results = run_discover(config, out, reference=reference)
+    table = Table(title=f"{results['task']['name']} on {results['model']}")
+    for column in ("method", "seconds", "circuit", "top heads", "AUC", "AP", "F1"):
+        table.add_column(
+            column, justify="right" if column not in ("method", "top heads") else "left"
+        )
+    for name, entry in results["methods"].items():
+        ev = entry.get("evaluation", {})
+        table.add_row(
+            name,
+            f"{entry['seconds_total']:.1f}",
+            str(len(entry["circuit"])),
+            " ".join(entry["ranking"][:8]),
+            *(f"{ev[k]:.3f}" if k in ev else "" for k in ("auc", "ap", "f1")),
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {out / 'scores.json'}, {out / 'heatmap.png'}, {out / 'report.md'}")
+
+
+def _pairs(items: list[str]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in items:
+        task, sep, spec = item.partition("=")
+        if not sep or not task or not spec:
+            raise CircuitlabError(f"bad --reference {item!r}: use TASK=FILE, e.g. ioi=ref.json")
+        pairs.append((task, spec))
+    return tuple(pairs)
+
+
+@app.command()
+def evaluate(
+    reference: list[str] = typer.Option(
+        ...,
+        help="TASK=REFERENCE, repeatable (REFERENCE: reference.json, JSON list of heads, or "
+        "literature:MODEL:TASK).",
+    ),
+    model: str = typer.Option("embedded", help=MODEL_HELP),
+    out: Path = typer.Option(Path("runs/circuits/evaluate"), help="Run directory."),
+    methods: str = typer.Option(
+        "sae,sae-edge,attribution,hisp,activation,random", help=METHODS_HELP
+    ),
+    seeds: int = typer.Option(10, help="Seeds (SAE and random; the others are deterministic)."),
+    num: int = typer.Option(250, help="Prompt pairs per task."),
+    n_train: int = typer.Option(10, help="SAE training prompts."),
+    epochs: int = typer.Option(500, help="SAE full-batch epochs."),
+    threshold: float = typer.Option(0.5, help="Circuit: heads scoring >= this x top score."),
+    reference_threshold: float = typer.Option(
+        0.0, help="Re-cut reference.json files at this |relative effect| [0: their own]."
+    ),
+    patch_num: int = typer.Option(8, help="Prompt pairs for activation patching."),
+    dtype: str = typer.Option("float32", help="LM weights: float32 or bfloat16."),
+    sae_dtype: str = typer.Option("float32", help="SAE matrix products: float32 or bfloat16."),
+    threads: int = typer.Option(0, help="Torch CPU threads (0: default; 1 on a busy CPU)."),
+) -> None:
+    """Every method on every task, scored against its reference: one table, one ROC plot.
+
+    Writes OUT/results.json, OUT/report.md (the table: method x task -> AUC, AP, F1, wall
+    time) and OUT/roc.png. Rerunning the same command resumes.
+
+    Example: circuitlab circuits evaluate --reference ioi=ref-ioi/reference.json
+    --reference greater-than=ref-gt/reference.json --seeds 10
+    """
+    from circuitlab.circuits.evaluate import EvaluateConfig, run_evaluate
+    from circuitlab.circuits.methods import methods_from_text
+
+    config = EvaluateConfig(
+        references=_pairs(reference),
+        model=model,
+        methods=methods_from_text(methods),
+        seeds=seeds,
+        num=num,
+        n_train=n_train,
+        epochs=epochs,
+        threshold=threshold,
+        reference_threshold=reference_threshold,
+        patch_num=patch_num,
+        dtype=dtype,
+        sae_dtype=sae_dtype,
+        threads=threads,
+    )
+    results = run_evaluate(config, out)
+    table = Table(title="methods against reference circuits (mean +- std over runs)")
+    for column in ("task", "method", "runs", "ROC AUC", "AP", "F1", "F1@k", "seconds"):
+        table.add_column(column, justify="left" if column in ("task", "method") else "right")
+    for r in results["table"]:
+        table.add_row(
+            r["task"],
+            r["method"],
+            str(r["runs"]),
+            f"{r['auc']:.3f} +- {r['auc_std']:.3f}",
+            f"{r['ap']:.3f}",
+            f"{r['f1']:.3f}",
+            f"{r['f1_at_k']:.3f}",
+            f"{r['seconds']:.1f}",
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {out / 'report.md'}, {out / 'roc.png'}")
+
+
+def _numbers(text: str, kind: type) -> tuple:
+    try:
+        return tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise CircuitlabError(f"bad list {text!r}: use comma-separated numbers") from None
+
+
+@app.command()
+def sweep(
+    reference: str = typer.Option(..., help="The circuit to score against (as in discover)."),
+    task: str = typer.Option("ioi", help=TASK_HELP),
+    model: str = typer.Option("embedded", help=MODEL_HELP),
+    out: Path = typer.Option(None, help="Run directory [default: runs/circuits/sweep-...]."),
+    seeds: int = typer.Option(3, help="Seeds per point."),
+    num: int = typer.Option(250, help="Prompt pairs."),
+    n_train: str = typer.Option("5,10,25,50,100,250", help="SAE training prompts to try."),
+    features: str = typer.Option("50,100,200,400", help="SAE feature counts to try."),
+    l1: str = typer.Option("0.005,0.01,0.02,0.05,0.1", help="L1 coefficients to try."),
+    reductions: str = typer.Option("mean,last", help="Position reductions to try."),
+    epochs: int = typer.Option(500, help="SAE full-batch epochs."),
+    dtype: str = typer.Option("float32", help="LM weights: float32 or bfloat16."),
+    sae_dtype: str = typer.Option("float32", help="SAE matrix products: float32 or bfloat16."),
+    threads: int = typer.Option(0, help="Torch CPU threads (0: default; 1 on a busy CPU)."),
+) -> None:
+    """Robustness of the SAE method: AUC vs training prompts, features, lambda, reduction.
+
+    One setting varies at a time around the defaults. Writes OUT/results.json, OUT/report.md
+    and OUT/sweep.png; rerunning resumes.
+
+    Example: circuitlab circuits sweep --task ioi --reference ref-ioi/reference.json
+    """
+    from circuitlab.circuits.sweep import SweepConfig, run_sweep
+
+    config = SweepConfig(
+        task=task,
+        reference=reference,
+        model=model,
+        num=num,
+        seeds=seeds,
+        n_train=_numbers(n_train, int),
+        n_features=_numbers(features, int),
+        l1=_numbers(l1, float),
+        reductions=_kinds(reductions),
+        epochs=epochs,
+        dtype=dtype,
+        sae_dtype=sae_dtype,
+        threads=threads,
+    )
+    out = out or _default_out("sweep", task, model)
+    results = run_sweep(config, out)
+    table = Table(title=f"SAE robustness on {task} (ROC AUC, {seeds} seeds)")
+    for column in ("setting", "value", "node AUC", "edge AUC", "seconds"):
+        table.add_column(column, justify="right")
+    for r in results["rows"]:
+        table.add_row(
+            r["setting"],
+            str(r["value"]),
+            f"{r['node']:.3f} +- {r['node_std']:.3f}",
+            f"{r['edge']:.3f} +- {r['edge_std']:.3f}",
+            f"{r['seconds']:.1f}",
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {out / 'report.md'}, {out / 'sweep.png'}")

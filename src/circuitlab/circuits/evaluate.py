@@ -1,0 +1,344 @@
+"""Scoring head rankings against a reference circuit, and the method x task table.
+
+Metrics (scikit-learn) over all heads, the reference circuit's heads being the positives:
+- auc: ROC AUC of the scores; ap: average precision (area under the precision/recall curve);
+- precision, recall, f1: of the circuit at the threshold (heads >= threshold x top score);
+- f1_at_k: F1 of the top-k heads, k = the reference's size (threshold-free, fair across
+  methods whose scores live on different scales);
+- tpr_tnr_hmean: the harmonic mean of TPR and TNR at the threshold: what the SAE paper calls
+  "F1". It is not precision/recall F1 and is reported under its own name.
+
+`run_evaluate` runs every method on every (task, reference) for several seeds (the SAE's
+training draw and initialisation, and the random ranking; the gradient and patching
+baselines are deterministic on fixed prompts and run once), writes one table (results.json,
+report.md) and ROC curves in one plot (roc.png). Work is saved per (task, method, seed).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from circuitlab.circuits.discover import Ranking
+from circuitlab.circuits.methods import (
+    DiscoveryConfig,
+    extract,
+    load_model,
+    run_methods,
+    with_threads,
+)
+from circuitlab.circuits.tasks import make_task
+from circuitlab.core.config import config_to_dict, require
+from circuitlab.core.errors import CircuitlabError
+from circuitlab.core.io import atomic_write_bytes, atomic_write_json, read_json
+from circuitlab.core.progress import progress_bar
+from circuitlab.core.runs import RunDir
+
+DETERMINISTIC = ("attribution", "hisp", "activation")
+
+
+@dataclass(frozen=True)
+class Reference:
+    name: str
+    heads: tuple[tuple[int, int], ...]
+    n_layers: int
+    n_heads: int
+
+    @property
+    def names(self) -> list[str]:
+        return [f"{layer}.{head}" for layer, head in self.heads]
+
+    @property
+    def mask(self) -> np.ndarray:
+        out = np.zeros((self.n_layers, self.n_heads), dtype=bool)
+        for layer, head in self.heads:
+            out[layer, head] = True
+        return out
+
+
+def _parse_heads(items: list[Any], where: str) -> list[tuple[int, int]]:
+    heads = []
+    for item in items:
+        try:
+            layer, head = (int(x) for x in str(item).split("."))
+        except ValueError:
+            raise CircuitlabError(f"{where}: {item!r} is not a head (use layer.head)") from None
+        heads.append((layer, head))
+    return heads
+
+
+def load_reference(
+    spec: str, n_layers: int, n_heads: int, *, threshold: float | None = None
+) -> Reference:
+    """A reference circuit from a reference.json (`circuits reference`), a JSON list of
+    "layer.head" names, or `literature:MODEL:TASK[:VARIANT]` (e.g. literature:gpt2:ioi).
+
+    threshold: re-cut a reference.json at another |relative effect| (its own by default).
+    """
+    if spec.startswith("literature:"):
+        from circuitlab.circuits.literature import literature_circuit
+
+        parts = spec.split(":")[1:]
+        if len(parts) not in (2, 3):
+            raise CircuitlabError(f"bad reference {spec!r}: use literature:MODEL:TASK[:VARIANT]")
+        circuit = literature_circuit(*parts)
+        heads, name = list(circuit.heads), f"{circuit.model}/{circuit.task}/{circuit.variant}"
+    else:
+        data = read_json(spec)
+        if isinstance(data, list):
+            heads, name = _parse_heads(data, spec), Path(spec).name
+        elif isinstance(data, dict) and "heads" in data:
+            if threshold is not None:
+                kind = data["settings"]["ablation"]
+                rel = np.array(data["effects"][kind]["relative"], dtype=np.float64)
+                picked = np.argwhere(np.abs(np.nan_to_num(rel)) >= threshold)
+                heads = [(int(a), int(b)) for a, b in picked]
+            else:
+                heads = _parse_heads(data["heads"], spec)
+            settings = data.get("settings", {})
+            name = (
+                f"patching reference ({settings.get('ablation', '?')} ablation, "
+                f"{settings.get('num', '?')} pairs, |effect| >= "
+                f"{threshold if threshold is not None else settings.get('threshold', '?')})"
+            )
+        else:
+            raise CircuitlabError(
+                f"{spec} is neither a reference.json (with 'heads') nor a list of heads"
+            )
+    bad = [f"{a}.{b}" for a, b in heads if not (0 <= a < n_layers and 0 <= b < n_heads)]
+    if bad:
+        raise CircuitlabError(
+            f"reference {spec} names heads the model does not have ({n_layers} layers x "
+            f"{n_heads} heads): {', '.join(bad[:5])}. Is it for another model?"
+        )
+    if not heads:
+        raise CircuitlabError(f"reference {spec} has no heads: nothing to score against")
+    if len(set(heads)) == n_layers * n_heads:
+        raise CircuitlabError(f"reference {spec} contains every head: nothing to score against")
+    return Reference(name, tuple(dict.fromkeys(heads)), n_layers, n_heads)
+
+
+def circuit_metrics(scores: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, float]:
+    """All metrics of one ranking (flat scores) against a boolean reference (flat)."""
+    from sklearn.metrics import (
+        average_precision_score,
+        f1_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    truth = np.asarray(truth, dtype=bool).ravel()
+    require(scores.shape == truth.shape, "scores and reference differ in size")
+    require(0 < truth.sum() < len(truth), "the reference must hold some heads but not all")
+    top = scores.max()
+    predicted = scores >= threshold * top if top > 0 else np.zeros_like(truth)
+    k = int(truth.sum())
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    top_k = np.zeros_like(truth)
+    top_k[order[:k]] = True
+    tpr = recall_score(truth, predicted, zero_division=0)
+    tnr = float((~predicted & ~truth).sum() / (~truth).sum())
+    return {
+        "auc": float(roc_auc_score(truth, scores)),
+        "ap": float(average_precision_score(truth, scores)),
+        "precision": float(precision_score(truth, predicted, zero_division=0)),
+        "recall": float(tpr),
+        "f1": float(f1_score(truth, predicted, zero_division=0)),
+        "f1_at_k": float(f1_score(truth, top_k, zero_division=0)),
+        "tpr_tnr_hmean": float(2 * tpr * tnr / (tpr + tnr)) if tpr + tnr > 0 else 0.0,
+        "circuit_size": int(predicted.sum()),
+    }
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    references: tuple[tuple[str, str], ...] = ()  # (task, reference spec) pairs
+    model: str = "embedded"
+    methods: tuple[str, ...] = ("sae", "sae-edge", "attribution", "hisp", "activation", "random")
+    seeds: int = 10
+    num: int = 250
+    task_seed: int = 0
+    threshold: float = 0.5
+    reference_threshold: float = 0.0  # 0: each reference.json's own cut
+    patch_num: int = 8
+    n_train: int = 10
+    sae_dtype: str = "float32"
+    dtype: str = "float32"
+    epochs: int = 500
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        require(bool(self.references), "give at least one TASK=REFERENCE pair")
+        require(self.seeds >= 1, f"seeds must be at least 1, got {self.seeds}")
+        require(0 <= self.reference_threshold < 1, "reference_threshold must be in [0, 1)")
+        self.discovery(self.references[0][0], 0)  # validates the method settings
+
+    def discovery(self, task: str, seed: int) -> DiscoveryConfig:
+        return DiscoveryConfig(
+            task=task,
+            model=self.model,
+            num=self.num,
+            seed=seed,
+            task_seed=self.task_seed,
+            methods=self.methods,
+            n_train=self.n_train,
+            epochs=self.epochs,
+            threshold=self.threshold,
+            patch_num=self.patch_num,
+            sae_dtype=self.sae_dtype,
+            dtype=self.dtype,
+        )
+
+
+def run_evaluate(config: EvaluateConfig, out: str | Path) -> dict[str, Any]:
+    run = RunDir.open(out, config_to_dict(config))
+    with with_threads(config.threads):
+        lm = None
+        rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        curves: dict[str, dict[str, Any]] = {}
+        total = len(config.references) * len(config.methods) * config.seeds
+        with progress_bar("evaluate (task x method x seed)", total) as bar:
+            for task_name, spec in config.references:
+                units = _task_units(config, task_name)
+                pending = [u for u in units if not run.is_done(u[2])]
+                bar.advance(bar.task_ids[0], len(units) - len(pending))
+                if pending:
+                    lm = lm or load_model(config.model, config.dtype)
+                    _run_task(run, lm, config, task_name, pending, bar)
+                lay_n = None
+                for method, seed, unit in units:
+                    data = read_json(run.path / "units" / f"{unit}.json")
+                    lay_n = lay_n or (len(data["scores"]), len(data["scores"][0]))
+                    ref = load_reference(spec, *lay_n, threshold=config.reference_threshold or None)
+                    scores = np.array(data["scores"], dtype=np.float64)
+                    metrics = circuit_metrics(scores.ravel(), ref.mask.ravel(), config.threshold)
+                    metrics["seconds"] = data["seconds_total"]
+                    metrics["seed"] = seed
+                    rows.setdefault((task_name, method), []).append(metrics)
+                    if seed == 0:
+                        info = {"reference": ref.name, "size": len(ref.heads)}
+                        curves.setdefault(task_name, info)
+                        curves[task_name][method] = (scores.ravel(), ref.mask.ravel())
+    table = _table(config, rows)
+    results = {
+        "settings": config_to_dict(config),
+        "table": table,
+        "references": {t: {"name": c["reference"], "heads": c["size"]} for t, c in curves.items()},
+    }
+    run.write_results(results)
+    _roc_plot(run.path / "roc.png", curves, table)
+    run.write_report(_report(results))
+    return results
+
+
+def _task_units(config: EvaluateConfig, task: str) -> list[tuple[str, int, str]]:
+    stem = Path(task).stem
+    out = []
+    for method in config.methods:
+        seeds = 1 if method in DETERMINISTIC else config.seeds
+        out += [(method, s, f"{stem}-{method}-s{s}") for s in range(seeds)]
+    return out
+
+
+def _run_task(
+    run: RunDir,
+    lm: Any,
+    config: EvaluateConfig,
+    task_name: str,
+    pending: list[tuple[str, int, str]],
+    bar: Any,
+) -> None:
+    base = config.discovery(task_name, 0)
+    task = make_task(task_name, lm.tokenizer, n=config.num, seed=config.task_seed)
+    outputs = None
+    if any(m in ("sae", "sae-edge") for m, _, _ in pending):
+        outputs = extract(lm, task, base)
+    by_seed: dict[int, list[str]] = {}
+    for method, seed, _ in pending:
+        by_seed.setdefault(seed, []).append(method)
+    for seed, methods in sorted(by_seed.items()):
+        cfg = replace(base, seed=seed, methods=tuple(methods))
+        rankings = run_methods(lm, task, cfg, outputs=outputs)
+        for method, ranking in rankings.items():
+            _save_unit(run, f"{Path(task_name).stem}-{method}-s{seed}", ranking)
+            bar.advance(bar.task_ids[0], 1)
+
+
+def _save_unit(run: RunDir, unit: str, ranking: Ranking) -> None:
+    data = ranking.to_json(0.5)
+    data["seconds_total"] = round(ranking.total_seconds, 3)
+    atomic_write_json(run.path / "units" / f"{unit}.json", data)
+    run.mark_done(unit)
+    run.log_metrics(unit=unit, seconds=data["seconds_total"])
+
+
+def _table(
+    config: EvaluateConfig, rows: dict[tuple[str, str], list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    table = []
+    for (task, method), runs in rows.items():
+        row: dict[str, Any] = {"task": task, "method": method, "runs": len(runs)}
+        for key in ("auc", "ap", "f1", "f1_at_k", "tpr_tnr_hmean", "seconds", "circuit_size"):
+            values = np.array([r[key] for r in runs], dtype=np.float64)
+            row[key] = round(float(values.mean()), 4)
+            row[f"{key}_std"] = round(float(values.std()), 4)
+        table.append(row)
+    return table
+
+
+def _report(results: dict[str, Any]) -> str:
+    lines = [
+        "# Circuit discovery methods against reference circuits",
+        "",
+        "Mean +- std over runs (SAE and random: seeds; gradient and patching baselines are "
+        "deterministic on fixed prompts: 1 run). F1 and TPR/TNR hmean at threshold "
+        f"{results['settings']['threshold']} x top score; F1@k: top-k heads, k = reference size.",
+        "",
+        "| task | method | runs | ROC AUC | AP | F1 | F1@k | TPR/TNR hmean | seconds |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results["table"]:
+        lines.append(
+            f"| {r['task']} | {r['method']} | {r['runs']} | {r['auc']:.3f} +- {r['auc_std']:.3f} "
+            f"| {r['ap']:.3f} | {r['f1']:.3f} | {r['f1_at_k']:.3f} | {r['tpr_tnr_hmean']:.3f} "
+            f"| {r['seconds']:.1f} |"
+        )
+    lines += ["", "References:"]
+    for task, ref in results["references"].items():
+        lines.append(f"- {task}: {ref['name']}, {ref['heads']} heads")
+    lines += ["", "ROC curves (seed 0): roc.png", ""]
+    return "\n".join(lines)
+
+
+def _roc_plot(path: Path, curves: dict[str, dict[str, Any]], table: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    auc = {(r["task"], r["method"]): r["auc"] for r in table}
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 4.4), squeeze=False)
+    for ax, (task, entry) in zip(axes[0], curves.items(), strict=True):
+        for method, value in entry.items():
+            if method in ("reference", "size"):
+                continue
+            scores, truth = value
+            fpr, tpr, _ = roc_curve(truth, scores)
+            ax.plot(fpr, tpr, label=f"{method} ({auc[(task, method)]:.2f})")
+        ax.plot([0, 1], [0, 1], ls=":", c="grey")
+        ax.set_title(f"{task}\nvs {entry['reference']}", fontsize=8)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
