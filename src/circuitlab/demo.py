@@ -37,9 +37,28 @@ def _cot_sweep(out: Path, settings: DemoSettings) -> None:
     run_sweep(get_profile("demo"), out)
 
 
+def _circuits_reference(out: Path, settings: DemoSettings) -> None:
+    """IOI patching reference on SmolLM2: 16 prompt pairs keep it to minutes on a CPU."""
+    from circuitlab.circuits.reference import ReferenceConfig, run_reference
+
+    run_reference(ReferenceConfig(task="ioi", num=16, seed=settings.seed, threads=1), out)
+
+
+def _circuits_discover(out: Path, settings: DemoSettings) -> None:
+    """SAE method and baselines on 100 IOI pairs, scored against the reference above."""
+    from circuitlab.circuits.methods import DiscoveryConfig, run_discover
+
+    config = DiscoveryConfig(task="ioi", num=100, seed=settings.seed, sae_dtype="bfloat16",
+                             threads=1)  # fmt: skip
+    reference = out.parent / "circuits-reference" / "reference.json"
+    run_discover(config, out, reference=str(reference))
+
+
 STAGES: dict[str, Callable[[Path, DemoSettings], None]] = {
     "cot-data": _cot_data,
     "cot-sweep": _cot_sweep,
+    "circuits-reference": _circuits_reference,
+    "circuits-discover": _circuits_discover,
 }
 
 
