@@ -20,7 +20,7 @@ def test_help_lists_the_three_systems_and_their_commands():
         assert name in result.stdout
     expected = {"cot": ("data", "train", "eval", "sweep"),
                 "circuits": ("check", "reference", "discover", "evaluate", "sweep"),
-                "analog": ("nodes", "distill")}  # fmt: skip
+                "analog": ("nodes", "distill", "train", "eval", "run")}  # fmt: skip
     for system, commands in expected.items():
         sub = run(system, "--help")
         assert sub.returncode == 0

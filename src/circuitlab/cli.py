@@ -109,10 +109,11 @@ def demo(
     """Run every system on the embedded defaults and write runs/demo/report.html.
 
     Stages: cot datasets (all four tasks, statistics); the cot demo sweep (arithmetic, CoT
-    vs direct, trained from scratch on this CPU); circuits on SmolLM2 (IOI); the analog
-    pipeline on a textbook slice. Each stage is its own run directory under OUT; an
-    interrupted demo resumes at the stage it was in. The report (report.html, self-contained,
-    and report.md) combines the stages' reports.
+    vs direct, trained from scratch on this CPU); circuits on SmolLM2 (IOI patching reference,
+    SAE discovery and baselines); the analog pipeline on a textbook slice (nodes, distilled
+    QA, SFT and NSC-SFT with LoRA, MCQ accuracy and drift). Each stage is its own run
+    directory under OUT; an interrupted demo resumes at the stage it was in. The report
+    (report.html, self-contained, and report.md) combines the stages' reports.
     """
     from circuitlab.demo import DemoSettings, run_demo
 

@@ -54,11 +54,19 @@ def _circuits_discover(out: Path, settings: DemoSettings) -> None:
     run_discover(config, out, reference=str(reference))
 
 
+def _analog(out: Path, settings: DemoSettings) -> None:
+    """Textbook slice -> nodes -> distilled QA -> SFT / NSC-SFT (LoRA) -> MCQ and drift."""
+    from circuitlab.analog.pipeline import PipelineConfig, run_pipeline
+
+    run_pipeline(out, PipelineConfig())
+
+
 STAGES: dict[str, Callable[[Path, DemoSettings], None]] = {
     "cot-data": _cot_data,
     "cot-sweep": _cot_sweep,
     "circuits-reference": _circuits_reference,
     "circuits-discover": _circuits_discover,
+    "analog": _analog,
 }
 
 

@@ -57,3 +57,50 @@ def shipped_nodes(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shipped-nodes")
     run_nodes(SHIPPED, out)
     return out / "nodes.jsonl"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random-init 2-layer Llama with the embedded model's tokenizer (and chat template),
+    saved as a model directory: fast enough to train for real in a test."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from circuitlab.core.lm import _gguf_cache, embedded_gguf_path
+
+    tokenizer = AutoTokenizer.from_pretrained(_gguf_cache(embedded_gguf_path()))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def qa_file(tmp_path_factory) -> Path:
+    """Twelve QA records in the shapes distill.py writes (prompt/response, with verdicts)."""
+    records = []
+    for i in range(12):
+        records.append(
+            {
+                "prompt": f"Why does negative feedback stabilise amplifier {i}?",
+                "response": f"<think>\nThe loop gain {i} is large, so the gain is 1/beta.\n"
+                "</think>\n<answer>\nThe feedback network sets the gain.\n</answer>",
+                "verdict": "accept" if i % 4 else "reject",
+            }
+        )
+    path = tmp_path_factory.mktemp("qa") / "qa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path

@@ -40,3 +40,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_train_eval_and_run_report_bad_input_in_one_line(tmp_path):
+    bad_mcq = tmp_path / "mcq.jsonl"
+    bad_mcq.write_text('{"question": "q?", "options": ["a", "b"], "answer": "Z"}\n')
+    out = str(tmp_path / "o")
+    for args, message in [
+        (["train", "--data", str(tmp_path / "none.jsonl"), "--out", out], "does not exist"),
+        (["eval", "--mcq", str(bad_mcq), "--no-drift"], "mcq.jsonl:1: 'answer' must be"),
+        (["run", "--lambdas", "0,x", "--out", out], "comma-separated numbers"),
+    ]:
+        result = run(*args)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1

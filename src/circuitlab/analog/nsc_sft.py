@@ -1,0 +1,560 @@
+"""NSC-SFT: fine-tune a causal LM on QA-with-reasoning data, kept near the original model.
+
+The objective and where its form comes from are in nsc_loss.py: cross-entropy on the
+answer tokens plus `kl_lambda` times the per-token KL to the frozen original model
+(lambda = 0: plain SFT, and the reference is never run). Full fine-tuning or LoRA (peft);
+with LoRA the reference is the same weights with the adapters switched off. The
+reference is live (a second forward pass per step) or cached (top-k log-probs computed
+once before training; see reference.py).
+
+A run directory holds config.json, metrics.jsonl (per step: loss, ce and kl separately,
+lr, tokens, seconds, reference seconds), checkpoints/step-N/ (safetensors), model/ (the
+final weights: a peft adapter or a full model, plus circuitlab.json naming the base
+model) and results.json. A killed run resumes from its newest checkpoint: the data order
+is a pure function of (seed, epoch) and there is no dropout by default, so the resumed
+run reaches the weights an uninterrupted run reaches.
+
+Devices and scale come from accelerate: one process on the CPU or a GPU as is;
+`accelerate launch` (DDP, FSDP or DeepSpeed configs) for several GPUs or machines, where
+every rank trains on its share of each step's examples and rank 0 writes the run
+directory. With FSDP / ZeRO-3, prefer LoRA or the cached reference: a frozen full copy
+would need its own sharding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from circuitlab.analog import nsc_loss
+from circuitlab.analog.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
+from circuitlab.analog.nsc_loss import DIRECTIONS, KL_TOKENS
+from circuitlab.analog.reference import (
+    CachedReference,
+    LiveReference,
+    model_logp,
+    precompute_reference,
+)
+from circuitlab.analog.sft_data import SFTData, collate, load_sft_data
+from circuitlab.core.config import config_to_dict, require
+from circuitlab.core.errors import CircuitlabError
+from circuitlab.core.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from circuitlab.core.lm import LoadedLM, load_lm
+from circuitlab.core.runs import RunDir
+from circuitlab.core.seeding import seed_everything
+
+REFERENCES = ("live", "cached")
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("no", "bf16", "fp16")
+MODEL_META = "circuitlab.json"
+
+
+@dataclass(frozen=True)
+class NSCConfig:
+    """One NSC-SFT run. Defaults follow the paper where it says (lambda 0.1, the KL on the
+    response tokens, KL(model || reference)); lr defaults to 1e-5 for full fine-tuning and
+    2e-4 for LoRA when left unset. `max_steps` caps the steps that `epochs` implies.
+    `lora_layers`: adapt only the top N transformer layers (0: all), which makes a CPU step
+    several times cheaper because the backward pass stops below them.
+    `verdicts`: records with a reviewer verdict are kept only with one of these (empty:
+    all); records without a verdict are always kept."""
+
+    data: str
+    model: str | None = None
+    kl_lambda: float = 0.1
+    kl_direction: str = "model||reference"
+    kl_tokens: str = "response"
+    reference: str = "live"
+    top_k: int = 64
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: str = "all-linear"
+    lora_layers: int = 0
+    max_length: int = 1024
+    batch_size: int = 4
+    grad_accum: int = 1
+    epochs: int = 1
+    max_steps: int | None = None
+    lr: float | None = None
+    weight_decay: float = 0.0
+    warmup: float = 0.03
+    schedule: str = "cosine"
+    grad_clip: float = 1.0
+    verdicts: tuple[str, ...] = ("accept",)
+    system: str | None = None
+    seed: int = 0
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        require(bool(self.data), "data: give the QA JSONL file to train on (--data)")
+        require(self.kl_lambda >= 0, f"kl_lambda {self.kl_lambda}: must be >= 0 (0 is plain SFT)")
+        require(
+            self.kl_direction in DIRECTIONS,
+            f"kl_direction {self.kl_direction!r}: use {' or '.join(DIRECTIONS)}",
+        )
+        require(self.kl_tokens in KL_TOKENS, f"kl_tokens {self.kl_tokens!r}: use response or all")
+        require(self.reference in REFERENCES, f"reference {self.reference!r}: use live or cached")
+        require(self.top_k >= 1, f"top_k {self.top_k}: at least 1")
+        require(self.lora_r >= 1, f"lora_r {self.lora_r}: at least 1")
+        require(self.lora_layers >= 0, f"lora_layers {self.lora_layers}: 0 (all) or more")
+        require(0 <= self.lora_dropout < 1, f"lora_dropout {self.lora_dropout}: in [0, 1)")
+        require(self.max_length >= 16, f"max_length {self.max_length}: at least 16 tokens")
+        require(self.batch_size >= 1, f"batch_size {self.batch_size}: at least 1")
+        require(self.grad_accum >= 1, f"grad_accum {self.grad_accum}: at least 1")
+        require(self.epochs >= 1, f"epochs {self.epochs}: at least 1")
+        require(self.max_steps is None or self.max_steps >= 1, f"max_steps {self.max_steps}: >= 1")
+        require(self.lr is None or self.lr > 0, f"lr {self.lr}: must be positive")
+        require(0 <= self.warmup < 1, f"warmup {self.warmup}: a fraction of all steps, in [0, 1)")
+        require(self.schedule in SCHEDULES, f"schedule {self.schedule!r}: {', '.join(SCHEDULES)}")
+        require(self.grad_clip >= 0, f"grad_clip {self.grad_clip}: >= 0 (0: off)")
+        require(self.save_every >= 1, f"save_every {self.save_every}: at least 1")
+        require(self.keep_checkpoints >= 1, f"keep_checkpoints {self.keep_checkpoints}: >= 1")
+        require(
+            self.mixed_precision in PRECISIONS,
+            f"mixed_precision {self.mixed_precision!r}: {', '.join(PRECISIONS)}",
+        )
+        require(self.threads >= 0, f"threads {self.threads}: 0 (torch default) or more")
+
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 2e-4 if self.lora else 1e-5
+
+
+def lr_at(step: int, total: int, config: NSCConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then the decay."""
+    peak = config.learning_rate
+    warm = int(config.warmup * total)
+    if step < warm:
+        return peak * (step + 1) / warm
+    if config.schedule == "constant" or total <= warm:
+        return peak
+    frac = (step - warm) / max(total - warm, 1)
+    if config.schedule == "linear":
+        return peak * (1.0 - frac)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def step_examples(step: int, n: int, per_step: int, seed: int) -> list[int]:
+    """Example indices of optimizer step `step`: a seeded permutation per epoch, cut into
+    full steps (the last one of an epoch wraps around to the epoch's start)."""
+    steps_per_epoch = math.ceil(n / per_step)
+    epoch, index = divmod(step, steps_per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    picks = [(index * per_step + j) % n for j in range(per_step)]
+    return [int(order[p]) for p in picks]
+
+
+def _data_digest(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except FileNotFoundError:
+        raise CircuitlabError(f"training data {path} does not exist") from None
+    except IsADirectoryError:
+        raise CircuitlabError(f"training data {path} is a directory, not a JSONL file") from None
+
+
+def _wrap_lora(model: Any, config: NSCConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    targets: Any = config.lora_targets
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    elif config.lora_layers:
+        # peft takes layers_to_transform only with a list of module names: spell out
+        # "all-linear" (every linear layer but the output projection)
+        head = model.get_output_embeddings()
+        targets = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, module in model.named_modules()
+                if isinstance(module, torch.nn.Linear) and module is not head
+            }
+        )
+    layers = None
+    if config.lora_layers:
+        # adapters on the top layers only: the backward pass then stops below them
+        count = int(getattr(model.config, "num_hidden_layers", 0))
+        require(count > 0, "lora_layers needs a model config with num_hidden_layers")
+        layers = list(range(max(0, count - config.lora_layers), count))
+    lora = LoraConfig(
+        layers_to_transform=layers,
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:
+        raise CircuitlabError(f"cannot add LoRA adapters ({config.lora_targets}): {e}") from None
+
+
+class Trainer:
+    """State of one run between steps: model, optimizer, reference, data."""
+
+    def __init__(
+        self, config: NSCConfig, run: RunDir, lm: LoadedLM, data: SFTData, accelerator: Any
+    ) -> None:
+        self.config, self.run, self.lm, self.data = config, run, lm, data
+        self.accelerator = accelerator
+        self.world = accelerator.num_processes
+        self.per_step = config.batch_size * config.grad_accum * self.world
+        steps = config.epochs * math.ceil(len(data.examples) / self.per_step)
+        self.total = min(steps, config.max_steps) if config.max_steps else steps
+        model = lm.model
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        if config.lora:
+            model = _wrap_lora(model, config)
+        else:
+            for p in model.parameters():
+                p.requires_grad_(True)
+        model.train()
+        self.reference: LiveReference | CachedReference | None = None
+        if config.kl_lambda > 0 and config.reference == "live":
+            self.reference = LiveReference(model, copy_weights=not config.lora)
+            self.reference.model.to(accelerator.device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.unwrapped = model
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.pad_id = lm.tokenizer.pad_token_id
+
+    def precompute(self, on_progress: Callable[[int], None] | None = None) -> None:
+        """Fill the cached reference before the first step (the model still is the original)."""
+        self.reference = precompute_reference(
+            self.unwrapped,
+            self.data.examples,
+            self.run.path / "reference",
+            top_k=self.config.top_k,
+            kl_tokens=self.config.kl_tokens,
+            pad_id=self.pad_id,
+            batch_size=self.config.batch_size,
+            device=self.accelerator.device,
+            on_shard=on_progress,
+        )
+
+    def micro_batches(self, step: int) -> list[list[int]]:
+        picks = step_examples(step, len(self.data.examples), self.per_step, self.config.seed)
+        rank = self.accelerator.process_index
+        size = self.config.batch_size
+        mine = picks[
+            rank * size * self.config.grad_accum : (rank + 1) * size * self.config.grad_accum
+        ]
+        return [mine[i : i + size] for i in range(0, len(mine), size)]
+
+    def step(self, step: int) -> dict[str, Any]:
+        c, device = self.config, self.accelerator.device
+        lr = lr_at(step, self.total, c)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        micro = self.micro_batches(step)
+        batches = [
+            {
+                k: v.to(device)
+                for k, v in collate([self.data.examples[i] for i in m], self.pad_id).items()
+            }
+            for m in micro
+        ]
+        found = [nsc_loss.positions(b["labels"], b["attention_mask"], c.kl_tokens) for b in batches]
+        n_ce = sum(int(p.ce.sum()) for p in found)
+        n_kl = sum(int(p.kl.sum()) for p in found)
+        started = time.perf_counter()
+        ref_seconds = 0.0
+        sums = torch.zeros(2, dtype=torch.float64)
+        for number, (batch, pos, rows) in enumerate(zip(batches, found, micro, strict=True)):
+            last = number == len(batches) - 1
+            sync = nullcontext() if last else self.accelerator.no_sync(self.model)
+            with sync:
+                logp = model_logp(self.model, batch, pos.keep)
+                ce = nsc_loss.ce_sum(logp[pos.ce], pos.targets[pos.ce])
+                loss = ce / max(n_ce, 1)
+                kl = torch.zeros(())
+                if c.kl_lambda > 0:
+                    t0 = time.perf_counter()
+                    kl = self.kl_sum(batch, pos, logp, rows)
+                    ref_seconds += time.perf_counter() - t0
+                    loss = loss + c.kl_lambda * kl / max(n_kl, 1)
+                self.accelerator.backward(loss)
+            sums += torch.tensor([float(ce.detach()), float(kl.detach())], dtype=torch.float64)
+        if c.grad_clip > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - started
+        totals = torch.tensor([*sums.tolist(), n_ce, n_kl], dtype=torch.float64, device=device)
+        totals = self.accelerator.reduce(totals, reduction="sum").cpu()
+        ce_mean = float(totals[0] / max(totals[2], 1))
+        kl_mean = float(totals[1] / max(totals[3], 1))
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches) * self.world
+        return {
+            "step": step + 1,
+            "loss": ce_mean + c.kl_lambda * kl_mean,
+            "ce": ce_mean,
+            "kl": kl_mean,
+            "lambda": c.kl_lambda,
+            "lr": lr,
+            "tokens": tokens,
+            "answer_tokens": int(totals[2]),
+            "seconds": round(seconds, 4),
+            "ref_seconds": round(ref_seconds, 4),
+            "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+        }
+
+    def kl_sum(
+        self,
+        batch: dict[str, torch.Tensor],
+        pos: nsc_loss.Positions,
+        logp: torch.Tensor,
+        rows: list[int],
+    ) -> torch.Tensor:
+        c = self.config
+        model_logp_kl = logp[pos.kl]
+        if isinstance(self.reference, LiveReference):
+            ref = self.reference.logp(batch, pos)
+            return nsc_loss.token_kl(model_logp_kl, ref, c.kl_direction).sum()
+        assert isinstance(self.reference, CachedReference)
+        ids, values, tail = (t.to(logp.device) for t in self.reference.batch(rows))
+        return nsc_loss.bucket_kl(model_logp_kl, ids, values, tail, c.kl_direction).sum()
+
+
+def train(
+    config: NSCConfig,
+    out: str | Path,
+    *,
+    lm: LoadedLM | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume, or just report a finished) NSC-SFT run in `out`; returns results.json.
+
+    `lm`: an already loaded model to train *in place* (default: load `config.model`).
+    `stop_after`: stop after this many optimizer steps in this call (for tests / benchmarks).
+    """
+    from accelerate import Accelerator
+
+    digest = _data_digest(config.data)
+    run = RunDir.open(out, {**config_to_dict(config), "data_sha256": digest})
+    if run.is_done("train"):
+        return run.results()
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        accelerator = Accelerator(
+            mixed_precision=config.mixed_precision,
+            cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+        )
+        seed_everything(config.seed)
+        lm = lm or load_lm(config.model)
+        data = load_sft_data(
+            config.data,
+            lm.tokenizer,
+            max_length=config.max_length,
+            verdicts=config.verdicts,
+            system=config.system,
+        )
+        lm.model.to(accelerator.device)
+        trainer = Trainer(config, run, lm, data, accelerator)
+        return _train_loop(trainer, progress, stop_after, on_step)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_loop(
+    trainer: Trainer,
+    progress: bool,
+    stop_after: int | None,
+    on_step: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    config, run, accelerator = trainer.config, trainer.run, trainer.accelerator
+    main = accelerator.is_main_process
+    start = 0
+    latest = list_checkpoints(run.checkpoints)
+    if latest:
+        start = load_checkpoint(latest[-1], trainer.unwrapped, trainer.optimizer)["step"]
+    if main:
+        _trim_metrics(run, start)
+    if config.kl_lambda > 0 and config.reference == "cached":
+        if start > 0 and not (run.path / "reference").is_dir():
+            raise CircuitlabError(
+                f"{run.path} resumes at step {start} but its reference cache is missing; "
+                "delete the run directory and start again"
+            )
+        with tqdm(
+            total=len(trainer.data.examples),
+            desc="reference top-k",
+            disable=not progress or not main,
+        ) as bar:
+            trainer.precompute(bar.update)
+    started = time.perf_counter()
+    bar = tqdm(
+        total=trainer.total, initial=start, desc="NSC-SFT" if config.kl_lambda else "SFT",
+        disable=not progress or not main,
+    )  # fmt: skip
+    step = start
+    with bar:
+        while step < trainer.total:
+            if stop_after is not None and step - start >= stop_after:
+                break
+            record = trainer.step(step)
+            step += 1
+            if main:
+                run.log_metrics(**record)
+            bar.update(1)
+            bar.set_postfix(ce=f"{record['ce']:.3f}", kl=f"{record['kl']:.4f}")
+            if on_step:
+                on_step(record)
+            if step % config.save_every == 0 or step == trainer.total:
+                accelerator.wait_for_everyone()
+                if main:
+                    save_checkpoint(
+                        run.checkpoints, step, trainer.unwrapped, trainer.optimizer,
+                        keep=config.keep_checkpoints, extra={"total": trainer.total},
+                    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    metrics = run.metrics()
+    summary = _summary(trainer, metrics, step, seconds)
+    if step >= trainer.total:
+        accelerator.wait_for_everyone()
+        if main:
+            save_model(trainer, run.path / "model")
+            run.write_results(summary)
+            run.mark_done("train")
+    return summary
+
+
+def _trim_metrics(run: RunDir, step: int) -> None:
+    """Drop metric lines past the checkpoint a resumed run restarts from (they are redone)."""
+    path = run.path / "metrics.jsonl"
+    if not path.exists():
+        return
+    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _summary(
+    trainer: Trainer, metrics: list[dict[str, Any]], step: int, seconds: float
+) -> dict[str, Any]:
+    c = trainer.config
+    last = metrics[-min(len(metrics), 5) :] if metrics else []
+    mean = (lambda key: sum(r[key] for r in last) / len(last)) if last else (lambda key: None)
+    step_seconds = [r["seconds"] for r in metrics]
+    return {
+        "model": trainer.lm.name,
+        "base": c.model if c.model is not None else "embedded",
+        "lora": c.lora,
+        "kl_lambda": c.kl_lambda,
+        "kl_direction": c.kl_direction,
+        "reference": c.reference if c.kl_lambda > 0 else "none",
+        "steps": step,
+        "total_steps": trainer.total,
+        "complete": step >= trainer.total,
+        "examples": len(trainer.data.examples),
+        "records": trainer.data.records,
+        "filtered_by_verdict": trainer.data.filtered,
+        "prompt_too_long": trainer.data.too_long,
+        "truncated": trainer.data.truncated,
+        "trainable_parameters": sum(
+            p.numel() for p in trainer.unwrapped.parameters() if p.requires_grad
+        ),
+        "first_ce": metrics[0]["ce"] if metrics else None,
+        "first_kl": metrics[0]["kl"] if metrics else None,
+        "final_ce": mean("ce"),
+        "final_kl": mean("kl"),
+        "mean_step_seconds": round(sum(step_seconds) / len(step_seconds), 4)
+        if step_seconds
+        else None,
+        "session_seconds": round(seconds, 2),
+    }
+
+
+def save_model(trainer: Trainer, target: Path) -> None:
+    """Final weights (safetensors) + tokenizer + circuitlab.json, renamed into place at once."""
+    c = trainer.config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=target.parent))
+    try:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.save_pretrained(tmp, safe_serialization=True)
+        trainer.lm.tokenizer.save_pretrained(tmp)
+        atomic_write_json(
+            tmp / MODEL_META,
+            {
+                "base": c.model or "embedded",
+                "base_name": trainer.lm.name,
+                "lora": c.lora,
+                "kl_lambda": c.kl_lambda,
+            },
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@dataclass(frozen=True)
+class TrainedLM:
+    """A model to evaluate, and the original model it was trained from (if known)."""
+
+    lm: LoadedLM
+    base: str | None  # spec of the original model, for drift
+    lora: bool
+
+
+def load_model(spec: str | None) -> TrainedLM:
+    """Load a model spec (embedded, .gguf, model dir, hub id), a trained model/ directory or a
+    training run directory (its model/)."""
+    if spec is not None:
+        path = Path(spec).expanduser()
+        if (path / "model" / MODEL_META).is_file():
+            path = path / "model"
+        if (path / MODEL_META).is_file():
+            meta = read_json(path / MODEL_META)
+            if meta["lora"]:
+                from peft import PeftModel
+
+                base = load_lm(meta["base"])
+                model = PeftModel.from_pretrained(base.model, str(path)).eval()
+                name = f"{base.name}+{path.parent.name if path.name == 'model' else path.name}"
+                return TrainedLM(
+                    LoadedLM(model, base.tokenizer, name, str(path)), meta["base"], True
+                )
+            loaded = load_lm(str(path))
+            name = path.parent.name if path.name == "model" else path.name
+            return TrainedLM(
+                LoadedLM(loaded.model, loaded.tokenizer, name, str(path)), meta["base"], False
+            )
+    return TrainedLM(load_lm(spec), None, False)
+
+
+def is_trained_run(path: str | Path) -> bool:
+    return (Path(path) / "model" / MODEL_META).is_file() or (Path(path) / MODEL_META).is_file()

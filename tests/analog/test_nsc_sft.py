@@ -1,0 +1,209 @@
+"""NSC-SFT on a tiny random Llama: masking, the KL term, lambda = 0, LoRA reference, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from circuitlab.analog import nsc_loss
+from circuitlab.analog.nsc_sft import NSCConfig, lr_at, step_examples, train
+from circuitlab.analog.sft_data import IGNORE, chat_response, collate, load_sft_data
+from circuitlab.core.errors import CircuitlabError
+from circuitlab.core.lm import LoadedLM
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(qa_file, model_dir, **kw) -> NSCConfig:
+    options = {"max_steps": 6, "batch_size": 4, "lr": 1e-2, "save_every": 3, "max_length": 96,
+               "epochs": 20}  # fmt: skip
+    options.update(kw)
+    return NSCConfig(data=str(qa_file), model=str(model_dir), **options)
+
+
+def metrics(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_masking_excludes_the_prompt(tiny_model_dir, qa_file):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    data = load_sft_data(qa_file, tokenizer, max_length=96)
+    assert data.records == 12 and data.filtered == 3 and len(data.examples) == 9
+    record = json.loads(qa_file.read_text().splitlines()[1])
+    example = data.examples[0]
+    supervised = [t for t in example.labels if t != IGNORE]
+    first = example.labels.index(supervised[0])
+    assert all(t == IGNORE for t in example.labels[:first])  # the whole prompt is masked
+    assert example.labels[first:] == example.input_ids[first:]  # the whole reply is not
+    reply = tokenizer.decode(supervised)
+    assert reply == chat_response(tokenizer, record["prompt"], record["response"])
+    assert reply.startswith("<think>") and reply.endswith("<|im_end|>\n")
+    assert record["prompt"] in tokenizer.decode(example.input_ids[:first])
+    batch = collate(data.examples[:3], tokenizer.pad_token_id)
+    pos = nsc_loss.positions(batch["labels"], batch["attention_mask"], "response")
+    assert int(pos.ce.sum()) == int((batch["labels"] != IGNORE).sum())
+    everything = nsc_loss.positions(batch["labels"], batch["attention_mask"], "all")
+    assert int(everything.kl.sum()) == int(batch["attention_mask"][:, 1:].sum())
+
+
+@pytest.mark.parametrize("lora, reference", [(True, "live"), (False, "live"), (True, "cached")])
+def test_kl_is_zero_at_the_start_and_grows_as_the_model_moves(
+    tiny_model_dir, qa_file, tmp_path, lora, reference
+):
+    result = train(
+        config(qa_file, tiny_model_dir, lora=lora, reference=reference, kl_lambda=0.5),
+        tmp_path / "run",
+        progress=False,
+    )
+    kl = [r["kl"] for r in metrics(tmp_path / "run")]
+    assert len(kl) == 6 and abs(kl[0]) < 1e-6  # the reference *is* the model at step 1
+    assert kl[-1] > 1e-5 and kl[-1] > kl[1] > 0
+    assert result["complete"] and result["first_kl"] == kl[0]
+    assert all(r["ce"] > 0 and r["loss"] == pytest.approx(r["ce"] + 0.5 * r["kl"]) for r in
+               metrics(tmp_path / "run"))  # fmt: skip
+    weights = "adapter_model.safetensors" if lora else "model.safetensors"
+    assert (tmp_path / "run" / "model" / weights).is_file()
+
+
+def test_lambda_zero_is_plain_sft_exactly(tiny_model_dir, qa_file, tmp_path, monkeypatch):
+    from circuitlab.analog import reference
+
+    def never(*args, **kwargs):
+        raise AssertionError("lambda = 0 must not run the reference")
+
+    monkeypatch.setattr(reference.LiveReference, "logp", never)
+    monkeypatch.setattr(reference, "precompute_reference", never)
+    cfg = config(qa_file, tiny_model_dir, kl_lambda=0.0, warmup=0.2, max_steps=4)
+    train(cfg, tmp_path / "run", progress=False)
+    trained = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    # plain SFT by hand: the transformers loss (shifted CE over the labelled tokens), AdamW
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    examples = load_sft_data(qa_file, tokenizer, max_length=96).examples
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    model.train()
+    for step in range(4):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, 4, cfg)
+        picks = step_examples(step, len(examples), 4, 0)
+        batch = collate([examples[i] for i in picks], tokenizer.pad_token_id)
+        loss = model(**batch).loss
+        if step == 0:
+            assert loss.item() == pytest.approx(metrics(tmp_path / "run")[0]["ce"], abs=1e-5)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(r["kl"] == 0 for r in metrics(tmp_path / "run"))
+    for name, value in model.state_dict().items():
+        if name in trained:
+            torch.testing.assert_close(trained[name], value, atol=2e-5, rtol=1e-4)
+
+
+def test_lora_reference_equals_the_base_models_logits(tiny_model_dir, qa_file, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    lm = LoadedLM(model, tokenizer, "tiny", str(tiny_model_dir))
+    train(config(qa_file, tiny_model_dir, lora=True, kl_lambda=0.1), tmp_path / "run", lm=lm,
+          progress=False)  # fmt: skip
+    from circuitlab.analog.nsc_sft import load_model
+
+    trained = load_model(str(tmp_path / "run")).lm.model  # base + the saved adapter
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = torch.tensor([tokenizer("An op-amp with negative feedback")["input_ids"]])
+    with torch.no_grad():
+        expected = base(ids).logits
+        with trained.disable_adapter():
+            disabled = trained(ids).logits
+        adapted = trained(ids).logits
+    torch.testing.assert_close(disabled, expected, atol=1e-6, rtol=0)
+    assert (adapted - expected).abs().max() > 1e-3  # the adapters did learn something
+
+
+def test_bucket_kl_is_exact_with_the_whole_vocabulary_and_a_lower_bound_otherwise():
+    torch.manual_seed(0)
+    logp = torch.log_softmax(torch.randn(5, 40) * 3, dim=-1)
+    ref = torch.log_softmax(torch.randn(5, 40) * 3, dim=-1)
+    for direction in nsc_loss.DIRECTIONS:
+        full = nsc_loss.token_kl(logp, ref, direction)
+        ids, values, tail = nsc_loss.top_k_reference(ref, 40)
+        exact = nsc_loss.bucket_kl(logp, ids, values, tail, direction)
+        torch.testing.assert_close(exact, full, atol=1e-5, rtol=1e-5)
+        ids, values, tail = nsc_loss.top_k_reference(ref, 8)
+        bound = nsc_loss.bucket_kl(logp, ids, values, tail, direction)
+        assert (bound <= full + 1e-6).all() and (bound >= -1e-6).all()
+    assert nsc_loss.token_kl(ref, ref, "model||reference").abs().max() < 1e-6
+
+
+def test_resume_after_a_kill_reaches_the_uninterrupted_weights(tiny_model_dir, qa_file, tmp_path):
+    out = tmp_path / "killed"
+    command = [
+        sys.executable, "-m", "circuitlab", "analog", "train", "--data", str(qa_file),
+        "--model", str(tiny_model_dir), "--out", str(out), "--lambda", "0.2", "--lora",
+        "--max-steps", "12", "--save-every", "2", "--lr", "0.01", "--max-length", "96",
+        "--epochs", "20", "--threads", "1",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "step-4").is_dir() and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "model").exists()  # killed before the end
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    steps = [r["step"] for r in metrics(out)]
+    assert steps == list(range(1, 13))  # every step logged exactly once
+    straight = train(
+        config(qa_file, tiny_model_dir, lora=True, kl_lambda=0.2, max_steps=12, save_every=2,
+               threads=1),
+        tmp_path / "straight",
+        progress=False,
+    )  # fmt: skip
+    assert straight["steps"] == 12
+    resumed = load_file(str(out / "model" / "adapter_model.safetensors"))
+    reference = load_file(str(tmp_path / "straight" / "model" / "adapter_model.safetensors"))
+    assert resumed.keys() == reference.keys()
+    for name in resumed:
+        torch.testing.assert_close(resumed[name], reference[name], atol=1e-6, rtol=1e-5)
+    assert [r["kl"] for r in metrics(out)][-1] == pytest.approx(
+        [r["kl"] for r in metrics(tmp_path / "straight")][-1], rel=1e-4
+    )
+
+
+def test_bad_training_input_is_a_clear_error(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "q", "response": "r"}\n{"question": "only a question"}\n')
+    with pytest.raises(CircuitlabError, match=r"bad.jsonl:2: needs 'prompt' and 'response'"):
+        train(NSCConfig(data=str(bad), model=str(tiny_model_dir)), tmp_path / "r1",
+              progress=False)  # fmt: skip
+    with pytest.raises(CircuitlabError, match="does not exist"):
+        train(NSCConfig(data=str(tmp_path / "none.jsonl")), tmp_path / "r2", progress=False)
+    rejected = tmp_path / "rejected.jsonl"
+    rejected.write_text('{"prompt": "q", "response": "r", "verdict": "reject"}\n')
+    with pytest.raises(CircuitlabError, match="none of its 1 records is usable"):
+        train(NSCConfig(data=str(rejected), model=str(tiny_model_dir)), tmp_path / "r3",
+              progress=False)  # fmt: skip
+    for kw, message in [
+        ({"kl_lambda": -1}, "kl_lambda"),
+        ({"kl_direction": "forward"}, "kl_direction"),
+        ({"reference": "disk"}, "reference"),
+        ({"max_length": 4}, "max_length"),
+    ]:
+        with pytest.raises(CircuitlabError, match=message):
+            NSCConfig(data="x.jsonl", **kw)

@@ -1,0 +1,73 @@
+"""`analog run` wiring on a tiny model: stages skip when done, report and plot are written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from circuitlab.analog.pipeline import PipelineConfig, run_pipeline
+from circuitlab.core.config import config_to_dict
+from circuitlab.core.errors import CircuitlabError
+from circuitlab.core.runs import RunDir
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_pipeline_trains_evaluates_and_reports_then_resumes_for_free(
+    tiny_model_dir, qa_file, tmp_path
+):
+    config = PipelineConfig(
+        model=str(tiny_model_dir), lambdas=(0.0, 1.0), steps=3, max_length=96, lora_layers=1,
+        mcq_limit=6, threads=1,
+    )  # fmt: skip
+    out = tmp_path / "run"
+    run = RunDir.open(out, config_to_dict(config))
+    # the tiny random model cannot distil, so the first two stages are handed in as done
+    (out / "distill").mkdir()
+    shutil.copy(qa_file, out / "distill" / "qa.jsonl")
+    (out / "distill" / "results.json").write_text(
+        json.dumps({"nodes_processed": 12, "qa_records": 12, "accepted": 9})
+    )
+    run.mark_done("nodes")
+    run.mark_done("distill")
+    stages = []
+    report = run_pipeline(out, config, stage=lambda name, total: stages.append(name) or (
+        lambda n: None), log=lambda line: None)  # fmt: skip
+    assert stages == [
+        "SFT lambda=0", "NSC-SFT lambda=1", "evaluate base", "evaluate l0", "evaluate l1",
+    ]  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["model"]: r for r in results["rows"]}
+    assert rows["base"]["general_kl"] == 0 and rows["base"]["n"] == 6
+    assert rows["SFT"]["general_kl"] > 0 and rows["NSC-SFT"]["train_steps"] == 3
+    assert rows["SFT"]["train_ce_final"] < rows["SFT"]["train_ce_first"]
+    text = report.read_text()
+    assert "| SFT | 0 |" in text and "| NSC-SFT | 1 |" in text and "tradeoff.png" in text
+    assert (out / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+    stamp = (out / "eval" / "l1.json").stat().st_mtime_ns
+    stages.clear()
+    run_pipeline(out, config, stage=lambda name, total: stages.append(name) or (lambda n: None),
+                 log=lambda line: None)  # fmt: skip
+    assert stages == [] and (out / "eval" / "l1.json").stat().st_mtime_ns == stamp
+
+
+def test_bad_pipeline_settings_fail_before_any_work(tmp_path):
+    for kw, message in [
+        ({"lambdas": ()}, "at least one"),
+        ({"lambdas": (0.1, -1.0)}, ">= 0"),
+        ({"lambdas": (0.1, 0.1)}, "repeated"),
+        ({"reference": "disk"}, "reference"),
+        ({"mcq": str(tmp_path / "none.jsonl")}, "does not exist"),
+        ({"scoring": "vibes"}, "scoring"),
+    ]:
+        with pytest.raises(CircuitlabError, match=message):
+            PipelineConfig(**kw)
