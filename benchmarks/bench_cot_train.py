@@ -130,9 +130,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--mix-smaller", type=float, default=1 / 3,
+        help="share of smaller problems, as the official --under arithmetic data has",
+    )  # fmt: skip
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
     warmup = 3
-    config = TrainConfig(task=args.task, size=args.size, num=args.batch_size * 80, test_num=10)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mix = args.mix_smaller if args.task == "arithmetic" else 0.0
+    config = TrainConfig(task=args.task, size=args.size, num=args.batch_size * 80, test_num=10,
+                         mix_smaller=mix)  # fmt: skip
     data = prepare(config)
     train = data.train
     ids = torch.as_tensor(train.ids)
