@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from circuitlab.cot.tasks.common import EOS_ID, PAD_ID, Task, TokenBatch, Vocab, compact
+from circuitlab.cot.tasks.common import PAD_ID, Task, TokenBatch, Vocab, compact
 
 IGNORE = -100  # label value that cross-entropy skips
 
@@ -73,9 +73,3 @@ def loss_labels(ids: np.ndarray, lengths: np.ndarray, prompt: np.ndarray) -> np.
     keep = (target_pos >= prompt[:, None]) & (target_pos < lengths[:, None])
     labels[~keep] = IGNORE
     return labels
-
-
-def continuation_text(vocab: Vocab, new_ids: np.ndarray) -> str:
-    """Generated ids up to (not including) the first `<eos>`, as text."""
-    stop = np.flatnonzero(new_ids == EOS_ID)
-    return vocab.decode(new_ids[: stop[0]] if len(stop) else new_ids)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from circuitlab.core.config import config_to_dict, require
 from circuitlab.core.devices import pick_device
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.core.io import atomic_write_json, read_json, read_jsonl
+from circuitlab.core.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from circuitlab.core.runs import RunDir
 from circuitlab.cot.batching import epoch_plan, shard
 from circuitlab.cot.data import DataConfig, generate_splits
@@ -285,10 +285,7 @@ def _trim_metrics(run: RunDir, step: int) -> None:
     path = run.path / "metrics.jsonl"
     if path.exists():
         kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-        text = "".join(json.dumps(r) + "\n" for r in kept)
-        from circuitlab.core.io import atomic_write_text
-
-        atomic_write_text(path, text)
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 # ------------------------------------------------------------------ the loop
@@ -505,7 +502,3 @@ def load_run(out: str | Path) -> tuple[TrainConfig, GPT, Prepared]:
     model = GPT(prepared.model_config)
     load_weights(checkpoints[-1], model)
     return config, model, prepared
-
-
-def replace(config: TrainConfig, **changes: Any) -> TrainConfig:
-    return dataclasses.replace(config, **changes)
