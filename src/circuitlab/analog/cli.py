@@ -4,7 +4,6 @@ NSC-SFT fine-tuning -> multiple-choice evaluation, and `run` for all of it end t
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from circuitlab.core.config import config_from_dict, load_config
+from circuitlab.core.config import config_from_dict, load_config, read_toml
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.progress import progress_bar
 
@@ -246,18 +245,6 @@ def _print_distill_summary(summary: dict[str, Any], out: Path) -> None:
     console.print(f"wrote {out / 'qa.jsonl'} and {out / 'results.json'}")
 
 
-def _toml_table(path: Path, table: str) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CircuitlabError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise CircuitlabError(f"config file {path} is not valid TOML: {e}") from None
-    if table not in data:
-        raise CircuitlabError(f"config file {path} has no [{table}] table")
-    return dict(data[table])
-
-
 def _csv(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
 
@@ -323,7 +310,7 @@ def train(
     from circuitlab.analog.nsc_sft import NSCConfig
     from circuitlab.analog.nsc_sft import train as run_train
 
-    values = _toml_table(config_file, "train") if config_file else {}
+    values = read_toml(config_file, "train") if config_file else {}
     overrides = {
         "data": str(data) if data is not None else None,
         "model": model,
@@ -462,7 +449,7 @@ def run_all(
     parsed = None if lambdas is None else _floats(lambdas, "--lambdas")  # before slow imports
     from circuitlab.analog.pipeline import PipelineConfig, run_pipeline
 
-    values = _toml_table(config_file, "run") if config_file else {}
+    values = read_toml(config_file, "run") if config_file else {}
     overrides = {
         "max_nodes": max_nodes,
         "lambdas": parsed,

@@ -44,8 +44,8 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
         raise CircuitlabError(f"bad {cls.__name__}: {e}") from None
 
 
-def load_config(cls: type[T], path: str | Path, table: str | None = None) -> T:
-    """Read `cls` from a TOML file, optionally from one [table] of it."""
+def read_toml(path: str | Path, table: str | None = None) -> dict[str, Any]:
+    """The TOML file at `path` as a dict, or one [table] of it; errors say which file."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -57,7 +57,12 @@ def load_config(cls: type[T], path: str | Path, table: str | None = None) -> T:
         if table not in data:
             raise CircuitlabError(f"config file {path} has no [{table}] table")
         data = data[table]
-    return config_from_dict(cls, data)
+    return dict(data)
+
+
+def load_config(cls: type[T], path: str | Path, table: str | None = None) -> T:
+    """Read `cls` from a TOML file, optionally from one [table] of it."""
+    return config_from_dict(cls, read_toml(path, table))
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

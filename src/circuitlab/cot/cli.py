@@ -13,7 +13,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.progress import progress_bar
 from circuitlab.cot.data import DataConfig, output_paths, write_dataset
 from circuitlab.cot.tasks import TASKS
@@ -126,11 +125,12 @@ def train(
     Example: circuitlab cot train --task arithmetic --size 3 --layers 3 --d-model 128
     --lr 1e-3 --epochs 6 --num 30000 --out runs/ar3-cot
     """
-    from circuitlab.core.config import config_from_dict
+    from circuitlab.core.config import config_from_dict, read_toml
     from circuitlab.cot.train import TrainConfig
     from circuitlab.cot.train import train as run_training
 
-    base = _load_train_config(config) if config else {}
+    base = read_toml(config) if config else {}
+    base = dict(base.get("train", base))  # a [train] table or the top level
     explicit = {
         "task": task, "size": size, "format": format, "num": num, "test_num": test_num,
         "layers": layers, "d_model": d_model, "heads": heads, "epochs": epochs,
@@ -145,18 +145,6 @@ def train(
     results = run_training(train_config, out, resume=resume)
     if results:  # data-parallel ranks other than 0 return nothing to report
         _print_eval(results, out)
-
-
-def _load_train_config(path: Path) -> dict[str, Any]:
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CircuitlabError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise CircuitlabError(f"config file {path} is not valid TOML: {e}") from None
-    return dict(data.get("train", data))
 
 
 @app.command("eval")
