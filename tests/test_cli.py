@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -163,3 +164,46 @@ def test_report_of_a_bad_run_directory_is_one_line_exit_2(tmp_path, make, messag
 def test_help_lists_the_report_command():
     result = run("--help")
     assert result.returncode == 0 and "report" in result.stdout
+
+
+def test_every_help_text_shows_its_bracketed_words():
+    """Help is rendered with rich markup, where an unescaped [word] is a style tag: it
+    vanishes from the help (or, for [/word], crashes --help). Walk every command."""
+    import typer
+    from rich.markup import RE_TAGS
+    from typer.testing import CliRunner
+
+    from circuitlab.cli import app
+
+    root = typer.main.get_command(app)
+    commands: list[list[str]] = []
+    tags: list[str] = []
+
+    def context(command: Any, parent: Any, name: str) -> Any:
+        return command.context_class(command, parent=parent, info_name=name)
+
+    def walk(command: Any, path: list[str], ctx: Any) -> None:
+        commands.append(path)
+        texts = [command.help, *(getattr(p, "help", None) for p in command.params)]
+        for text in filter(None, texts):
+            for match in RE_TAGS.finditer(text):
+                if len(match.group(2)) % 2 == 0:  # an even run of backslashes: not escaped
+                    tags.append(f"{' '.join(path)}: {match.group(0)}")
+        if hasattr(command, "list_commands"):  # a group (typer's own click, not click's)
+            for name in list(command.list_commands(ctx)):
+                sub = command.get_command(ctx, name)
+                assert sub is not None
+                walk(sub, [*path, name], context(sub, ctx, name))
+
+    walk(root, [], context(root, None, "circuitlab"))
+    assert tags == []
+    assert len(commands) > 15
+    runner = CliRunner()
+    for path in commands:
+        result = runner.invoke(app, [*path, "--help"], terminal_width=200)
+        assert result.exit_code == 0, (path, result.output)
+    shown = run("analog", "run", "--help")
+    assert "live or cached [cached]" in shown.stdout
+    assert "TOML file with a [run] table" in shown.stdout
+    shown = run("analog", "train", "--help")
+    assert "question/answer[/reasoning]" in shown.stdout

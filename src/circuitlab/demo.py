@@ -34,22 +34,21 @@ def _cot_data(out: Path, settings: DemoSettings) -> None:
 def _cot_sweep(out: Path, settings: DemoSettings) -> None:
     from circuitlab.cot.sweep import get_profile, run_sweep
 
-    run_sweep(get_profile("demo"), out)
+    run_sweep(get_profile("demo"), out, workers=2)
 
 
 def _circuits_reference(out: Path, settings: DemoSettings) -> None:
     """IOI patching reference on SmolLM2: 16 prompt pairs keep it to minutes on a CPU."""
     from circuitlab.circuits.reference import ReferenceConfig, run_reference
 
-    run_reference(ReferenceConfig(task="ioi", num=16, seed=settings.seed, threads=1), out)
+    run_reference(ReferenceConfig(task="ioi", num=16, seed=settings.seed), out)
 
 
 def _circuits_discover(out: Path, settings: DemoSettings) -> None:
     """SAE method and baselines on 100 IOI pairs, scored against the reference above."""
     from circuitlab.circuits.methods import DiscoveryConfig, run_discover
 
-    config = DiscoveryConfig(task="ioi", num=100, seed=settings.seed, sae_dtype="bfloat16",
-                             threads=1)  # fmt: skip
+    config = DiscoveryConfig(task="ioi", num=100, seed=settings.seed)
     reference = out.parent / "circuits-reference" / "reference.json"
     run_discover(config, out, reference=str(reference))
 

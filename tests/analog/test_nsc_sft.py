@@ -135,6 +135,32 @@ def test_lora_reference_equals_the_base_models_logits(tiny_model_dir, qa_file, t
     assert (adapted - expected).abs().max() > 1e-3  # the adapters did learn something
 
 
+def test_lora_on_the_top_layers_runs_only_them_for_the_reference_and_trains_the_same(
+    tiny_model_dir, qa_file, tmp_path, monkeypatch
+):
+    from circuitlab.analog import reference
+
+    calls = []
+    suffix_logp = reference.suffix_logp
+    monkeypatch.setattr(reference, "suffix_logp", lambda *a: calls.append(1) or suffix_logp(*a))
+    cfg = config(qa_file, tiny_model_dir, lora=True, lora_layers=1, kl_lambda=0.5, max_steps=4)
+    train(cfg, tmp_path / "top", progress=False)
+    assert len(calls) == 4  # one reference pass per step, through the top layer only
+    monkeypatch.setattr(reference, "adapted_suffix", lambda model: None)  # the full pass
+    train(cfg, tmp_path / "full", progress=False)
+    assert len(calls) == 4
+    top, full = metrics(tmp_path / "top"), metrics(tmp_path / "full")
+    assert abs(top[0]["kl"]) < 1e-6 and top[-1]["kl"] > 1e-5
+    for a, b in zip(top, full, strict=True):
+        assert a["kl"] == pytest.approx(b["kl"], rel=1e-4, abs=1e-7)
+        assert a["ce"] == pytest.approx(b["ce"], rel=1e-5)
+    weights = "model/adapter_model.safetensors"
+    mine, theirs = load_file(tmp_path / "top" / weights), load_file(tmp_path / "full" / weights)
+    assert mine.keys() == theirs.keys() and all(".layers.1." in k for k in mine)
+    for name in mine:
+        torch.testing.assert_close(mine[name], theirs[name], atol=1e-6, rtol=1e-5)
+
+
 def test_bucket_kl_is_exact_with_the_whole_vocabulary_and_a_lower_bound_otherwise():
     torch.manual_seed(0)
     logp = torch.log_softmax(torch.randn(5, 40) * 3, dim=-1)

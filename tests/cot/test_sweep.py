@@ -4,9 +4,11 @@ import csv
 import dataclasses
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.cot import sweep
@@ -57,6 +59,24 @@ def test_sweep_writes_results_csv_plot_and_report(tmp_path: Path) -> None:
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("points/*/results.json")}
     sweep.run_sweep(profile, tmp_path, tasks=("arithmetic",), quiet=True)
     assert stamps == {p: p.stat().st_mtime_ns for p in tmp_path.glob("points/*/results.json")}
+
+
+def test_worker_processes_give_the_same_results_as_one_after_another(tmp_path: Path) -> None:
+    profile = tiny_profile()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))  # what each worker gets
+    try:
+        serial = sweep.run_sweep(profile, tmp_path / "serial", tasks=("lis",), quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    parallel = sweep.run_sweep(profile, tmp_path / "parallel", tasks=("lis",), quiet=True,
+                               workers=2)  # fmt: skip
+    keys = ("name", "answer_accuracy", "chain_accuracy", "steps", "train_tokens")
+    assert [{k: p[k] for k in keys} for p in parallel["points"]] == [
+        {k: p[k] for k in keys} for p in serial["points"]
+    ]
+    with pytest.raises(CircuitlabError, match="workers"):
+        sweep.run_sweep(profile, tmp_path / "bad", workers=0)
 
 
 def test_aggregate_means_over_seeds() -> None:

@@ -28,7 +28,9 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-CORPUS_HELP = "Folder of .txt/.md/.html/.pdf/.sml documents [default: the shipped textbook slice]."
+CORPUS_HELP = (
+    "Folder of .txt/.md/.html/.pdf/.sml documents \\[default: the shipped textbook slice]."
+)
 
 
 def _corpus(corpus: Path | None) -> Path:
@@ -85,7 +87,7 @@ def nodes(
     corpus: Path | None = typer.Option(None, help=CORPUS_HELP),
     out: Path = typer.Option(..., help="Run directory for nodes.jsonl and the summary."),
     taxonomy: Path | None = typer.Option(
-        None, help="Taxonomy TOML [default: the shipped analog-design taxonomy]."
+        None, help="Taxonomy TOML \\[default: the shipped analog-design taxonomy]."
     ),
     min_words: int = typer.Option(20, help="Shortest node, in words."),
     max_words: int = typer.Option(150, help="Longest prose node, in words."),
@@ -109,7 +111,7 @@ def nodes(
 
 @app.command("taxonomy")
 def show_taxonomy(
-    taxonomy: Path | None = typer.Option(None, help="Taxonomy TOML [default: shipped]."),
+    taxonomy: Path | None = typer.Option(None, help="Taxonomy TOML \\[default: shipped]."),
 ) -> None:
     """Print the domain knowledge framework (copy data/taxonomy.toml to edit it)."""
     from circuitlab.analog.taxonomy import load_taxonomy
@@ -129,7 +131,7 @@ def distill(
     ),
     out: Path = typer.Option(..., help="Run directory (a rerun resumes it)."),
     config_file: Path | None = typer.Option(
-        None, "--config", help="TOML file with a [distill] table of DistillConfig settings."
+        None, "--config", help="TOML file with a \\[distill] table of DistillConfig settings."
     ),
     backend: str | None = typer.Option(None, help="embedded (default) or openai."),
     base_url: str | None = typer.Option(
@@ -146,11 +148,11 @@ def distill(
     ),
     api_key_env: str | None = typer.Option(
         None,
-        help="Environment variable holding the API key [default: OPENAI_API_KEY]; "
+        help="Environment variable holding the API key \\[default: OPENAI_API_KEY]; "
         "the key is never written anywhere.",
     ),
     concurrency: int | None = typer.Option(None, help="HTTP requests in flight [8]."),
-    max_nodes: int | None = typer.Option(None, help="Distil at most this many nodes [all]."),
+    max_nodes: int | None = typer.Option(None, help="Distil at most this many nodes \\[all]."),
     batch_size: int | None = typer.Option(None, help="Nodes per batch [8]."),
     question_tokens: int | None = typer.Option(None, help="Token limit, designer [64]."),
     answer_tokens: int | None = typer.Option(None, help="Token limit, solver reasoning [160]."),
@@ -259,7 +261,7 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
 @app.command()
 def train(
     data: Path | None = typer.Option(
-        None, help="QA JSONL: prompt/response, or question/answer[/reasoning] per line."
+        None, help="QA JSONL: prompt/response, or question/answer\\[/reasoning] per line."
     ),
     model: str | None = typer.Option(
         None, help="Model to fine-tune: embedded (default), a .gguf, a model dir or a hub id."
@@ -270,7 +272,7 @@ def train(
     ),
     lora: bool | None = typer.Option(None, "--lora/--full", help="LoRA adapters or all weights."),
     reference: str | None = typer.Option(
-        None, help="live (second forward pass) or cached (top-k once, before training) [live]."
+        None, help="live (second forward pass) or cached (top-k once, before training) \\[live]."
     ),
     top_k: int | None = typer.Option(None, help="Cached reference: tokens kept per position [64]."),
     direction: str | None = typer.Option(
@@ -281,19 +283,19 @@ def train(
     batch_size: int | None = typer.Option(None, help="Examples per micro-batch [4]."),
     grad_accum: int | None = typer.Option(None, help="Micro-batches per optimizer step [1]."),
     epochs: int | None = typer.Option(None, help="Passes over the data [1]."),
-    max_steps: int | None = typer.Option(None, help="Stop after this many steps [all]."),
+    max_steps: int | None = typer.Option(None, help="Stop after this many steps \\[all]."),
     lr: float | None = typer.Option(None, help="Peak learning rate [1e-5 full, 2e-4 LoRA]."),
     lora_r: int | None = typer.Option(None, help="LoRA rank [8]."),
     lora_layers: int | None = typer.Option(None, help="LoRA on the top N layers only [0: all]."),
     verdicts: str | None = typer.Option(
-        None, help="Keep records with these reviewer verdicts, comma-separated [accept]; '' all."
+        None, help="Keep records with these reviewer verdicts, comma-separated \\[accept]; '' all."
     ),
     save_every: int | None = typer.Option(None, help="Checkpoint every N steps [50]."),
-    mixed_precision: str | None = typer.Option(None, help="no, bf16 or fp16 [no]."),
+    mixed_precision: str | None = typer.Option(None, help="no, bf16 or fp16 \\[no]."),
     threads: int | None = typer.Option(None, help="torch CPU threads [0: torch default]."),
     seed: int | None = typer.Option(None, help="Seed for data order [0]."),
     config_file: Path | None = typer.Option(
-        None, "--config", help="TOML file with a [train] table of NSCConfig settings."
+        None, "--config", help="TOML file with a \\[train] table of NSCConfig settings."
     ),
 ) -> None:
     """Fine-tune with neighborhood self-constrained SFT (NSC-SFT) on QA-with-reasoning data.
@@ -357,7 +359,7 @@ def evaluate(
     mcq: Path | None = typer.Option(
         None,
         help="Multiple-choice JSONL (question, options, answer letter, optional "
-        "subfield) [default: the shipped 60-question analog probe].",
+        "subfield) \\[default: the shipped 60-question analog probe].",
     ),
     mode: str = typer.Option("loglik", help="loglik (score options) or generate (parse a letter)."),
     scoring: str = typer.Option("option", help="loglik: score option text or letter."),
@@ -365,9 +367,9 @@ def evaluate(
     batch_size: int = typer.Option(16, help="Questions per batch."),
     limit: int | None = typer.Option(None, help="Evaluate N questions spread over the file."),
     base: str | None = typer.Option(
-        None, help="Original model for the drift of a full fine-tune [from the run]."
+        None, help="Original model for the drift of a full fine-tune \\[from the run]."
     ),
-    probe: Path | None = typer.Option(None, help="General-domain text [shipped probe]."),
+    probe: Path | None = typer.Option(None, help="General-domain text \\[shipped probe]."),
     drift: bool = typer.Option(True, help="Measure drift on general text."),
     out: Path | None = typer.Option(None, help="Write the full results (JSON) here."),
     threads: int = typer.Option(0, help="torch CPU threads [0: torch default]."),
@@ -429,13 +431,13 @@ def run_all(
     max_nodes: int | None = typer.Option(None, help="Nodes to distil [8]."),
     lambdas: str | None = typer.Option(None, help="Comma-separated lambdas [0,0.1,1]."),
     steps: int | None = typer.Option(None, help="Training steps per lambda [8]."),
-    reference: str | None = typer.Option(None, help="live or cached [cached]."),
-    mcq: Path | None = typer.Option(None, help="MCQ JSONL [shipped analog probe]."),
-    mcq_limit: int | None = typer.Option(None, help="Evaluate N questions [all]."),
+    reference: str | None = typer.Option(None, help="live or cached \\[cached]."),
+    mcq: Path | None = typer.Option(None, help="MCQ JSONL \\[shipped analog probe]."),
+    mcq_limit: int | None = typer.Option(None, help="Evaluate N questions \\[all]."),
     threads: int | None = typer.Option(None, help="torch CPU threads [2]."),
     seed: int | None = typer.Option(None, help="Seed [0]."),
     config_file: Path | None = typer.Option(
-        None, "--config", help="TOML file with a [run] table of PipelineConfig settings."
+        None, "--config", help="TOML file with a \\[run] table of PipelineConfig settings."
     ),
 ) -> None:
     """Textbook slice -> nodes -> distillation -> LoRA NSC-SFT per lambda -> evaluation of

@@ -4,8 +4,9 @@ The objective and where its form comes from are in nsc_loss.py: cross-entropy on
 answer tokens plus `kl_lambda` times the per-token KL to the frozen original model
 (lambda = 0: plain SFT, and the reference is never run). Full fine-tuning or LoRA (peft);
 with LoRA the reference is the same weights with the adapters switched off. The
-reference is live (a second forward pass per step) or cached (top-k log-probs computed
-once before training; see reference.py).
+reference is live (a second forward pass per step; with LoRA on the top layers only, a
+pass through those layers alone, from the training forward's input to them) or cached
+(top-k log-probs computed once before training; see reference.py).
 
 A run directory holds config.json, metrics.jsonl (per step: loss, ce and kl separately,
 lr, tokens, seconds, reference seconds), checkpoints/step-N/ (safetensors), model/ (the
@@ -31,7 +32,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,8 @@ class NSCConfig:
     response tokens, KL(model || reference)); lr defaults to 1e-5 for full fine-tuning and
     2e-4 for LoRA when left unset. `max_steps` caps the steps that `epochs` implies.
     `lora_layers`: adapt only the top N transformer layers (0: all), which makes a CPU step
-    several times cheaper because the backward pass stops below them.
+    several times cheaper because the backward pass stops below them, and lets the live
+    reference run only those N layers (see reference.py).
     `verdicts`: records with a reviewer verdict are kept only with one of these (empty:
     all); records without a verdict are always kept."""
 
@@ -235,7 +237,11 @@ class Trainer:
         model.train()
         self.reference: LiveReference | CachedReference | None = None
         if config.kl_lambda > 0 and config.reference == "live":
-            self.reference = LiveReference(model, copy_weights=not config.lora)
+            # running layers on their own (the top-layers shortcut) needs unsharded weights
+            sharded = accelerator.distributed_type in ("FSDP", "DEEPSPEED", "MEGATRON_LM")
+            self.reference = LiveReference(
+                model, copy_weights=not config.lora, from_layer=not sharded
+            )
             self.reference.model.to(accelerator.device)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
@@ -291,7 +297,9 @@ class Trainer:
             last = number == len(batches) - 1
             sync = nullcontext() if last else self.accelerator.no_sync(self.model)
             with sync:
-                logp = model_logp(self.model, batch, pos.keep)
+                # a live reference over LoRA-on-the-top-layers records layer inputs here
+                with self.capture_reference():
+                    logp = model_logp(self.model, batch, pos.keep)
                 ce = nsc_loss.ce_sum(logp[pos.ce], pos.targets[pos.ce])
                 loss = ce / max(n_ce, 1)
                 kl = torch.zeros(())
@@ -326,6 +334,11 @@ class Trainer:
             "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
         }
 
+    def capture_reference(self) -> AbstractContextManager[Any]:
+        if isinstance(self.reference, LiveReference):
+            return self.reference.capturing()
+        return nullcontext()
+
     def kl_sum(
         self,
         batch: dict[str, torch.Tensor],
@@ -336,7 +349,10 @@ class Trainer:
         c = self.config
         model_logp_kl = logp[pos.kl]
         if isinstance(self.reference, LiveReference):
-            ref = self.reference.logp(batch, pos)
+            # the full pass runs under the prepared model's autocast; the layer shortcut
+            # calls layers directly, so give it the same precision explicitly
+            with self.accelerator.autocast():
+                ref = self.reference.logp(batch, pos)
             return nsc_loss.token_kl(model_logp_kl, ref, c.kl_direction).sum()
         assert isinstance(self.reference, CachedReference)
         ids, values, tail = (t.to(logp.device) for t in self.reference.batch(rows))

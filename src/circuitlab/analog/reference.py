@@ -6,6 +6,16 @@ the original model exactly, so nothing is copied; with full fine-tuning it is a 
 copy made before the first step (twice the weights in memory, none of the optimizer
 state).
 
+Live, with LoRA on the top layers only (`lora_layers`, adapters on layers F.. and none
+below): the layers below F compute the same residual stream with the adapters on or off,
+so the reference need not recompute them. The training forward records what enters each
+layer from F on (a forward pre-hook per layer: the hidden state entering F, and each
+layer's own mask / rotary / position arguments), and the reference runs only layers F..,
+the final norm and the LM head on that, adapters off. This is exact, not an
+approximation (tested against the full pass), and makes the reference cost F/N of a
+forward pass less. It is used only where that is known to hold; everything else takes the
+full pass (see `adapted_suffix`).
+
 Cached: the reference's top-k log-probabilities and tail mass at every KL position,
 computed once before training (when the model still is the reference) and stored as
 safetensors shards under the run directory, one done marker per shard, so a killed
@@ -19,11 +29,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save
+from torch import nn
 
 from circuitlab.analog.nsc_loss import Positions, positions, top_k_reference
 from circuitlab.analog.sft_data import Example, collate
@@ -50,10 +62,98 @@ def model_logp(model: Any, batch: dict[str, torch.Tensor], keep: torch.Tensor) -
     return torch.log_softmax(out.logits.float(), dim=-1)
 
 
-class LiveReference:
-    """Reference log-probs from a forward pass: adapters disabled (LoRA) or a frozen copy."""
+# model types whose decoder layers take everything they need as arguments and whose causal
+# LM head is plain `lm_head(norm(h))` (no logit scaling or soft-capping): for these, running
+# layers F.. on the recorded inputs reproduces the full forward exactly (tested per type)
+SUFFIX_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
-    def __init__(self, model: Any, *, copy_weights: bool) -> None:
+
+@dataclass(frozen=True)
+class Suffix:
+    """The part of a peft causal LM from its first adapted decoder layer up: layers
+    `start`.., the final norm and the LM head (all of the base model, adapters inside)."""
+
+    start: int
+    layers: tuple[nn.Module, ...]
+    norm: nn.Module
+    head: nn.Module
+
+
+def adapted_suffix(model: Any) -> Suffix | None:
+    """Where the reference may start from the training forward's layer-F input, or None.
+
+    None (the full reference pass is used) unless all of these hold: `model` is a peft LoRA
+    model (not prompt learning) over a causal LM whose type is in SUFFIX_MODEL_TYPES and has
+    the usual layout (`model.layers`, `model.norm`, an output embedding); the first adapted
+    decoder layer F is above layer 0 (LoRA on all layers saves nothing); and no adapter or
+    trainable-module wrapper sits anywhere but in layers F.., the final norm or the head (an
+    adapted embedding would change what enters layer F).
+    """
+    if not is_peft(model):
+        return None
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
+    except ImportError:  # a peft too old or too new to inspect: take the full pass
+        return None
+    active = model.peft_config.get(getattr(model, "active_adapter", None))
+    if active is None or getattr(active, "is_prompt_learning", True):
+        return None
+    base = model.get_base_model()
+    config = getattr(base, "config", None)
+    if getattr(config, "model_type", None) not in SUFFIX_MODEL_TYPES:
+        return None
+    inner = getattr(base, "model", None)
+    layers = getattr(inner, "layers", None)
+    norm = getattr(inner, "norm", None)
+    head = base.get_output_embeddings()
+    if not isinstance(layers, nn.ModuleList) or norm is None or head is None:
+        return None
+    layers = list(layers)[: config.num_hidden_layers]
+
+    peft_parts = BaseTunerLayer | AuxiliaryTrainingWrapper  # adapters, trained copies
+
+    def adapted(module: nn.Module) -> bool:
+        return any(isinstance(m, peft_parts) for m in module.modules())
+
+    start = next((i for i, layer in enumerate(layers) if adapted(layer)), None)
+    if not start:  # None (no adapted layer) or 0 (adapters from the bottom up)
+        return None
+    allowed = {id(m) for part in (*layers[start:], norm, head) for m in part.modules()}
+    if any(isinstance(m, peft_parts) and id(m) not in allowed for m in model.modules()):
+        return None
+    return Suffix(start, tuple(layers[start:]), norm, head)
+
+
+@dataclass(frozen=True)
+class LayerInputs:
+    """What the training forward passed to layers F.. of one batch (detached): the hidden
+    state entering F, and per layer its other positional and keyword arguments."""
+
+    hidden: torch.Tensor
+    calls: tuple[tuple[tuple[Any, ...], dict[str, Any]], ...]
+
+
+def _detached(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple | list):
+        return type(value)(_detached(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    return value
+
+
+class LiveReference:
+    """Reference log-probs from a forward pass: adapters disabled (LoRA) or a frozen copy.
+
+    With LoRA on the top layers only, wrap the training forward in `capturing()`; the next
+    `logp` then runs only the adapted layers (see the module docstring). `from_layer=False`
+    always takes the full pass: for sharded models (FSDP, ZeRO-3), whose layers gather
+    their weights only inside the root module's forward.
+    """
+
+    def __init__(self, model: Any, *, copy_weights: bool, from_layer: bool = True) -> None:
         if copy_weights:
             self.model = copy.deepcopy(model).eval()
             for p in self.model.parameters():
@@ -61,18 +161,84 @@ class LiveReference:
         else:
             self.model = model  # a peft model: the reference is the same weights, adapters off
         self.shares_weights = not copy_weights
+        self.suffix = adapted_suffix(model) if self.shares_weights and from_layer else None
+        self._captured: LayerInputs | None = None
+
+    @contextmanager
+    def capturing(self) -> Iterator[None]:
+        """Record the inputs of layers F.. during the (training) forward run inside it.
+
+        A no-op when there is no suffix to run. The record is kept for the next `logp` only
+        if every layer from F up ran exactly once (one forward of the whole model).
+        """
+        self._captured = None
+        if self.suffix is None:
+            yield
+            return
+        calls: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] = [[] for _ in self.suffix.layers]
+        hidden: list[torch.Tensor] = []
+
+        def record(index: int) -> Callable[..., None]:
+            def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                rest = dict(kwargs)
+                state = args[0] if args else rest.pop("hidden_states")
+                if index == 0:
+                    hidden.append(state.detach().clone())
+                calls[index].append((_detached(tuple(args[1:])), _detached(rest)))
+
+            return hook
+
+        handles = [
+            layer.register_forward_pre_hook(record(i), with_kwargs=True)
+            for i, layer in enumerate(self.suffix.layers)
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+        if len(hidden) == 1 and all(len(c) == 1 for c in calls):
+            self._captured = LayerInputs(hidden[0], tuple(c[0] for c in calls))
 
     @torch.no_grad()
     def logp(self, batch: dict[str, torch.Tensor], pos: Positions) -> torch.Tensor:
-        """Reference log-probs at the KL positions, [N, vocab] (row-major over the mask)."""
+        """Reference log-probs at the KL positions, [N, vocab] (row-major over the mask).
+
+        From the recorded layer-F inputs when the last `capturing()` forward was this batch's
+        (consumed: a record serves one call), otherwise from a full forward pass.
+        """
+        captured, self._captured = self._captured, None
+        usable = (
+            captured is not None
+            and captured.hidden.shape[:2] == batch["input_ids"].shape
+            and captured.hidden.device == batch["input_ids"].device
+        )
         with reference_context(self.model):
             was_training = self.model.training
             self.model.eval()
             try:
+                if usable:
+                    assert captured is not None and self.suffix is not None
+                    return suffix_logp(self.suffix, captured, pos)
                 logp = model_logp(self.model, batch, pos.keep)
             finally:
                 self.model.train(was_training)
         return logp[pos.kl]
+
+
+def suffix_logp(suffix: Suffix, inputs: LayerInputs, pos: Positions) -> torch.Tensor:
+    """log-softmax at the KL positions from layers F.. only: [N, vocab] in float32, the rows
+    of `model_logp(...)[pos.kl]`.
+
+    The norm and the head see only the N positions the KL needs (both act per position, so
+    this is the same numbers as normalising everything and slicing by `pos.keep` first).
+    """
+    hidden = inputs.hidden
+    for layer, (args, kwargs) in zip(suffix.layers, inputs.calls, strict=True):
+        out = layer(hidden, *args, **kwargs)
+        hidden = out[0] if isinstance(out, tuple) else out
+    rows = hidden[:, pos.keep][pos.kl]
+    return torch.log_softmax(suffix.head(suffix.norm(rows)).float(), dim=-1)
 
 
 class CachedReference:

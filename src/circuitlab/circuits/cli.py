@@ -89,7 +89,7 @@ def reference(
     task: str = typer.Option("ioi", help=TASK_HELP),
     model: str = typer.Option("embedded", help=MODEL_HELP),
     out: Path = typer.Option(
-        None, help="Run directory [default: runs/circuits/reference-TASK-MODEL]."
+        None, help="Run directory \\[default: runs/circuits/reference-TASK-MODEL]."
     ),
     num: int = typer.Option(64, help="Prompt pairs (the effect of a head is averaged over them)."),
     seed: int = typer.Option(0, help="Seed of the prompt generator."),
@@ -106,7 +106,7 @@ def reference(
     batch_size: int = typer.Option(16, help="Prompts per pass (stacked once per head of a layer)."),
     prepend_bos: bool = typer.Option(False, help="Put the tokenizer's BOS token first."),
     dtype: str = typer.Option("float32", help="float32, or bfloat16 (faster on CPUs with bf16)."),
-    layers: str = typer.Option("", help="Only patch these layers, e.g. 20-29 or 0,5,9 [all]."),
+    layers: str = typer.Option("", help="Only patch these layers, e.g. 20-29 or 0,5,9 \\[all]."),
     threads: int = typer.Option(
         0,
         help="Torch CPU threads (0: default). On a CPU shared with other jobs 1 can be "
@@ -216,7 +216,7 @@ def discover(
         help="Score against this circuit: a reference.json, a JSON list of layer.head, or "
         "literature:MODEL:TASK[:VARIANT].",
     ),
-    out: Path = typer.Option(None, help="Run directory [default: runs/circuits/discover-...]."),
+    out: Path = typer.Option(None, help="Run directory \\[default: runs/circuits/discover-...]."),
     methods: str = typer.Option("sae,sae-edge,attribution,hisp,random", help=METHODS_HELP),
     num: int = typer.Option(250, help="Prompt pairs (positives and negatives each)."),
     seed: int = typer.Option(0, help="Seed of the SAE (training draw, init) and random ranking."),
@@ -376,7 +376,7 @@ def sweep(
     reference: str = typer.Option(..., help="The circuit to score against (as in discover)."),
     task: str = typer.Option("ioi", help=TASK_HELP),
     model: str = typer.Option("embedded", help=MODEL_HELP),
-    out: Path = typer.Option(None, help="Run directory [default: runs/circuits/sweep-...]."),
+    out: Path = typer.Option(None, help="Run directory \\[default: runs/circuits/sweep-...]."),
     seeds: int = typer.Option(3, help="Seeds per point."),
     num: int = typer.Option(250, help="Prompt pairs."),
     n_train: str = typer.Option("5,10,25,50,100,250", help="SAE training prompts to try."),
