@@ -53,6 +53,16 @@ def _circuits_discover(out: Path, settings: DemoSettings) -> None:
     run_discover(config, out, reference=str(reference))
 
 
+def _circuits_evaluate(out: Path, settings: DemoSettings) -> None:
+    """Every method against the reference over 3 seeds: one table and the ROC curves."""
+    from circuitlab.circuits.evaluate import EvaluateConfig, run_evaluate
+
+    reference = out.parent / "circuits-reference" / "reference.json"
+    config = EvaluateConfig(references=(("ioi", str(reference)),), seeds=3, num=100,
+                            task_seed=settings.seed, patch_num=4)  # fmt: skip
+    run_evaluate(config, out)
+
+
 def _analog(out: Path, settings: DemoSettings) -> None:
     """Textbook slice -> nodes -> distilled QA -> SFT / NSC-SFT (LoRA) -> MCQ and drift."""
     from circuitlab.analog.pipeline import PipelineConfig, run_pipeline
@@ -65,6 +75,7 @@ STAGES: dict[str, Callable[[Path, DemoSettings], None]] = {
     "cot-sweep": _cot_sweep,
     "circuits-reference": _circuits_reference,
     "circuits-discover": _circuits_discover,
+    "circuits-evaluate": _circuits_evaluate,
     "analog": _analog,
 }
 
