@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
+
+import pytest
 
 
 def run(*args):
@@ -49,9 +52,32 @@ def test_train_eval_and_run_report_bad_input_in_one_line(tmp_path):
     for args, message in [
         (["train", "--data", str(tmp_path / "none.jsonl"), "--out", out], "does not exist"),
         (["eval", "--mcq", str(bad_mcq), "--no-drift"], "mcq.jsonl:1: 'answer' must be"),
+        (["eval", "--dtype", "fp8", "--no-drift"], "dtype 'fp8': use float32"),
+        (["train", "--data", str(bad_mcq), "--dtype", "fp8", "--out", out], "dtype 'fp8'"),
         (["run", "--lambdas", "0,x", "--out", out], "comma-separated numbers"),
     ]:
         result = run(*args)
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_eval_loads_the_model_and_the_drift_original_in_the_asked_dtype(tmp_path):
+    probe = tmp_path / "probe.txt"
+    probe.write_text(
+        "Bread rises because yeast turns sugar into gas, and the gluten in the dough holds "
+        "the bubbles. A river carries sand to the sea, where the slow water lets it settle "
+        "into a delta. Letters travel in bags from one sorting office to the next.\n"
+    )
+    out = tmp_path / "eval.json"
+    result = run(
+        "eval", "--device", "cpu", "--dtype", "bfloat16", "--limit", "6", "--base", "embedded",
+        "--probe", str(probe), "--threads", "1", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["dtype"] == "bfloat16" and data["device"] == "cpu"
+    assert data["mcq"]["n"] == 6 and math.isfinite(data["mcq"]["accuracy"])
+    assert math.isfinite(data["drift"]["perplexity"])
+    # the original is loaded in bfloat16 as well: a float32 one would differ from the model
+    assert data["drift"]["kl"] == pytest.approx(0.0, abs=1e-7)

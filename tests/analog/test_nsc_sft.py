@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from circuitlab.analog import nsc_loss
 from circuitlab.analog.nsc_sft import NSCConfig, lr_at, step_examples, train
 from circuitlab.analog.sft_data import IGNORE, chat_response, collate, load_sft_data
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.core.lm import LoadedLM
+from circuitlab.core.lm import LoadedLM, load_lm
 
 
 @pytest.fixture(autouse=True)
@@ -233,3 +234,42 @@ def test_bad_training_input_is_a_clear_error(tiny_model_dir, tmp_path):
     ]:
         with pytest.raises(CircuitlabError, match=message):
             NSCConfig(data="x.jsonl", **kw)
+
+
+def test_dtype_is_validated_and_float32_stays_the_default():
+    with pytest.raises(
+        CircuitlabError, match=r"dtype 'fp8': load the weights as float32, bfloat16, float16"
+    ):
+        NSCConfig(data="x.jsonl", dtype="fp8")
+    assert NSCConfig(data="x.jsonl").dtype == "float32"
+
+
+@pytest.mark.parametrize("lora, reference", [(False, "live"), (True, "cached")])
+def test_bfloat16_weights_train_with_finite_float32_losses(
+    tiny_model_dir, qa_file, tmp_path, monkeypatch, lora, reference
+):
+    from circuitlab.analog import nsc_sft
+
+    loaded: list[LoadedLM] = []
+
+    def spy(*args, **kwargs):
+        loaded.append(load_lm(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(nsc_sft, "load_lm", spy)
+    cfg = config(qa_file, tiny_model_dir, dtype="bfloat16", lora=lora, reference=reference,
+                 kl_lambda=0.5, max_steps=2, save_every=2)  # fmt: skip
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result["complete"]
+    assert loaded[0].model.get_input_embeddings().weight.dtype == torch.bfloat16
+    rows = metrics(tmp_path / "run")
+    assert len(rows) == 2
+    assert all(math.isfinite(r["ce"]) and math.isfinite(r["kl"]) for r in rows)
+    assert rows[0]["ce"] > 0 and abs(rows[0]["kl"]) < 1e-2  # the reference is the model
+    # what was trained keeps its dtype: bf16 full weights, float32 LoRA adapters (peft)
+    name = "adapter_model.safetensors" if lora else "model.safetensors"
+    saved = load_file(str(tmp_path / "run" / "model" / name))
+    assert {t.dtype for t in saved.values()} == {torch.float32 if lora else torch.bfloat16}
+    # and the run reloads for evaluation in the dtype asked for
+    reloaded = nsc_sft.load_model(str(tmp_path / "run"), dtype="bfloat16").lm.model
+    assert reloaded.get_input_embeddings().weight.dtype == torch.bfloat16

@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.core.lm import EMBEDDED_NAME, LoadedLM, load_lm, resolve
+from circuitlab.core.lm import EMBEDDED_NAME, LoadedLM, load_lm, resolve, torch_dtype
 
 
 def test_embedded_model_is_smollm2_and_completes_ioi(embedded_lm: LoadedLM) -> None:
@@ -64,3 +64,11 @@ def test_bad_specs_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(CircuitlabError, match="neither"):
         resolve(str(tmp_path / "notes.txt"))
     assert resolve("HuggingFaceTB/SmolLM2-135M") == ("hub", "HuggingFaceTB/SmolLM2-135M")
+
+
+def test_dtype_names_map_to_torch_dtypes_and_others_are_clear_errors() -> None:
+    assert torch_dtype("float32") is torch.float32
+    assert torch_dtype("bfloat16") is torch.bfloat16
+    assert torch_dtype("float16") is torch.float16
+    with pytest.raises(CircuitlabError, match=r"dtype 'bf16': use float32, bfloat16, float16"):
+        torch_dtype("bf16")

@@ -4,6 +4,11 @@ The model is any spec core.lm.load_lm takes, or what NSC-SFT wrote (a run direct
 model/), which also names the original model the drift is measured against. For a plain
 model, `base` names the original (e.g. the instruct model a full fine-tune started from);
 with no original known, the drift is reported as perplexity only.
+
+Everything loaded here (the model, a LoRA run's base, a full fine-tune's original for the
+drift) comes in `dtype` on `device`, so that a 32B model can be evaluated on a GPU in
+bfloat16. The scores are float32 whatever the weights (the MCQ and drift code upcast the
+logits).
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from circuitlab.analog.drift import load_probe, measure_drift
 from circuitlab.analog.mcq import MCQConfig, evaluate_mcq, load_mcq
 from circuitlab.analog.nsc_sft import TrainedLM, load_model
 from circuitlab.core.io import atomic_write_json
-from circuitlab.core.lm import load_lm
+from circuitlab.core.lm import load_lm, torch_dtype
 
 
 def evaluate_model(
@@ -30,23 +37,37 @@ def evaluate_model(
     window: int = 256,
     out: str | Path | None = None,
     on_batch: Callable[[int], None] | None = None,
+    dtype: str = "float32",
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """MCQ accuracy (overall, per subfield, Wilson 95% CI) and general-text drift.
 
-    Writes `out` (JSON, atomically) when given. `model` may be an already loaded TrainedLM.
+    Writes `out` (JSON, atomically) when given. `model` may be an already loaded TrainedLM
+    (it stays as it is; the drift's original then comes in `dtype` on the model's device).
     """
+    weights = torch_dtype(dtype)  # a bad name fails before anything slow
     items = load_mcq(mcq)
     text = load_probe(probe) if drift else None
-    trained = model if isinstance(model, TrainedLM) else load_model(model)
+    if isinstance(model, TrainedLM):
+        trained = model
+    else:
+        trained = load_model(model, dtype=dtype, device=str(device))
     lm = trained.lm
-    result: dict[str, Any] = {"model": lm.name, "source": lm.source, "mcq_file": str(mcq or "")}
+    first = next(lm.model.parameters())
+    result: dict[str, Any] = {
+        "model": lm.name,
+        "source": lm.source,
+        "mcq_file": str(mcq or ""),
+        "dtype": str(first.dtype).removeprefix("torch."),
+        "device": str(first.device),
+    }
     result["mcq"] = evaluate_mcq(lm, items, config, on_batch=on_batch)
     if text is not None:
         reference = None
         if not trained.lora:
             original = base if base is not None else trained.base
             if original is not None:
-                reference = load_lm(original).model.to(next(lm.model.parameters()).device)
+                reference = load_lm(original, dtype=weights, device=str(first.device)).model
         result["drift"] = measure_drift(
             lm.model, lm.tokenizer, text, reference=reference, window=window
         )

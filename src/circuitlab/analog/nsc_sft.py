@@ -19,7 +19,16 @@ Devices and scale come from accelerate: one process on the CPU or a GPU as is;
 `accelerate launch` (DDP, FSDP or DeepSpeed configs) for several GPUs or machines, where
 every rank trains on its share of each step's examples and rank 0 writes the run
 directory. With FSDP / ZeRO-3, prefer LoRA or the cached reference: a frozen full copy
-would need its own sharding.
+would need its own sharding. Under those, prepare() places and shards the weights itself, so
+train() leaves the model where it was loaded rather than putting all of it on every GPU first.
+
+Weights load in `dtype` (float32 by default; bfloat16 halves the memory, which a 32B model
+needs). The loss is computed in float32 whatever the weights (the logits are upcast before
+the log-softmax). What the optimizer updates: LoRA adapters are float32 either way (peft
+upcasts them); FSDP and DeepSpeed with `mixed_precision` bf16 keep float32 master copies of
+bfloat16-loaded shards (accelerate / DeepSpeed upcast them); a full fine-tune on one device
+or under DDP updates the bfloat16 weights themselves, whose 8-bit mantissa swallows most
+steps of lr 1e-5, so there keep float32.
 """
 
 from __future__ import annotations
@@ -54,7 +63,7 @@ from circuitlab.analog.sft_data import SFTData, collate, load_sft_data
 from circuitlab.core.config import config_to_dict, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
-from circuitlab.core.lm import LoadedLM, load_lm
+from circuitlab.core.lm import DTYPES, LoadedLM, load_lm, torch_dtype
 from circuitlab.core.runs import RunDir
 from circuitlab.core.seeding import seed_everything
 
@@ -62,6 +71,8 @@ REFERENCES = ("live", "cached")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
 MODEL_META = "circuitlab.json"
+# accelerate distributed types that shard the weights and place them in prepare()
+SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,9 @@ class NSCConfig:
     several times cheaper because the backward pass stops below them, and lets the live
     reference run only those N layers (see reference.py).
     `verdicts`: records with a reviewer verdict are kept only with one of these (empty:
-    all); records without a verdict are always kept."""
+    all); records without a verdict are always kept.
+    `dtype`: the weights as loaded (see the module docstring for what that means for the
+    optimizer); `mixed_precision` is accelerate's autocast on top of it."""
 
     data: str
     model: str | None = None
@@ -104,6 +117,7 @@ class NSCConfig:
     save_every: int = 50
     keep_checkpoints: int = 2
     mixed_precision: str = "no"
+    dtype: str = "float32"
     gradient_checkpointing: bool = False
     threads: int = 0
 
@@ -134,6 +148,11 @@ class NSCConfig:
         require(
             self.mixed_precision in PRECISIONS,
             f"mixed_precision {self.mixed_precision!r}: {', '.join(PRECISIONS)}",
+        )
+        require(
+            self.dtype in DTYPES,
+            f"dtype {self.dtype!r}: load the weights as {', '.join(DTYPES)} "
+            "(bfloat16 halves the memory of float32)",
         )
         require(self.threads >= 0, f"threads {self.threads}: 0 (torch default) or more")
 
@@ -238,11 +257,12 @@ class Trainer:
         self.reference: LiveReference | CachedReference | None = None
         if config.kl_lambda > 0 and config.reference == "live":
             # running layers on their own (the top-layers shortcut) needs unsharded weights
-            sharded = accelerator.distributed_type in ("FSDP", "DEEPSPEED", "MEGATRON_LM")
+            sharded = accelerator.distributed_type in SHARDED
             self.reference = LiveReference(
                 model, copy_weights=not config.lora, from_layer=not sharded
             )
-            self.reference.model.to(accelerator.device)
+            if not config.lora:  # a frozen copy; with LoRA it is the model being trained
+                self.reference.model.to(accelerator.device)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             params, lr=config.learning_rate, weight_decay=config.weight_decay
@@ -370,7 +390,8 @@ def train(
 ) -> dict[str, Any]:
     """Run (or resume, or just report a finished) NSC-SFT run in `out`; returns results.json.
 
-    `lm`: an already loaded model to train *in place* (default: load `config.model`).
+    `lm`: an already loaded model to train *in place* (default: load `config.model` as
+    `config.dtype`; a given model keeps the dtype it has).
     `stop_after`: stop after this many optimizer steps in this call (for tests / benchmarks).
     """
     from accelerate import Accelerator
@@ -388,7 +409,7 @@ def train(
             cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
         )
         seed_everything(config.seed)
-        lm = lm or load_lm(config.model)
+        lm = lm or load_lm(config.model, dtype=torch_dtype(config.dtype))
         data = load_sft_data(
             config.data,
             lm.tokenizer,
@@ -396,7 +417,10 @@ def train(
             verdicts=config.verdicts,
             system=config.system,
         )
-        lm.model.to(accelerator.device)
+        if accelerator.distributed_type not in SHARDED:
+            # FSDP / DeepSpeed place the weights shard by shard in prepare(), as accelerate
+            # intends; moving the whole model first would need all of it on every GPU
+            lm.model.to(accelerator.device)
         trainer = Trainer(config, run, lm, data, accelerator)
         return _train_loop(trainer, progress, stop_after, on_step)
     finally:
@@ -546,9 +570,13 @@ class TrainedLM:
     lora: bool
 
 
-def load_model(spec: str | None) -> TrainedLM:
+def load_model(spec: str | None, *, dtype: str = "float32", device: str = "cpu") -> TrainedLM:
     """Load a model spec (embedded, .gguf, model dir, hub id), a trained model/ directory or a
-    training run directory (its model/)."""
+    training run directory (its model/), with its weights as `dtype` on `device`.
+
+    For a LoRA run that is the base in `dtype` with the adapters on top (peft keeps them
+    float32 and on the base's device)."""
+    weights = torch_dtype(dtype)
     if spec is not None:
         path = Path(spec).expanduser()
         if (path / "model" / MODEL_META).is_file():
@@ -558,18 +586,18 @@ def load_model(spec: str | None) -> TrainedLM:
             if meta["lora"]:
                 from peft import PeftModel
 
-                base = load_lm(meta["base"])
+                base = load_lm(meta["base"], dtype=weights, device=device)
                 model = PeftModel.from_pretrained(base.model, str(path)).eval()
                 name = f"{base.name}+{path.parent.name if path.name == 'model' else path.name}"
                 return TrainedLM(
                     LoadedLM(model, base.tokenizer, name, str(path)), meta["base"], True
                 )
-            loaded = load_lm(str(path))
+            loaded = load_lm(str(path), dtype=weights, device=device)
             name = path.parent.name if path.name == "model" else path.name
             return TrainedLM(
                 LoadedLM(loaded.model, loaded.tokenizer, name, str(path)), meta["base"], False
             )
-    return TrainedLM(load_lm(spec), None, False)
+    return TrainedLM(load_lm(spec, dtype=weights, device=device), None, False)
 
 
 def is_trained_run(path: str | Path) -> bool:

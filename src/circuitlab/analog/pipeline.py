@@ -10,7 +10,7 @@ resumes its own work inside):
     results.json, report.md, tradeoff.png
 
 The base model is the lambda = infinity end of the sweep: no training at all. On the
-embedded 135M model with a few dozen distilled records and a few steps, this demonstrates
+embedded 135M model with a handful of distilled records and a few steps, this demonstrates
 the machinery and the direction of the drift trade-off, not the paper's accuracy gains;
 see the report's notes.
 """
@@ -39,8 +39,9 @@ from circuitlab.core.runs import RunDir
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """The small default fits about 15 minutes on a 2-core CPU; raise max_nodes, steps and
-    the token limits (and use a server and GPUs) for a meaningful run. `model`: the one
+    """The small default takes about 3 minutes on an idle 2-core CPU (the budget is 15);
+    raise max_nodes, steps and the token limits (and use a server and GPUs) for a
+    meaningful run. `model`: the one
     model that distils, is fine-tuned and is the base of the comparison (default: the
     embedded SmolLM2-135M-Instruct)."""
 

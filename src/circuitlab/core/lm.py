@@ -25,6 +25,14 @@ EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+# weight dtypes a config or CLI may name: float32 is full precision and fastest on most CPUs;
+# bfloat16 / float16 halve the memory, which is what lets a 32B model onto a GPU at all
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
 
 @dataclass(frozen=True)
 class LoadedLM:
@@ -71,6 +79,14 @@ def resolve(spec: str | None) -> tuple[str, str]:
     if path.exists():
         raise CircuitlabError(f"{spec} is neither a model directory nor a .gguf file")
     return "hub", spec
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype for a name in DTYPES; anything else is a user error, said as such."""
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise CircuitlabError(f"dtype {name!r}: use {', '.join(DTYPES)}") from None
 
 
 def display_name(spec: str | None) -> str:
