@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 SERVER = Path(__file__).with_name("fake_openai_server.py")
 
@@ -104,3 +105,12 @@ def qa_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("qa") / "qa.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the test, restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,13 +21,8 @@ from circuitlab.analog.sft_data import IGNORE, chat_response, collate, load_sft_
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.lm import LoadedLM, load_lm
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# one torch thread: on a small shared CPU a second thread mostly waits
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(qa_file, model_dir, **kw) -> NSCConfig:

@@ -6,20 +6,14 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from circuitlab.analog.pipeline import PipelineConfig, run_pipeline
 from circuitlab.core.config import config_to_dict
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.runs import RunDir
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# one torch thread: on a small shared CPU a second thread mostly waits
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_pipeline_trains_evaluates_and_reports_then_resumes_for_free(

@@ -45,12 +45,8 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# one torch thread: on a small shared CPU a second thread mostly waits
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lora(
