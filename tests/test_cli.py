@@ -110,6 +110,10 @@ def test_demo_writes_a_report_and_resumes(tmp_path):
     stamp = (data / "lis-50.cot.jsonl").stat().st_mtime_ns
     assert run(*args).returncode == 0
     assert (data / "lis-50.cot.jsonl").stat().st_mtime_ns == stamp
+    # the rerun did no work, yet the summary keeps the first run's stage time
+    combined = (demo / "report.md").read_text()
+    assert "| cot-data |" in combined and "Caveats of the small defaults" in combined
+    assert set(json.loads((demo / "timings.json").read_text())) == {"cot-data"}
     bad = run("demo", "--out", str(demo), "--stage", "nope")
     assert bad.returncode == 2 and "unknown demo stage" in bad.stderr
 

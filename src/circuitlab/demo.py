@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.core.io import atomic_write_json
+from circuitlab.core.io import atomic_write_json, atomic_write_text, read_json
 from circuitlab.core.runs import RunDir
 
 
@@ -94,7 +94,6 @@ def run_demo(
         )
     run = RunDir.open(root, {"demo": "all", **dataclasses.asdict(settings)})
     timings: dict[str, float] = {}
-    stage_dirs = []
     for name, stage in STAGES.items():
         if only and name not in only:
             continue
@@ -105,8 +104,39 @@ def run_demo(
             stage(target, settings)
             timings[name] = time.perf_counter() - start
             run.mark_done(name)
-        stage_dirs.append(target)
-    atomic_write_json(root / "timings.json", timings)
+    # the report covers every finished stage, also those of earlier `--stage` runs
+    stage_dirs = [root / name for name in STAGES if run.is_done(name)]
+    timings_file = root / "timings.json"
+    if timings_file.exists():  # a resumed demo keeps the times of stages run before
+        timings = {**read_json(timings_file), **timings}
+    atomic_write_json(timings_file, timings)
+    summary = _write_summary(root / "summary", timings)
     report = root / "report.html"
-    build_report(stage_dirs, report, title="circuitlab demo", command="make demo")
+    build_report([summary, *stage_dirs], report, title="circuitlab demo", command="make demo")
     return report
+
+
+CAVEATS = """\
+- cot: the quick profile's arithmetic slice (d_model 128, 16 heads, 25k problems, one seed,
+  sizes 2 and 3), not the paper's sizes 4-6 or its d_model 256 / 1e6 problems / 100 epochs.
+- circuits: the patching reference uses 16 prompt pairs and a 5% effect threshold; it is an
+  ablation-importance circuit, not a hand-found one, and it rewards early heads whose removal
+  breaks any prompt, which the SAE method (reading positive-vs-negative differences) does not
+  see. The paper's numbers are for GPT-2 small against literature circuits.
+- analog: a 135M model distils 7-8 QA records and trains 8 LoRA steps per lambda: it shows
+  the machinery and the direction of the drift trade-off, not the paper's accuracy gains; the
+  MCQ probe is a self-written 60-question set, not AMSBench-TQA.
+"""
+
+
+def _write_summary(out: Path, timings: dict[str, float]) -> Path:
+    """A first report section: wall time per stage and the caveats of the small defaults."""
+    lines = ["# Demo summary", "", "| stage | wall time |", "| --- | ---: |"]
+    for name in STAGES:
+        if name in timings:
+            lines.append(f"| {name} | {timings[name] / 60:.1f} min |")
+    lines.append(f"| total | {sum(timings.values()) / 60:.1f} min |")
+    lines += ["", "Caveats of the small defaults:", "", CAVEATS]
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "report.md", "\n".join(lines))
+    return out

@@ -292,6 +292,15 @@ def _table(
     return table
 
 
+# O'Neill & Bui 2024, node / edge ROC AUC over GPT-2 small's heads against the literature
+# circuits (reference/sae_circuits.md): SAE, then the HISP baseline
+PAPER_AUC = {
+    "ioi": {"sae": (0.853, 0.840), "hisp": (0.699, 0.813)},
+    "greater-than": {"sae": (0.832, 0.856), "hisp": (0.637, 0.700)},
+    "docstring": {"sae": (0.915, 0.914), "hisp": (0.885, 0.813)},
+}
+
+
 def _report(results: dict[str, Any]) -> str:
     lines = [
         "# Circuit discovery methods against reference circuits",
@@ -312,6 +321,13 @@ def _report(results: dict[str, Any]) -> str:
     lines += ["", "References:"]
     for task, ref in results["references"].items():
         lines.append(f"- {task}: {ref['name']}, {ref['heads']} heads")
+    papers = [t for t in results["references"] if t in PAPER_AUC]
+    if papers:
+        lines += ["", "The paper (GPT-2 small against literature circuits, not this model and "
+                  "reference), ROC AUC node / edge:", ""]  # fmt: skip
+        for task in papers:
+            parts = ", ".join(f"{m} {n:.3f} / {e:.3f}" for m, (n, e) in PAPER_AUC[task].items())
+            lines.append(f"- {task}: {parts}")
     lines += ["", "ROC curves (seed 0): roc.png", ""]
     return "\n".join(lines)
 
