@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from circuitlab.analog.llm.base import ChatRequest, ChatResult, messages
@@ -64,12 +62,11 @@ def test_client_errors_and_dead_servers_fail_fast_and_cleanly(server):
 def test_requests_overlap_up_to_the_concurrency_limit(server):
     srv = server("slow", delay=0.3)
     client = backend(srv, concurrency=4)
-    started = time.perf_counter()
     results = client.generate([ChatRequest(DESIGN, seed=i) for i in range(8)])
-    seconds = time.perf_counter() - started
     assert all(r.error is None for r in results)
+    # the server saw 4 requests at once (serial: 1), never more; no wall-clock check, which
+    # a loaded CPU would make flaky
     assert srv.stats()["max_in_flight"] == 4
-    assert seconds < 8 * 0.3 / 2  # serial would take 2.4 s; 4 at a time about 0.6 s
 
 
 def test_bad_config_is_a_user_error():
