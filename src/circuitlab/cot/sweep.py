@@ -223,6 +223,10 @@ def _run_processes(
     threads = max(1, (os.cpu_count() or 1) // workers)
     order = sorted(range(len(todo)), key=lambda i: _cost(todo[i].config), reverse=True)
     results: dict[int, dict[str, Any]] = {}
+    if not quiet:
+        print(f"training {len(todo)} points on {workers} workers ({threads} thread(s) each); "
+              f"a line per finished point, per-step logs in each point's metrics.jsonl",
+              flush=True)  # fmt: skip
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = {
