@@ -28,7 +28,7 @@ from circuitlab.circuits.tasks import Task, make_task
 from circuitlab.core.config import config_to_dict, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_json
-from circuitlab.core.lm import LoadedLM, load_lm
+from circuitlab.core.lm import LoadedLM, load_lm, torch_dtype
 from circuitlab.core.plotting import save_heatmaps
 from circuitlab.core.runs import RunDir
 
@@ -182,8 +182,7 @@ def run_methods(
 
 
 def load_model(model: str, dtype: str = "float32") -> LoadedLM:
-    torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
-    return load_lm(None if model == "embedded" else model, dtype=torch_dtype)
+    return load_lm(model, dtype=torch_dtype(dtype))
 
 
 def with_threads(threads: int) -> Any:

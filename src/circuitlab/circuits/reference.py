@@ -32,12 +32,12 @@ from circuitlab.circuits.tokens import Encoded, batches, encode
 from circuitlab.core.config import config_to_dict, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_json, read_json
-from circuitlab.core.lm import LoadedLM, load_lm
+from circuitlab.core.lm import LoadedLM, load_lm, torch_dtype
 from circuitlab.core.plotting import save_heatmaps
 from circuitlab.core.progress import progress_bar
 from circuitlab.core.runs import RunDir
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "bfloat16")  # model weights; core.lm.torch_dtype maps the names
 
 
 @dataclass(frozen=True)
@@ -160,9 +160,7 @@ def run_reference(
 def _run(config: ReferenceConfig, out: str | Path, lm: LoadedLM | None) -> dict[str, Any]:
     run = RunDir.open(out, config_to_dict(config))
     started = time.perf_counter()
-    lm = lm or load_lm(
-        None if config.model == "embedded" else config.model, dtype=DTYPES[config.dtype]
-    )
+    lm = lm or load_lm(config.model, dtype=torch_dtype(config.dtype))
     lay = layout(lm.model)
     bad = [layer for layer in config.layers if layer >= lay.n_layers]
     if bad:
