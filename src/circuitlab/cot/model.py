@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,51 @@ def sinusoidal_table(max_len: int, d_model: int) -> torch.Tensor:
     return table
 
 
+class Dropout(nn.Module):
+    """`nn.Dropout` with a cheaper random mask on the CPU.
+
+    On the CPU, `bernoulli_` draws one Mersenne-twister number per element and was an eighth
+    of a training step in the profile (bench_cot_train.py). Here each 64-bit draw gives four
+    16-bit uniforms, which cuts mask generation about fivefold; the drop probability is
+    rounded to a multiple of 1/65536 (0.1 becomes 0.100006). Other devices use
+    `F.dropout`, whose random numbers are already cheap there.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        return _MaskedScale.apply(x, keep_scale(x, self.p))
+
+
+def keep_scale(x: torch.Tensor, p: float) -> torch.Tensor:
+    """A dropout multiplier shaped like `x`: 0 with probability ~p, else 1 / (1 - p)."""
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+    uniform16 = words.view(torch.int16)[:n].view(x.shape)
+    keep = uniform16 >= round(p * 65536) - 32768
+    return keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+class _MaskedScale(torch.autograd.Function):
+    """x * scale with `scale` treated as a constant; saves only the multiplier."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return x * scale
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -71,11 +117,16 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.dropout = config.dropout
-        self.resid_drop = nn.Dropout(config.dropout)
+        self.attn_drop = Dropout(config.dropout)
+        self.resid_drop = Dropout(config.dropout)
 
     def forward(
-        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+        self,
+        x: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+        keep_from: int = 0,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Attention over all positions; the output only for positions `keep_from` on."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         if past is not None:
@@ -85,10 +136,17 @@ class SelfAttention(nn.Module):
         causal = t > 1
         if causal and past is not None:
             raise ValueError("with a cache, feed one token at a time")
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
-        )
-        y = y.transpose(1, 2).reshape(b, t, d)
+        if self.training and self.dropout > 0 and x.device.type == "cpu":
+            # The CPU's fused kernel has no dropout, so SDPA would fall back to this same
+            # sequence with the slow mask; written out, it uses `Dropout`'s cheap one.
+            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+            future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu_(1)
+            y = self.attn_drop(scores.masked_fill_(future, float("-inf")).softmax(-1)) @ v
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+            )
+        y = y.transpose(1, 2)[:, keep_from:].reshape(b, t - keep_from, d)
         return self.resid_drop(self.proj(y)), (k, v)
 
 
@@ -102,14 +160,18 @@ class Block(nn.Module):
             nn.Linear(config.d_model, 4 * config.d_model),
             nn.GELU(),
             nn.Linear(4 * config.d_model, config.d_model),
-            nn.Dropout(config.dropout),
+            Dropout(config.dropout),
         )
 
     def forward(
-        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+        self,
+        x: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+        keep_from: int = 0,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        a, present = self.attn(self.ln1(x), past)
-        x = x + a
+        """The block's output for positions `keep_from` on (keys and values for all)."""
+        a, present = self.attn(self.ln1(x), past, keep_from)
+        x = x[:, keep_from:] + a
         return x + self.mlp(self.ln2(x)), present
 
 
@@ -126,7 +188,7 @@ class GPT(nn.Module):
             self.register_buffer(
                 "pos", sinusoidal_table(config.max_len, config.d_model), persistent=False
             )
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
         self.ln_f = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -141,16 +203,26 @@ class GPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.layers))
 
     def forward(
-        self, ids: torch.Tensor, cache: KVCache | None = None
+        self, ids: torch.Tensor, cache: KVCache | None = None, logits_from: int = 0
     ) -> tuple[torch.Tensor, KVCache]:
+        """Logits for positions `logits_from` on, and the keys/values of every position.
+
+        Training passes the first position that has a label: the question carries no loss,
+        so the last block skips its projection and MLP there (on the direct tasks, whose
+        answer is one token after a long question, that is most of the last block).
+        """
         start = 0 if cache is None else cache[0][0].shape[2]
         end = start + ids.shape[1]
         if end > self.config.max_len:
             raise ValueError(f"sequence of {end} tokens exceeds max_len {self.config.max_len}")
+        if not 0 <= logits_from < ids.shape[1]:
+            raise ValueError(f"logits_from {logits_from} outside 0..{ids.shape[1] - 1}")
         x = self.drop(self.tok(ids) + self.pos[start:end])
         presents: KVCache = []
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x, present = block(x, None if cache is None else cache[i])
+            keep_from = logits_from if i == last else 0
+            x, present = block(x, None if cache is None else cache[i], keep_from)
             presents.append(present)
         return self.head(self.ln_f(x)), presents
 

@@ -364,7 +364,7 @@ def train(
     labels_all = torch.as_tensor(
         loss_labels(prepared.train.ids, prepared.train.lengths, prepared.train.prompt)
     )
-    lengths = prepared.train.lengths
+    lengths, prompts = prepared.train.lengths, prepared.train.prompt
     task = get_task(config.task)
     vocab = task.vocab(config.size, config.p)
 
@@ -388,12 +388,14 @@ def train(
             position["batch"] if epoch == position["epoch"] else 0,
         ):
             width = int(lengths[rows].max())
+            # Positions before the earliest answer in the batch have no label (loss_labels).
+            first = int(prompts[rows].min()) - 1
             ids = ids_all[rows, :width].to(device, non_blocking=True)
-            labels = labels_all[rows, :width].to(device, non_blocking=True)
+            labels = labels_all[rows, first:width].to(device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(position["step"], total, config)
             with _autocast(device, config.amp):
-                logits, _ = ddp_model(ids)
+                logits, _ = ddp_model(ids, logits_from=first)
                 loss = F.cross_entropy(
                     logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100
                 )
