@@ -101,6 +101,7 @@ class MinGPT(nn.Module):
 
 def timed_training(
     forward: nn.Module,
+    opt: torch.optim.Optimizer,
     ids: torch.Tensor,
     labels: torch.Tensor,
     batches: list[np.ndarray],
@@ -114,7 +115,6 @@ def timed_training(
     With `prompts`, the model skips the question positions in its last block, as
     circuitlab's training loop does (GPT.forward's `logits_from`).
     """
-    opt = torch.optim.AdamW(forward.parameters(), lr=1e-4, weight_decay=0.01)
     seconds, tokens = 0.0, 0
     for i, rows in enumerate(batches):
         width = pad_to or int(lengths[rows].max())
@@ -156,6 +156,8 @@ def main() -> None:
         "--mix-smaller", type=float, default=1 / 3,
         help="share of smaller problems, as the official --under arithmetic data has",
     )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating timed rounds per implementation")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
     warmup = 3
@@ -179,22 +181,33 @@ def main() -> None:
     bucketed = [chosen[b] for b in epoch_plan(train.lengths[chosen], args.batch_size, 0, 0)]
     global_max = train.max_len
 
-    results = {}
-    for name, make, batches, pad, prompts in (
-        ("official pattern", MinGPT, official_batches, global_max, None),
-        ("circuitlab", GPT, bucketed, None, train.prompt),
-    ):
+    contenders = {
+        "official pattern": (MinGPT, official_batches, global_max, None),
+        "circuitlab": (GPT, bucketed, None, train.prompt),
+    }
+    models, optimizers = {}, {}
+    for name, (make, *_) in contenders.items():
         torch.manual_seed(0)
-        model = make(data.model_config).train()
-        seconds, tokens = timed_training(
-            model, ids, labels, batches, pad, train.lengths, prompts, warmup
-        )
-        results[name] = tokens / seconds
+        models[name] = make(data.model_config).train()
+        optimizers[name] = torch.optim.AdamW(models[name].parameters(), lr=1e-4,
+                                             weight_decay=0.01)  # fmt: skip
+    # Alternating rounds, so a slow spell on a shared machine hits both sides alike.
+    totals = {name: [0.0, 0] for name in contenders}
+    for round_ in range(args.rounds):
+        for name, (_, batches, pad, prompts) in contenders.items():
+            seconds, tokens = timed_training(
+                models[name], optimizers[name], ids, labels, batches, pad, train.lengths,
+                prompts, warmup if round_ == 0 else 0,
+            )  # fmt: skip
+            totals[name][0] += seconds
+            totals[name][1] += tokens
+    results = {name: tokens / seconds for name, (seconds, tokens) in totals.items()}
     flops_token = GPT(data.model_config).flops_per_token(int(train.lengths.mean()))
     peak = matmul_peak()
     pad_official = 1 - train.lengths[chosen].sum() / (global_max * len(chosen))
     print(
-        f"task {args.task} n={args.size}, batch {args.batch_size}, {args.steps} timed steps, "
+        f"task {args.task} n={args.size}, batch {args.batch_size}, {args.rounds} x "
+        f"{args.steps} timed steps, "
         f"{torch.get_num_threads()} threads; official model size (3 layers, d 256, 4 heads)"
     )
     print(f"padding in official batches: {pad_official:.0%} of token slots")
