@@ -151,7 +151,12 @@ def main() -> None:
     parser.add_argument("--skip-mcq", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result: dict = {"threads": args.threads, "model": args.model or "embedded"}
+    from circuitlab.core.devices import reuse_freed_memory
+
+    # as `analog train` does: without it, glibc maps and unmaps every large tensor afresh
+    allocator = "glibc keeps freed blocks" if reuse_freed_memory() else "default"
+    result: dict = {"threads": args.threads, "model": args.model or "embedded",
+                    "allocator": allocator}  # fmt: skip
     setups = [("lora_all_layers", True, 0), ("lora_top_layers", True, args.lora_layers)]
     if not args.skip_full:
         setups.append(("full", False, 0))

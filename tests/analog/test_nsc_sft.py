@@ -268,3 +268,25 @@ def test_bfloat16_weights_train_with_finite_float32_losses(
     # and the run reloads for evaluation in the dtype asked for
     reloaded = nsc_sft.load_model(str(tmp_path / "run"), dtype="bfloat16").lm.model
     assert reloaded.get_input_embeddings().weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("direction", nsc_loss.DIRECTIONS)
+def test_token_kl_matches_the_formula_and_its_gradient(direction):
+    """token_kl is a hand-written autograd function: values and gradients against autograd."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, 30, dtype=torch.float64, requires_grad=True)
+    ref = torch.log_softmax(torch.randn(6, 30, dtype=torch.float64) * 2, dim=-1)
+    logp = torch.log_softmax(logits, dim=-1)
+    if direction == "model||reference":
+        formula = (logp.exp() * (logp - ref)).sum(-1)
+    else:
+        formula = (ref.exp() * (ref - logp)).sum(-1)
+    weights = torch.rand(6, dtype=torch.float64)
+    (expected,) = torch.autograd.grad((formula * weights).sum(), logits)
+    got = nsc_loss.token_kl(torch.log_softmax(logits, dim=-1), ref, direction)
+    torch.testing.assert_close(got, formula.detach())
+    (grad,) = torch.autograd.grad((got * weights).sum(), logits)
+    torch.testing.assert_close(grad, expected)
+    assert torch.autograd.gradcheck(
+        lambda z: nsc_loss.token_kl(torch.log_softmax(z, dim=-1), ref, direction), (logits,)
+    )

@@ -61,6 +61,7 @@ from circuitlab.analog.reference import (
 )
 from circuitlab.analog.sft_data import SFTData, collate, load_sft_data
 from circuitlab.core.config import config_to_dict, require
+from circuitlab.core.devices import reuse_freed_memory
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from circuitlab.core.lm import DTYPES, LoadedLM, load_lm, torch_dtype
@@ -320,12 +321,15 @@ class Trainer:
                 # a live reference over LoRA-on-the-top-layers records layer inputs here
                 with self.capture_reference():
                     logp = model_logp(self.model, batch, pos.keep)
-                ce = nsc_loss.ce_sum(logp[pos.ce], pos.targets[pos.ce])
+                ce_logp = logp[pos.ce]
+                ce = nsc_loss.ce_sum(ce_logp, pos.targets[pos.ce])
                 loss = ce / max(n_ce, 1)
                 kl = torch.zeros(())
                 if c.kl_lambda > 0:
                     t0 = time.perf_counter()
-                    kl = self.kl_sum(batch, pos, logp, rows)
+                    # the same rows unless the KL also covers the prompt: one [N, vocab] copy
+                    same = c.kl_tokens == "response"
+                    kl = self.kl_sum(batch, pos, ce_logp if same else logp[pos.kl], rows)
                     ref_seconds += time.perf_counter() - t0
                     loss = loss + c.kl_lambda * kl / max(n_kl, 1)
                 self.accelerator.backward(loss)
@@ -363,11 +367,11 @@ class Trainer:
         self,
         batch: dict[str, torch.Tensor],
         pos: nsc_loss.Positions,
-        logp: torch.Tensor,
+        model_logp_kl: torch.Tensor,
         rows: list[int],
     ) -> torch.Tensor:
+        """Summed KL at the KL positions; `model_logp_kl` is the model's log-probs there."""
         c = self.config
-        model_logp_kl = logp[pos.kl]
         if isinstance(self.reference, LiveReference):
             # the full pass runs under the prepared model's autocast; the layer shortcut
             # calls layers directly, so give it the same precision explicitly
@@ -375,7 +379,7 @@ class Trainer:
                 ref = self.reference.logp(batch, pos)
             return nsc_loss.token_kl(model_logp_kl, ref, c.kl_direction).sum()
         assert isinstance(self.reference, CachedReference)
-        ids, values, tail = (t.to(logp.device) for t in self.reference.batch(rows))
+        ids, values, tail = (t.to(model_logp_kl.device) for t in self.reference.batch(rows))
         return nsc_loss.bucket_kl(model_logp_kl, ids, values, tail, c.kl_direction).sum()
 
 
@@ -403,6 +407,7 @@ def train(
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
+    reuse_freed_memory()
     try:
         accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
