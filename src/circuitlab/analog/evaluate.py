@@ -22,6 +22,7 @@ import torch
 from circuitlab.analog.drift import load_probe, measure_drift
 from circuitlab.analog.mcq import MCQConfig, evaluate_mcq, load_mcq
 from circuitlab.analog.nsc_sft import TrainedLM, load_model
+from circuitlab.core.devices import reuse_freed_memory
 from circuitlab.core.io import atomic_write_json
 from circuitlab.core.lm import load_lm, torch_dtype
 
@@ -46,6 +47,7 @@ def evaluate_model(
     (it stays as it is; the drift's original then comes in `dtype` on the model's device).
     """
     weights = torch_dtype(dtype)  # a bad name fails before anything slow
+    reuse_freed_memory()  # batches of [rows, tokens, vocab] logits, one after another
     items = load_mcq(mcq)
     text = load_probe(probe) if drift else None
     if isinstance(model, TrainedLM):
