@@ -53,8 +53,10 @@ def test_loss_masking_excludes_the_prompt(tiny_model_dir, qa_file):
     batch = collate(data.examples[:3], tokenizer.pad_token_id)
     pos = nsc_loss.positions(batch["labels"], batch["attention_mask"], "response")
     assert int(pos.ce.sum()) == int((batch["labels"] != IGNORE).sum())
+    assert pos.kl is pos.ce  # the training step reuses the CE rows for the KL on this identity
     everything = nsc_loss.positions(batch["labels"], batch["attention_mask"], "all")
     assert int(everything.kl.sum()) == int(batch["attention_mask"][:, 1:].sum())
+    assert everything.kl is not everything.ce
 
 
 @pytest.mark.parametrize("lora, reference", [(True, "live"), (False, "live"), (True, "cached")])

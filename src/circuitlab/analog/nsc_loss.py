@@ -72,7 +72,10 @@ def positions(labels: torch.Tensor, attention_mask: torch.Tensor, kl_tokens: str
     wanted = (ce | kl).any(dim=0)
     keep = torch.nonzero(wanted, as_tuple=False).squeeze(1)
     targets = next_labels[:, keep].clamp_min(0)
-    return Positions(keep=keep, ce=ce[:, keep], kl=kl[:, keep], targets=targets)
+    ce_kept = ce[:, keep]
+    # the same tensor when KL and CE cover the same tokens: callers reuse the CE rows then
+    kl_kept = ce_kept if kl is ce else kl[:, keep]
+    return Positions(keep=keep, ce=ce_kept, kl=kl_kept, targets=targets)
 
 
 def token_kl(logp: torch.Tensor, ref_logp: torch.Tensor, direction: str) -> torch.Tensor:

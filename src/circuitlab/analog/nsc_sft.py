@@ -328,8 +328,8 @@ class Trainer:
                 if c.kl_lambda > 0:
                     t0 = time.perf_counter()
                     # the same rows unless the KL also covers the prompt: one [N, vocab] copy
-                    same = c.kl_tokens == "response"
-                    kl = self.kl_sum(batch, pos, ce_logp if same else logp[pos.kl], rows)
+                    kl_logp = ce_logp if pos.kl is pos.ce else logp[pos.kl]
+                    kl = self.kl_sum(batch, pos, kl_logp, rows)
                     ref_seconds += time.perf_counter() - t0
                     loss = loss + c.kl_lambda * kl / max(n_kl, 1)
                 self.accelerator.backward(loss)
