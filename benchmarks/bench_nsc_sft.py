@@ -93,7 +93,10 @@ def bench_steps(
     median = {name: statistics.median(values) for name, values in times.items()}
     # what the top-64 cache gives up, on the moved NSC model
     trainer = trainers["nsc_live"]
-    batch = collate(trainer.data.examples, trainer.pad_id)
+    batch = {
+        k: v.to(accelerator.device)
+        for k, v in collate(trainer.data.examples, trainer.pad_id).items()
+    }
     pos = nsc_loss.positions(batch["labels"], batch["attention_mask"], "response")
     with torch.no_grad():
         from circuitlab.analog.reference import model_logp
@@ -123,9 +126,10 @@ def bench_steps(
 
 def bench_mcq(model: str | None) -> dict:
     from circuitlab.analog.mcq import MCQConfig, evaluate_mcq, load_mcq
+    from circuitlab.core.devices import pick_device
     from circuitlab.core.lm import load_lm
 
-    lm = load_lm(model)
+    lm = load_lm(model, device=str(pick_device("auto")))
     items = load_mcq()
     out = {}
     for scoring in ("option", "letter"):

@@ -15,10 +15,11 @@ SIZES = {"arithmetic": 3, "equation": 2, "lis": 6, "ed": 5}
 @pytest.mark.parametrize("fmt", ["direct", "cot"])
 def test_sequences_are_the_official_text_plus_eos(name: str, fmt: str) -> None:
     task, size = get_task(name), SIZES[name]
-    vocab = task.vocab(size, 11)
-    batch = generate_splits(DataConfig(name, size, num=40, test_num=0, seed=3)).train
+    config = DataConfig(name, size, num=40, test_num=0, seed=3)
+    vocab = task.vocab(size, config.task_arg)
+    batch = generate_splits(config).train
     seqs = build_sequences(task, batch, vocab, fmt)
-    for i, example in enumerate(task.to_examples(batch, size, 11)):
+    for i, example in enumerate(task.to_examples(batch, size, config.task_arg)):
         expected = [*vocab.encode(task.text(example, fmt)), EOS_ID]
         assert seqs.ids[i, : seqs.lengths[i]].tolist() == expected
         assert not seqs.ids[i, seqs.lengths[i] :].any()

@@ -128,7 +128,9 @@ def test_torchrun_data_parallel_on_cpu(tmp_path: Path) -> None:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                 "--master_port", "29517"]  # fmt: skip
     train_cmd = ["-m", "circuitlab", "cot", "train", "--config", str(tmp_path / "tiny.toml"),
-                 "--out", str(tmp_path / "ddp"), "--epochs", "1"]  # fmt: skip
+                 "--out", str(tmp_path / "ddp"), "--epochs", "1",
+                 # torchrun's parser would take --num for its --numa-binding
+                 "--train-num", str(TINY["num"])]  # fmt: skip
     cmd = launcher + train_cmd
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)

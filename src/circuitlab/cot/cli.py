@@ -46,6 +46,9 @@ def data(
     ),
     seed: int = typer.Option(0, help="Same seed, same files."),
     p: int = typer.Option(11, help="Prime modulus for arithmetic and equation."),
+    values: int = typer.Option(
+        250, help="LIS: questions use numbers below this (official 250; at least 2*size+1)."
+    ),
     out: Path = typer.Option(..., help="Training JSONL; test and stats files go beside it."),
 ) -> None:
     """Generate a deduplicated train/test split in the official format, with statistics.
@@ -58,8 +61,9 @@ def data(
     Example: circuitlab cot data --task arithmetic --size 4 --num 100000 --out data/a4.jsonl
     """
     config = DataConfig(
-        task=task, size=size, format=format, num=num, test_num=test_num, seed=seed, p=p
-    )
+        task=task, size=size, format=format, num=num, test_num=test_num, seed=seed, p=p,
+        values=values,
+    )  # fmt: skip
     with progress_bar(f"{task} n={size} {format}", config.num + config.tests) as bar:
         stats = write_dataset(config, out, lambda n: bar.advance(bar.task_ids[0], n))
     table = Table(title=f"{task} size {size}")
@@ -98,7 +102,13 @@ def train(
         help="TOML file with TrainConfig fields (a \\[train] table or top level); "
         "command-line options given explicitly override it.",
     ),
-    num: int | None = typer.Option(None, help="Training examples \\[default: 10000]."),
+    num: int | None = typer.Option(
+        None,
+        "--num",
+        "--train-num",
+        help="Training examples \\[default: 10000]; spell it --train-num under torchrun, "
+        "whose own parser reads --num as an abbreviation of its --numa-binding.",
+    ),
     test_num: int | None = typer.Option(None, help="Test examples \\[default: 1000]."),
     layers: int | None = typer.Option(None, help="Transformer blocks \\[default: 3]."),
     d_model: int | None = typer.Option(None, help="Width \\[default: 256]."),
@@ -120,7 +130,7 @@ def train(
     mix_smaller, eval_every, ...) can be set in a --config TOML file.
 
     Several GPUs: torchrun --nproc_per_node 4 -m circuitlab cot train ... (or accelerate
-    launch) runs data-parallel without code changes.
+    launch) runs data-parallel without code changes (write --train-num there, not --num).
 
     Example: circuitlab cot train --task arithmetic --size 3 --layers 3 --d-model 128
     --lr 1e-3 --epochs 6 --num 30000 --out runs/ar3-cot
@@ -176,10 +186,10 @@ def evaluate(
     result = evaluate_model(
         model.to(dev),
         task,
-        task.vocab(config.size, config.p),
+        task.vocab(config.size, config.data.task_arg),
         test,
         config.format,
-        config.p,
+        config.data.task_arg,
         device=dev,
     )
     payload = {"task": config.task, "size": config.size, "format": config.format,

@@ -22,7 +22,7 @@ import numpy as np
 from circuitlab.core.config import require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_open, atomic_write_json
-from circuitlab.cot.tasks import get_task
+from circuitlab.cot.tasks import get_task, lis
 from circuitlab.cot.tasks.common import (
     Task,
     TokenBatch,
@@ -43,8 +43,8 @@ class DataConfig:
     """One dataset: `num` training and `test_num` test examples of one task and size.
 
     format is direct, cot, or both (the same draw written in both formats). p is the
-    modulus of arithmetic and equations (ignored by LIS and ED). test_num defaults to
-    num // 10, the official 10:1 ratio.
+    modulus of arithmetic and equations, values the number range of LIS (official 250);
+    ED takes neither. test_num defaults to num // 10, the official 10:1 ratio.
     """
 
     task: str
@@ -54,6 +54,7 @@ class DataConfig:
     test_num: int | None = None
     seed: int = 0
     p: int = 11
+    values: int = lis.NUMBER_RANGE
 
     def __post_init__(self) -> None:
         task = get_task(self.task)
@@ -65,6 +66,14 @@ class DataConfig:
         require(self.tests >= 0, f"--test-num {self.test_num}: must be >= 0")
         if task.uses_modulus:
             check_modulus(self.p)
+        if task.name == "lis":
+            lis.number_range(self.size, self.values)
+
+    @property
+    def task_arg(self) -> int:
+        """The last argument of the task's functions: p for arithmetic and equations, the
+        number range for LIS (ED ignores it)."""
+        return self.values if self.task == "lis" else self.p
 
     @property
     def tests(self) -> int:
@@ -95,7 +104,7 @@ def iter_batches(config: DataConfig) -> Iterator[Drawn]:
     have = duplicates = stalled = 0
     while have < wanted:
         count = min(CHUNK, max(64, int((wanted - have) * 1.05)))
-        batch = task.generate(rng, config.size, count, config.p)
+        batch = task.generate(rng, config.size, count, config.task_arg)
         questions = compact(batch.question)
         fresh = first_draws(questions)  # first draw of each question
         if seen:
@@ -269,7 +278,7 @@ def write_dataset(
     paths = output_paths(out, config.format)
     _check_writable(next(iter(paths.values()))["train"].parent)
     task = get_task(config.task)
-    vocab = task.vocab(config.size, config.p)
+    vocab = task.vocab(config.size, config.task_arg)
     start = time.perf_counter()
     tallies = {fmt: _Tally() for fmt in config.formats}
     answers = _AnswerCounts()
@@ -303,6 +312,7 @@ def write_dataset(
             "format": fmt,
             "seed": config.seed,
             "p": config.p if task.uses_modulus else None,
+            "values": config.values if task.name == "lis" else None,
             "num_train": counts["train"],
             "num_test": counts["test"],
             "duplicates_dropped": duplicates,

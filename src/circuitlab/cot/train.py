@@ -44,6 +44,7 @@ from circuitlab.cot.model import GPT, ModelConfig
 from circuitlab.cot.sequences import Sequences, build_sequences, loss_labels
 from circuitlab.cot.tasks import get_task
 from circuitlab.cot.tasks.common import TokenBatch
+from circuitlab.cot.tasks.lis import NUMBER_RANGE
 
 SCHEDULES = ("cosine", "linear", "constant")
 AMP = ("auto", "off", "bf16", "fp16")
@@ -59,6 +60,7 @@ class TrainConfig:
     size: int = 4
     format: str = "cot"
     p: int = 11
+    values: int = NUMBER_RANGE
     num: int = 10_000
     test_num: int = 1_000
     data_seed: int = 0
@@ -101,13 +103,27 @@ class TrainConfig:
             0.0 <= self.mix_smaller < 1.0, "mix_smaller is a fraction of training data, in [0, 1)"
         )
         DataConfig(
-            self.task, self.size, self.format, self.num, self.test_num, self.data_seed, self.p
+            self.task,
+            self.size,
+            self.format,
+            self.num,
+            self.test_num,
+            self.data_seed,
+            self.p,
+            self.values,
         )
 
     @property
     def data(self) -> DataConfig:
         return DataConfig(
-            self.task, self.size, self.format, self.num, self.test_num, self.data_seed, self.p
+            self.task,
+            self.size,
+            self.format,
+            self.num,
+            self.test_num,
+            self.data_seed,
+            self.p,
+            self.values,
         )
 
 
@@ -122,7 +138,7 @@ class Prepared:
 
 def prepare(config: TrainConfig) -> Prepared:
     task = get_task(config.task)
-    vocab = task.vocab(config.size, config.p)
+    vocab = task.vocab(config.size, config.data.task_arg)
     splits = generate_splits(config.data)
     train_batch = splits.train
     if config.mix_smaller > 0:
@@ -147,7 +163,7 @@ def prepare(config: TrainConfig) -> Prepared:
 def fresh_test(config: TrainConfig, count: int) -> Sequences:
     """`count` new test problems (another seed), none of whose questions was trained on."""
     task = get_task(config.task)
-    vocab = task.vocab(config.size, config.p)
+    vocab = task.vocab(config.size, config.data.task_arg)
 
     def keys(batch: TokenBatch) -> list[bytes]:  # independent of each batch's padded width
         return [row[row != 0].astype(np.int16).tobytes() for row in batch.question]
@@ -171,8 +187,8 @@ def _mix_in_smaller(batch: TokenBatch, config: TrainConfig) -> TokenBatch:
     sizes = [k for k in range(task.min_size, config.size)]
     if not sizes:
         return batch
-    vocab = task.vocab(config.size, config.p)
-    if any(task.vocab(k, config.p) != vocab for k in sizes):
+    vocab = task.vocab(config.size, config.data.task_arg)
+    if any(task.vocab(k, config.data.task_arg) != vocab for k in sizes):
         raise CircuitlabError(
             f"mix_smaller needs one vocabulary for all sizes, which {config.task} does not have"
         )
@@ -182,7 +198,7 @@ def _mix_in_smaller(batch: TokenBatch, config: TrainConfig) -> TokenBatch:
     for i, k in enumerate(sizes):
         count = smaller // len(sizes) + (1 if i < smaller % len(sizes) else 0)
         if count:
-            parts.append(task.generate(rng, k, count, config.p))
+            parts.append(task.generate(rng, k, count, config.data.task_arg))
     return TokenBatch.concat(parts)
 
 
@@ -366,7 +382,7 @@ def train(
     )
     lengths, prompts = prepared.train.lengths, prepared.train.prompt
     task = get_task(config.task)
-    vocab = task.vocab(config.size, config.p)
+    vocab = task.vocab(config.size, config.data.task_arg)
 
     bar = tqdm(
         total=total,
@@ -486,7 +502,8 @@ def _evaluate(
 ) -> EvalResult:
     if limit is not None and limit < len(test):
         test = Sequences(test.ids[:limit], test.lengths[:limit], test.prompt[:limit])
-    return evaluate_model(model, task, vocab, test, config.format, config.p, device=device)
+    arg = config.data.task_arg
+    return evaluate_model(model, task, vocab, test, config.format, arg, device=device)
 
 
 def load_run(out: str | Path) -> tuple[TrainConfig, GPT, Prepared]:

@@ -126,6 +126,33 @@ def test_values_ranges_and_vocab(size: int) -> None:
     assert (batch.step_counts() == size).all()
 
 
+@pytest.mark.parametrize("size, values", [(8, 50), (12, 25), (124, 256)])
+def test_a_smaller_or_larger_number_range(size: int, values: int) -> None:
+    """The task argument sets the range: questions stay in size+1..values-1 and still verify."""
+    batch = TASK.generate(np.random.default_rng(3), size, 400, values)
+    vocab = TASK.vocab(size, values)
+    assert len(vocab) == values + 3  # numbers, the separator, <pad> and <eos>
+    numbers = np.array([int(vocab.tokens[i]) for i in batch.question.ravel()])
+    assert numbers.min() == size + 1 and numbers.max() == values - 1  # both ends are drawn
+    for ex in TASK.to_examples(batch, size, values):
+        assert TASK.verify(ex.question, ex.chain, ex.answer, values) == Verdict.ok()
+        assert ex.answer == TASK.solve(ex.question, values)
+
+
+def test_a_number_range_too_small_for_the_size_is_refused() -> None:
+    from circuitlab.cot.data import DataConfig
+    from circuitlab.cot.train import TrainConfig
+
+    with pytest.raises(CircuitlabError, match=r"needs 13\.\.24"):
+        TASK.generate(np.random.default_rng(0), 12, 5, 24)
+    with pytest.raises(CircuitlabError, match="LIS values 300"):
+        DataConfig(task="lis", size=8, values=300)
+    with pytest.raises(CircuitlabError, match="LIS values 16"):
+        TrainConfig(task="lis", size=8, values=16)
+    assert DataConfig(task="arithmetic", size=3, values=5).task_arg == 11  # LIS only
+    assert TrainConfig(task="lis", size=8, values=50).data.task_arg == 50
+
+
 def test_planted_runs_make_long_subsequences() -> None:
     """The official distribution: LIS lengths spread widely, unlike uniform random numbers."""
     answers = np.array([int(ex.answer) for ex in examples(50, 1, 2000)])

@@ -266,10 +266,13 @@ def tokens_per_row(ids: np.ndarray) -> np.ndarray:
 class Task:
     """A cot task: its generator, vocabulary, solver and chain verifier.
 
-    generate(rng, size, count, p) -> TokenBatch   (p is ignored by LIS and ED)
+    generate(rng, size, count, p) -> TokenBatch
     vocab(size, p) -> Vocab
     solve(question, p) -> answer, written independently of the generator
     verify(question, steps, answer, p) -> Verdict
+
+    p is the task's one argument: the modulus of arithmetic and equations, the number range
+    of LIS (0: the official 250); ED ignores it. DataConfig.task_arg picks it.
     """
 
     name: str

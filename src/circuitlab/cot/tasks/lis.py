@@ -2,9 +2,14 @@
 
 dp[i] is the length of the longest strictly increasing subsequence that ends at position i;
 the answer is max dp. Questions hold n numbers from n+1..249, so a number in the question is
-never confused with a dp value (at most n). The official generator plants one to three sorted
-runs among random numbers so that long subsequences are common; we draw the same distribution
-for a whole batch at once, with a per-position loop over [batch]-wide numpy operations.
+never confused with a dp value (at most n). The task's argument (what arithmetic takes as
+its modulus p) is that range: numbers below `values`, 250 officially (0 means 250). A
+smaller range suits small sizes: with n=8-12 and 250 values each number is rare in the
+data, and a small model's chain errors are comparisons of close, rarely seen values.
+
+The official generator plants one to three sorted runs among random numbers so that long
+subsequences are common; we draw the same distribution for a whole batch at once, with a
+per-position loop over [batch]-wide numpy operations.
 """
 
 from __future__ import annotations
@@ -18,33 +23,48 @@ import numpy as np
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.cot.tasks.common import ChainFormat, Task, TokenBatch, Verdict, Vocab
 
-NUMBER_RANGE = 250  # tokens "0".."249"; questions use n+1..249
+NUMBER_RANGE = 250  # the official range: tokens "0".."249"; questions use n+1..249
 SEP = "<sep>"
 FORMAT = ChainFormat(head=SEP, after="", tail=SEP)
 PAPER_SIZES = (50, 80, 100)
 MIN_SIZE = 3  # the official generator plants at least 3 increasing numbers
 MAX_SIZE = (NUMBER_RANGE - 1) // 2  # a planted run of n distinct values must fit in n+1..249
+MAX_RANGE = 256  # questions are generated as uint8
 CHUNK = 1 << 16  # examples generated at once, to bound the memory of the [batch, 3, span] masks
 
 
+def number_range(size: int, values: int) -> int:
+    """The range questions of this size draw from (0: the official 250), checked."""
+    top = values or NUMBER_RANGE
+    if not 2 * size + 1 <= top <= MAX_RANGE:
+        raise CircuitlabError(
+            f"LIS values {top} do not fit size {size}: a planted run of {size} distinct numbers "
+            f"needs {size + 1}..{2 * size}, so use {2 * size + 1}..{MAX_RANGE} (officially "
+            f"{NUMBER_RANGE})"
+        )
+    return top
+
+
 @cache
-def vocab(size: int, p: int) -> Vocab:
-    """Numbers 0..249 and the separator; the same for every size (p is ignored)."""
-    return Vocab.of([*(str(v) for v in range(NUMBER_RANGE)), SEP])
+def vocab(size: int, values: int) -> Vocab:
+    """Numbers 0..values-1 and the separator; the same for every size."""
+    top = values or NUMBER_RANGE
+    return Vocab.of([*(str(v) for v in range(top)), SEP])
 
 
 # ---------------------------------------------------------------- generation
 
 
-def generate(rng: np.random.Generator, size: int, count: int, p: int) -> TokenBatch:
+def generate(rng: np.random.Generator, size: int, count: int, values: int) -> TokenBatch:
     """`count` official-distribution questions with their dp chains and answers, as ids."""
     TASK.check_size(size)
+    top = number_range(size, values)
     if count < 0:
         raise CircuitlabError(f"cannot generate {count} examples: the count must be >= 0")
-    number_ids = vocab(size, p).ids([str(v) for v in range(NUMBER_RANGE)])
+    number_ids = vocab(size, values).ids([str(v) for v in range(top)])
     chunks = [min(CHUNK, count - start) for start in range(0, count, CHUNK)]
     seq = np.concatenate(
-        [sequences(rng, size, rows) for rows in chunks] or [np.zeros((0, size), np.uint8)]
+        [sequences(rng, size, rows, top) for rows in chunks] or [np.zeros((0, size), np.uint8)]
     )
     dp = ending_lengths(seq)
     return TokenBatch(
@@ -54,18 +74,18 @@ def generate(rng: np.random.Generator, size: int, count: int, p: int) -> TokenBa
     )
 
 
-def sequences(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
-    """[count, n] uint8 questions drawn like the official generator.
+def sequences(rng: np.random.Generator, n: int, count: int, top: int = NUMBER_RANGE) -> np.ndarray:
+    """[count, n] uint8 questions drawn like the official generator (with top = 250).
 
     Each question plants 1-3 sorted runs of distinct values (together `total` numbers, 3..n)
-    at `total` random positions, in order; the other positions are uniform in n+1..249.
+    at `total` random positions, in order; the other positions are uniform in n+1..top-1.
     """
     start = n + 1
     runs = rng.integers(1, 4, count)
     total = rng.integers(3, n + 1, count)
     run_sizes = split_runs(rng, runs, total)
-    _, _, values = np.nonzero(sorted_samples(rng, run_sizes, NUMBER_RANGE - start))
-    seq = rng.integers(start, NUMBER_RANGE, (count, n), dtype=np.uint8)
+    _, _, values = np.nonzero(sorted_samples(rng, run_sizes, top - start))
+    seq = rng.integers(start, top, (count, n), dtype=np.uint8)
     # Both sides list an example's planted numbers in row-major order: positions ascending
     # on the left, runs one after another (each ascending) on the right.
     seq[exact_subsets(rng, total, n)] = values + start
