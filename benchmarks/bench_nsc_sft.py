@@ -153,6 +153,7 @@ def main() -> None:
     )
     parser.add_argument("--skip-full", action="store_true", help="LoRA only")
     parser.add_argument("--skip-mcq", action="store_true")
+    parser.add_argument("--skip-steps", action="store_true", help="MCQ throughput only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from circuitlab.core.devices import reuse_freed_memory
@@ -162,13 +163,15 @@ def main() -> None:
     result: dict = {"threads": args.threads, "model": args.model or "embedded",
                     "allocator": allocator}  # fmt: skip
     setups = [("lora_all_layers", True, 0), ("lora_top_layers", True, args.lora_layers)]
-    if not args.skip_full:
+    if args.skip_steps:
+        setups = []
+    elif not args.skip_full:
         setups.append(("full", False, 0))
     with tempfile.TemporaryDirectory() as tmp:
         for name, lora, layers in setups:
             result[name] = bench_steps(args.model, Path(tmp), args.rounds, lora, layers)
             print(json.dumps({name: result[name]}), flush=True)
-    result["ratios"] = {
+    result["ratios"] = {  # empty with --skip-steps
         name: {
             "live_over_sft": result[name]["ratio_live_over_sft"],
             "cached_over_sft": result[name]["ratio_cached_over_sft"],
