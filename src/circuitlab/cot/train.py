@@ -102,16 +102,7 @@ class TrainConfig:
         require(
             0.0 <= self.mix_smaller < 1.0, "mix_smaller is a fraction of training data, in [0, 1)"
         )
-        DataConfig(
-            self.task,
-            self.size,
-            self.format,
-            self.num,
-            self.test_num,
-            self.data_seed,
-            self.p,
-            self.values,
-        )
+        self.data  # noqa: B018 - building the DataConfig checks task, size, p and values
 
     @property
     def data(self) -> DataConfig:
