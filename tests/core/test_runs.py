@@ -20,6 +20,16 @@ def test_reopening_with_another_config_is_refused(tmp_path):
         RunDir.open(tmp_path / "r", {"lr": 0.2})
 
 
+def test_a_run_recorded_before_a_field_existed_reopens_at_its_default(tmp_path):
+    RunDir.open(tmp_path / "r", {"lr": 0.1})  # an older version had no `values` field
+    defaults = {"lr": 0.01, "values": 250}
+    RunDir.open(tmp_path / "r", {"lr": 0.1, "values": 250}, defaults)
+    with pytest.raises(CircuitlabError, match="differs in: values"):
+        RunDir.open(tmp_path / "r", {"lr": 0.1, "values": 50}, defaults)
+    with pytest.raises(CircuitlabError, match="differs in: lr"):  # recorded fields still count
+        RunDir.open(tmp_path / "r", {"lr": 0.01, "values": 250}, defaults)
+
+
 def test_results_and_report_round_trip(tmp_path):
     run = RunDir.open(tmp_path / "r", {})
     run.write_results({"acc": 0.5})

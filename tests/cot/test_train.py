@@ -76,6 +76,11 @@ def test_a_finished_run_is_not_retrained(tmp_path: Path) -> None:
     assert (tmp_path / "results.json").stat().st_mtime_ns == stamp
     with pytest.raises(CircuitlabError, match="different config"):
         train(TrainConfig(**{**TINY, "epochs": 2}), tmp_path, quiet=True)
+    # a run recorded before TrainConfig had `values` (LIS number range) still reopens
+    stored = json.loads((tmp_path / "config.json").read_text())
+    del stored["values"]
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    assert train(config, tmp_path, quiet=True) == first
 
 
 def test_learning_rate_warms_up_then_decays() -> None:

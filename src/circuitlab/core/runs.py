@@ -33,13 +33,21 @@ class RunDir:
     path: Path
 
     @classmethod
-    def open(cls, path: str | Path, config: Mapping[str, Any]) -> RunDir:
-        """Create the run directory, or reopen it if it holds a run of the same config."""
+    def open(
+        cls, path: str | Path, config: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+    ) -> RunDir:
+        """Create the run directory, or reopen it if it holds a run of the same config.
+
+        `defaults` are the config's field defaults: a run recorded before a field existed
+        lacks it, and ran as that field's default does, so it still reopens (resumes).
+        """
         run = cls(Path(path))
         stored_path = run.path / "config.json"
         wanted = json.loads(json.dumps(dict(config)))  # as it reads back: tuples become lists
         if stored_path.exists():
             stored = read_json(stored_path)
+            for key, value in json.loads(json.dumps(dict(defaults or {}))).items():
+                stored.setdefault(key, value)
             if stored != wanted:
                 keys = stored.keys() | wanted.keys()
                 changed = sorted(k for k in keys if stored.get(k) != wanted.get(k))

@@ -325,7 +325,9 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) the run in `out`; return its results (also in results.json)."""
     world = init_world()
-    run = RunDir.open(out, config_to_dict(config)) if world.main else RunDir(Path(out))
+    fields = config_to_dict(config)
+    defaults = config_to_dict(TrainConfig())  # fields a run made by an older version lacks
+    run = RunDir.open(out, fields, defaults) if world.main else RunDir(Path(out))
     if run.is_done("train") and (run.path / "results.json").exists():
         return run.results()
     existing = _checkpoint_dirs(run)
