@@ -56,11 +56,31 @@ def test_cot_data_writes_files_and_is_deterministic(tmp_path):
     assert json.loads((tmp_path / "a.stats.json").read_text())["num_train"] == 200
 
 
+def test_cot_data_takes_the_lis_number_range(tmp_path):
+    out = tmp_path / "l.jsonl"
+    result = run("cot", "data", "--task", "lis", "--size", "8", "--values", "20",
+                 "--num", "300", "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    numbers = [int(x) for line in out.read_text().splitlines()
+               for x in json.loads(line)["question"].split()]  # fmt: skip
+    assert min(numbers) == 9 and max(numbers) == 19
+    assert json.loads((tmp_path / "l.stats.json").read_text())["values"] == 20
+
+
+def test_cot_train_checks_the_lis_number_range_before_training(tmp_path):
+    result = run("cot", "train", "--task", "lis", "--size", "8", "--values", "16",
+                 "--out", str(tmp_path / "run"))  # fmt: skip
+    assert result.returncode == 2
+    assert "LIS values 16 do not fit size 8" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--task", "sorting", "--size", "3"], "unknown task"),
         (["--task", "lis", "--size", "0"], "out of range"),
+        (["--task", "lis", "--size", "8", "--values", "16"], "do not fit size 8"),
         (["--task", "equation", "--size", "3", "--p", "9"], "not prime"),
         (["--task", "ed", "--size", "12", "--num", "0"], "at least one"),
     ],

@@ -118,6 +118,9 @@ def train(
     lr: float | None = typer.Option(None, help="Peak AdamW learning rate \\[default: 1e-4]."),
     seed: int | None = typer.Option(None, help="Model init and data order \\[default: 2021]."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda or mps \\[default: auto]."),
+    values: int | None = typer.Option(
+        None, help="LIS: questions use numbers below this \\[default: 250, the official range]."
+    ),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
 ) -> None:
     """Train a GPT from scratch on one task/size/format, then evaluate it on the test split.
@@ -144,7 +147,7 @@ def train(
     explicit = {
         "task": task, "size": size, "format": format, "num": num, "test_num": test_num,
         "layers": layers, "d_model": d_model, "heads": heads, "epochs": epochs,
-        "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
+        "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "values": values,
     }  # fmt: skip
     for key, value in explicit.items():
         source = ctx.get_parameter_source(key)
