@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -59,7 +60,9 @@ def test_loss_masking_excludes_the_prompt(tiny_model_dir, qa_file):
     assert everything.kl is not everything.ce
 
 
-@pytest.mark.parametrize("lora, reference", [(True, "live"), (False, "live"), (True, "cached")])
+@pytest.mark.parametrize(
+    "lora, reference", [(True, "live"), (False, "live"), (True, "cached"), (False, "hidden")]
+)
 def test_kl_is_zero_at_the_start_and_grows_as_the_model_moves(
     tiny_model_dir, qa_file, tmp_path, lora, reference
 ):
@@ -157,6 +160,53 @@ def test_lora_on_the_top_layers_runs_only_them_for_the_reference_and_trains_the_
     assert mine.keys() == theirs.keys() and all(".layers.1." in k for k in mine)
     for name in mine:
         torch.testing.assert_close(mine[name], theirs[name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_the_hidden_state_cache_trains_as_the_live_reference_does(
+    tiny_model_dir, qa_file, tmp_path, lora
+):
+    """Cached LM-head inputs and a frozen head give the live reference's KL, step by step."""
+    cfg = config(qa_file, tiny_model_dir, lora=lora, kl_lambda=0.5, max_steps=4)
+    train(cfg, tmp_path / "live", progress=False)
+    hidden = dataclasses.replace(cfg, reference="hidden")
+    train(hidden, tmp_path / "hidden", progress=False)
+    live, cached = metrics(tmp_path / "live"), metrics(tmp_path / "hidden")
+    assert abs(cached[0]["kl"]) < 1e-6 and cached[-1]["kl"] > 1e-5
+    for a, b in zip(live, cached, strict=True):
+        assert b["kl"] == pytest.approx(a["kl"], rel=1e-4, abs=1e-7)
+        assert b["ce"] == pytest.approx(a["ce"], rel=1e-5)
+    # the frozen head is the original one, also where full fine-tuning trains the head
+    head = load_file(tmp_path / "hidden" / "reference" / "head.safetensors")["weight"]
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir).get_output_embeddings()
+    torch.testing.assert_close(head, original.weight.detach())
+
+
+def test_a_resumed_hidden_state_run_keeps_the_original_head(tiny_model_dir, qa_file, tmp_path):
+    """Full fine-tuning moves the head; a resumed run must read the saved original, not copy
+    the trained one, to match an uninterrupted run."""
+    cfg = config(qa_file, tiny_model_dir, kl_lambda=0.5, reference="hidden", max_steps=4,
+                 save_every=2)  # fmt: skip
+    train(cfg, tmp_path / "whole", progress=False)
+    train(cfg, tmp_path / "split", progress=False, stop_after=2)
+    train(cfg, tmp_path / "split", progress=False)
+    whole, split = metrics(tmp_path / "whole"), metrics(tmp_path / "split")
+    assert [r["step"] for r in split] == [1, 2, 3, 4]
+    for a, b in zip(whole, split, strict=True):
+        assert b["kl"] == pytest.approx(a["kl"], rel=1e-5, abs=1e-8)
+    assert whole[-1]["kl"] > 1e-5
+
+
+def test_the_hidden_state_cache_refuses_logits_that_are_not_the_heads_output(
+    tiny_model_dir, qa_file, tmp_path, monkeypatch
+):
+    from circuitlab.analog import reference
+
+    scaled = reference.model_logp  # as a model that scales its logits after the head would
+    monkeypatch.setattr(reference, "model_logp", lambda m, b, k: scaled(m, b, k) * 0.5)
+    cfg = config(qa_file, tiny_model_dir, lora=True, kl_lambda=0.5, reference="hidden")
+    with pytest.raises(CircuitlabError, match="not its LM head's output"):
+        train(cfg, tmp_path / "run", progress=False)
 
 
 def test_bucket_kl_is_exact_with_the_whole_vocabulary_and_a_lower_bound_otherwise():

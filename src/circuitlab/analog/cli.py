@@ -272,7 +272,9 @@ def train(
     ),
     lora: bool | None = typer.Option(None, "--lora/--full", help="LoRA adapters or all weights."),
     reference: str | None = typer.Option(
-        None, help="live (second forward pass) or cached (top-k once, before training) \\[live]."
+        None,
+        help="live (second forward pass), cached (top-k once, before training) or hidden "
+        "(the last hidden state once, then only the frozen LM head each step; exact) \\[live].",
     ),
     top_k: int | None = typer.Option(None, help="Cached reference: tokens kept per position [64]."),
     direction: str | None = typer.Option(
@@ -450,7 +452,7 @@ def run_all(
     max_nodes: int | None = typer.Option(None, help="Nodes to distil [8]."),
     lambdas: str | None = typer.Option(None, help="Comma-separated lambdas [0,0.1,1]."),
     steps: int | None = typer.Option(None, help="Training steps per lambda [8]."),
-    reference: str | None = typer.Option(None, help="live or cached \\[cached]."),
+    reference: str | None = typer.Option(None, help="live, cached or hidden \\[cached]."),
     mcq: Path | None = typer.Option(None, help="MCQ JSONL \\[shipped analog probe]."),
     mcq_limit: int | None = typer.Option(None, help="Evaluate N questions \\[all]."),
     threads: int | None = typer.Option(None, help="torch CPU threads [2]."),

@@ -5,8 +5,9 @@ answer tokens plus `kl_lambda` times the per-token KL to the frozen original mod
 (lambda = 0: plain SFT, and the reference is never run). Full fine-tuning or LoRA (peft);
 with LoRA the reference is the same weights with the adapters switched off. The
 reference is live (a second forward pass per step; with LoRA on the top layers only, a
-pass through those layers alone, from the training forward's input to them) or cached
-(top-k log-probs computed once before training; see reference.py).
+pass through those layers alone, from the training forward's input to them), cached
+(top-k log-probs computed once before training) or hidden (the LM head's input computed
+once, then the frozen head alone each step: exact); see reference.py.
 
 A run directory holds config.json, metrics.jsonl (per step: loss, ce and kl separately,
 lr, tokens, seconds, reference seconds), checkpoints/step-N/ (safetensors), model/ (the
@@ -54,6 +55,8 @@ from circuitlab.analog import nsc_loss
 from circuitlab.analog.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from circuitlab.analog.nsc_loss import DIRECTIONS, KL_TOKENS
 from circuitlab.analog.reference import (
+    HEAD_FILE,
+    CachedHidden,
     CachedReference,
     LiveReference,
     model_logp,
@@ -68,7 +71,8 @@ from circuitlab.core.lm import DTYPES, LoadedLM, load_lm, torch_dtype
 from circuitlab.core.runs import RunDir
 from circuitlab.core.seeding import seed_everything
 
-REFERENCES = ("live", "cached")
+REFERENCES = ("live", "cached", "hidden")
+PRECOMPUTED = ("cached", "hidden")  # references filled before the first step
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
 MODEL_META = "circuitlab.json"
@@ -130,7 +134,10 @@ class NSCConfig:
             f"kl_direction {self.kl_direction!r}: use {' or '.join(DIRECTIONS)}",
         )
         require(self.kl_tokens in KL_TOKENS, f"kl_tokens {self.kl_tokens!r}: use response or all")
-        require(self.reference in REFERENCES, f"reference {self.reference!r}: use live or cached")
+        require(
+            self.reference in REFERENCES,
+            f"reference {self.reference!r}: use {', '.join(REFERENCES)}",
+        )
         require(self.top_k >= 1, f"top_k {self.top_k}: at least 1")
         require(self.lora_r >= 1, f"lora_r {self.lora_r}: at least 1")
         require(self.lora_layers >= 0, f"lora_layers {self.lora_layers}: 0 (all) or more")
@@ -255,7 +262,13 @@ class Trainer:
             for p in model.parameters():
                 p.requires_grad_(True)
         model.train()
-        self.reference: LiveReference | CachedReference | None = None
+        self.reference: LiveReference | CachedReference | CachedHidden | None = None
+        hidden = config.kl_lambda > 0 and config.reference == "hidden"
+        if hidden and accelerator.distributed_type in SHARDED:
+            raise CircuitlabError(
+                "--reference hidden copies the LM head, which FSDP / DeepSpeed shard: "
+                "use --reference cached (or live with --lora) there"
+            )
         if config.kl_lambda > 0 and config.reference == "live":
             # running layers on their own (the top-layers shortcut) needs unsharded weights
             sharded = accelerator.distributed_type in SHARDED
@@ -284,6 +297,7 @@ class Trainer:
             batch_size=self.config.batch_size,
             device=self.accelerator.device,
             on_shard=on_progress,
+            hidden=self.config.reference == "hidden",
         )
 
     def micro_batches(self, step: int) -> list[list[int]]:
@@ -378,6 +392,9 @@ class Trainer:
             with self.accelerator.autocast():
                 ref = self.reference.logp(batch, pos)
             return nsc_loss.token_kl(model_logp_kl, ref, c.kl_direction).sum()
+        if isinstance(self.reference, CachedHidden):
+            ref = self.reference.logp(rows, model_logp_kl.device)
+            return nsc_loss.token_kl(model_logp_kl, ref, c.kl_direction).sum()
         assert isinstance(self.reference, CachedReference)
         ids, values, tail = (t.to(model_logp_kl.device) for t in self.reference.batch(rows))
         return nsc_loss.bucket_kl(model_logp_kl, ids, values, tail, c.kl_direction).sum()
@@ -446,15 +463,19 @@ def _train_loop(
         start = load_checkpoint(latest[-1], trainer.unwrapped, trainer.optimizer)["step"]
     if main:
         _trim_metrics(run, start)
-    if config.kl_lambda > 0 and config.reference == "cached":
-        if start > 0 and not (run.path / "reference").is_dir():
+    if config.kl_lambda > 0 and config.reference in PRECOMPUTED:
+        cache = run.path / "reference"
+        # the hidden-state cache also needs the original head, saved before the first step
+        head_lost = config.reference == "hidden" and not (cache / HEAD_FILE).exists()
+        lost = not cache.is_dir() or head_lost
+        if start > 0 and lost:
             raise CircuitlabError(
                 f"{run.path} resumes at step {start} but its reference cache is missing; "
                 "delete the run directory and start again"
             )
         with tqdm(
             total=len(trainer.data.examples),
-            desc="reference top-k",
+            desc=f"reference {'hidden states' if config.reference == 'hidden' else 'top-k'}",
             disable=not progress or not main,
         ) as bar:
             trainer.precompute(bar.update)

@@ -22,6 +22,13 @@ safetensors shards under the run directory, one done marker per shard, so a kill
 precomputation resumes. Training then needs no second model and no second forward pass,
 which also makes it the simple choice under DeepSpeed ZeRO-3 / FSDP, where a second
 sharded model is awkward.
+
+Hidden: the same precomputation keeps what the original fed its LM head at every KL
+position (the last hidden state, d_model numbers a token: 2.3 KB for SmolLM2-135M in
+float32), plus a frozen copy of the head. Each step then runs that head and a log-softmax
+instead of a forward pass. This is exact, not a top-k bound: the same log-probs as the
+live pass up to float rounding. It needs logits that are the head's output (no scaling or
+soft-capping after it); the precomputation checks that on every batch.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from torch import nn
 
 from circuitlab.analog.nsc_loss import Positions, positions, top_k_reference
 from circuitlab.analog.sft_data import Example, collate
+from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_open
 
 
@@ -262,6 +270,48 @@ class CachedReference:
         return ids, values, tail
 
 
+class CachedHidden:
+    """The original's LM-head input at every KL position, and a frozen copy of its head."""
+
+    def __init__(self, directory: Path, head: nn.Module) -> None:
+        self.directory = directory
+        self.head = head
+        self._hidden: dict[str, torch.Tensor] = {}
+        for shard in sorted(directory.glob("shard-*.safetensors")):
+            self._hidden.update(load_file(shard))
+
+    def __contains__(self, example: int) -> bool:
+        return f"hidden.{example}" in self._hidden
+
+    @torch.no_grad()
+    def logp(self, examples: Sequence[int], device: torch.device | str) -> torch.Tensor:
+        """Reference log-probs [N, vocab] at the rows' KL positions, in `logp[pos.kl]` order."""
+        hidden = torch.cat([self._hidden[f"hidden.{e}"] for e in examples]).to(device)
+        weight = self.head.weight
+        self.head.to(device)
+        return torch.log_softmax(self.head(hidden.to(weight.dtype)).float(), dim=-1)
+
+
+HEAD_FILE = "head.safetensors"
+
+
+def frozen_head(model: Any, directory: Path) -> nn.Module:
+    """A frozen copy of the original LM head, saved beside the cache on first use.
+
+    Saved because full fine-tuning trains the head (tied to the input embeddings in many
+    models): a run resumed after a kill must not copy the trained one.
+    """
+    head = copy.deepcopy(model.get_output_embeddings()).requires_grad_(False).eval()
+    path = directory / HEAD_FILE
+    if path.exists():
+        head.load_state_dict(load_file(path))
+    else:
+        state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+        with atomic_open(path, "wb") as handle:
+            handle.write(save(state))
+    return head
+
+
 def precompute_reference(
     model: Any,
     examples: Sequence[Example],
@@ -274,13 +324,17 @@ def precompute_reference(
     shard_size: int = 256,
     device: torch.device | str = "cpu",
     on_shard: Callable[[int], None] | None = None,
-) -> CachedReference:
-    """Write the reference's top-k at every KL position of every example; skip done shards.
+    hidden: bool = False,
+) -> CachedReference | CachedHidden:
+    """Write the reference's top-k (or, with `hidden`, its LM-head input) at every KL
+    position of every example; skip done shards.
 
     Call it while `model` still is the reference (before the first optimizer step), or on a
     peft model, whose adapters are switched off for it.
     """
     directory.mkdir(parents=True, exist_ok=True)
+    head = frozen_head(model, directory) if hidden else None
+    rows_of = _hidden_rows if hidden else _top_k_rows
     for start in range(0, len(examples), shard_size):
         shard = directory / f"shard-{start // shard_size:05d}.safetensors"
         chunk = range(start, min(start + shard_size, len(examples)))
@@ -288,15 +342,41 @@ def precompute_reference(
             tensors: dict[str, torch.Tensor] = {}
             for i in range(0, len(chunk), batch_size):
                 rows = list(chunk[i : i + batch_size])
-                tensors.update(_top_k_rows(model, examples, rows, top_k, kl_tokens, pad_id, device))
+                tensors.update(rows_of(model, examples, rows, top_k, kl_tokens, pad_id, device))
             with atomic_open(shard, "wb") as handle:
                 handle.write(save(tensors))
         if on_shard:
             on_shard(len(chunk))
+    if head is not None:
+        return CachedHidden(directory, head)
     return CachedReference(directory)
 
 
-@torch.no_grad()
+def _original_pass(
+    model: Any,
+    examples: Sequence[Example],
+    rows: list[int],
+    kl_tokens: str,
+    pad_id: int,
+    device: torch.device | str,
+    *,
+    head_input: bool = False,
+) -> tuple[Positions, torch.Tensor, torch.Tensor | None]:
+    """The original model on these examples: KL positions, log-probs [B, K, V] and, with
+    `head_input`, what its LM head was fed there [B, K, d]."""
+    batch = {k: v.to(device) for k, v in collate([examples[r] for r in rows], pad_id).items()}
+    pos = positions(batch["labels"], batch["attention_mask"], kl_tokens)
+    seen: list[torch.Tensor] = []
+    head = model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    try:
+        with reference_context(model), frozen(model):
+            logp = model_logp(model, batch, pos.keep)
+    finally:
+        hook.remove()
+    return pos, logp, seen[-1] if head_input else None
+
+
 def _top_k_rows(
     model: Any,
     examples: Sequence[Example],
@@ -306,15 +386,7 @@ def _top_k_rows(
     pad_id: int,
     device: torch.device | str,
 ) -> dict[str, torch.Tensor]:
-    batch = {k: v.to(device) for k, v in collate([examples[r] for r in rows], pad_id).items()}
-    pos = positions(batch["labels"], batch["attention_mask"], kl_tokens)
-    with reference_context(model):
-        was_training = model.training
-        model.eval()
-        try:
-            logp = model_logp(model, batch, pos.keep)
-        finally:
-            model.train(was_training)
+    pos, logp, _ = _original_pass(model, examples, rows, kl_tokens, pad_id, device)
     out = {}
     for row, example in enumerate(rows):
         ids, values, tail = top_k_reference(logp[row][pos.kl[row]], top_k)
@@ -322,6 +394,35 @@ def _top_k_rows(
         out[f"logp.{example}"] = values.cpu().contiguous()
         out[f"tail.{example}"] = tail.cpu().contiguous()
     return out
+
+
+@torch.no_grad()
+def _hidden_rows(
+    model: Any,
+    examples: Sequence[Example],
+    rows: list[int],
+    top_k: int,
+    kl_tokens: str,
+    pad_id: int,
+    device: torch.device | str,
+) -> dict[str, torch.Tensor]:
+    """The LM head's input at the KL positions, checked to give the model's log-probs."""
+    pos, logp, hidden = _original_pass(
+        model, examples, rows, kl_tokens, pad_id, device, head_input=True
+    )
+    assert hidden is not None
+    with reference_context(model):
+        again = torch.log_softmax(model.get_output_embeddings()(hidden[pos.kl]).float(), dim=-1)
+    if not torch.allclose(again, logp[pos.kl], atol=1e-3):
+        raise CircuitlabError(
+            "this model's logits are not its LM head's output (scaled or soft-capped after "
+            "it), so its hidden states cannot stand in for the reference: use --reference "
+            "live or cached"
+        )
+    return {
+        f"hidden.{example}": hidden[row][pos.kl[row]].cpu().contiguous()
+        for row, example in enumerate(rows)
+    }
 
 
 @contextmanager
