@@ -227,7 +227,7 @@ def test_every_help_text_shows_its_bracketed_words():
         result = runner.invoke(app, [*path, "--help"], terminal_width=200)
         assert result.exit_code == 0, (path, result.output)
     shown = run("analog", "run", "--help")
-    assert "live or cached [cached]" in shown.stdout
+    assert "live, cached or hidden [cached]" in shown.stdout
     assert "TOML file with a [run] table" in shown.stdout
     shown = run("analog", "train", "--help")
     assert "question/answer[/reasoning]" in shown.stdout
