@@ -286,10 +286,9 @@ class CachedHidden:
     @torch.no_grad()
     def logp(self, examples: Sequence[int], device: torch.device | str) -> torch.Tensor:
         """Reference log-probs [N, vocab] at the rows' KL positions, in `logp[pos.kl]` order."""
-        hidden = torch.cat([self._hidden[f"hidden.{e}"] for e in examples]).to(device)
-        weight = self.head.weight
-        self.head.to(device)
-        return torch.log_softmax(self.head(hidden.to(weight.dtype)).float(), dim=-1)
+        head = self.head.to(device)  # once: a no-op after the first step
+        hidden = torch.cat([self._hidden[f"hidden.{e}"] for e in examples])
+        return torch.log_softmax(head(hidden.to(device, head.weight.dtype)).float(), dim=-1)
 
 
 HEAD_FILE = "head.safetensors"
