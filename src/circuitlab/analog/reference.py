@@ -274,14 +274,10 @@ class CachedHidden:
     """The original's LM-head input at every KL position, and a frozen copy of its head."""
 
     def __init__(self, directory: Path, head: nn.Module) -> None:
-        self.directory = directory
         self.head = head
         self._hidden: dict[str, torch.Tensor] = {}
         for shard in sorted(directory.glob("shard-*.safetensors")):
             self._hidden.update(load_file(shard))
-
-    def __contains__(self, example: int) -> bool:
-        return f"hidden.{example}" in self._hidden
 
     @torch.no_grad()
     def logp(self, examples: Sequence[int], device: torch.device | str) -> torch.Tensor:
@@ -333,7 +329,6 @@ def precompute_reference(
     """
     directory.mkdir(parents=True, exist_ok=True)
     head = frozen_head(model, directory) if hidden else None
-    rows_of = _hidden_rows if hidden else _top_k_rows
     for start in range(0, len(examples), shard_size):
         shard = directory / f"shard-{start // shard_size:05d}.safetensors"
         chunk = range(start, min(start + shard_size, len(examples)))
@@ -341,7 +336,13 @@ def precompute_reference(
             tensors: dict[str, torch.Tensor] = {}
             for i in range(0, len(chunk), batch_size):
                 rows = list(chunk[i : i + batch_size])
-                tensors.update(rows_of(model, examples, rows, top_k, kl_tokens, pad_id, device))
+                pos, logp, head_input = _original_pass(
+                    model, examples, rows, kl_tokens, pad_id, device, head_input=hidden
+                )
+                if head_input is None:
+                    tensors.update(_top_k_entries(rows, pos, logp, top_k))
+                else:
+                    tensors.update(_hidden_entries(model, rows, pos, logp, head_input))
             with atomic_open(shard, "wb") as handle:
                 handle.write(save(tensors))
         if on_shard:
@@ -367,25 +368,24 @@ def _original_pass(
     pos = positions(batch["labels"], batch["attention_mask"], kl_tokens)
     seen: list[torch.Tensor] = []
     head = model.get_output_embeddings()
-    hook = head.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    hook = (
+        head.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+        if head_input
+        else None
+    )
     try:
         with reference_context(model), frozen(model):
             logp = model_logp(model, batch, pos.keep)
     finally:
-        hook.remove()
-    return pos, logp, seen[-1] if head_input else None
+        if hook is not None:
+            hook.remove()
+    return pos, logp, seen[-1] if seen else None
 
 
-def _top_k_rows(
-    model: Any,
-    examples: Sequence[Example],
-    rows: list[int],
-    top_k: int,
-    kl_tokens: str,
-    pad_id: int,
-    device: torch.device | str,
+def _top_k_entries(
+    rows: list[int], pos: Positions, logp: torch.Tensor, top_k: int
 ) -> dict[str, torch.Tensor]:
-    pos, logp, _ = _original_pass(model, examples, rows, kl_tokens, pad_id, device)
+    """Top-k ids, log-probs and tail mass at each example's KL positions."""
     out = {}
     for row, example in enumerate(rows):
         ids, values, tail = top_k_reference(logp[row][pos.kl[row]], top_k)
@@ -396,20 +396,10 @@ def _top_k_rows(
 
 
 @torch.no_grad()
-def _hidden_rows(
-    model: Any,
-    examples: Sequence[Example],
-    rows: list[int],
-    top_k: int,
-    kl_tokens: str,
-    pad_id: int,
-    device: torch.device | str,
+def _hidden_entries(
+    model: Any, rows: list[int], pos: Positions, logp: torch.Tensor, hidden: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """The LM head's input at the KL positions, checked to give the model's log-probs."""
-    pos, logp, hidden = _original_pass(
-        model, examples, rows, kl_tokens, pad_id, device, head_input=True
-    )
-    assert hidden is not None
+    """The LM head's input at each example's KL positions, checked to give the log-probs."""
     with reference_context(model):
         again = torch.log_softmax(model.get_output_embeddings()(hidden[pos.kl]).float(), dim=-1)
     if not torch.allclose(again, logp[pos.kl], atol=1e-3):

@@ -28,6 +28,11 @@ from circuitlab.core.io import (
 )
 
 
+def _as_stored(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config` as it reads back from config.json: tuples become lists."""
+    return json.loads(json.dumps(dict(config)))
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: Path
@@ -43,10 +48,10 @@ class RunDir:
         """
         run = cls(Path(path))
         stored_path = run.path / "config.json"
-        wanted = json.loads(json.dumps(dict(config)))  # as it reads back: tuples become lists
+        wanted = _as_stored(config)
         if stored_path.exists():
             stored = read_json(stored_path)
-            for key, value in json.loads(json.dumps(dict(defaults or {}))).items():
+            for key, value in _as_stored(defaults or {}).items():
                 stored.setdefault(key, value)
             if stored != wanted:
                 keys = stored.keys() | wanted.keys()

@@ -178,8 +178,9 @@ def _mix_in_smaller(batch: TokenBatch, config: TrainConfig) -> TokenBatch:
     sizes = [k for k in range(task.min_size, config.size)]
     if not sizes:
         return batch
-    vocab = task.vocab(config.size, config.data.task_arg)
-    if any(task.vocab(k, config.data.task_arg) != vocab for k in sizes):
+    arg = config.data.task_arg
+    vocab = task.vocab(config.size, arg)
+    if any(task.vocab(k, arg) != vocab for k in sizes):
         raise CircuitlabError(
             f"mix_smaller needs one vocabulary for all sizes, which {config.task} does not have"
         )
@@ -189,7 +190,7 @@ def _mix_in_smaller(batch: TokenBatch, config: TrainConfig) -> TokenBatch:
     for i, k in enumerate(sizes):
         count = smaller // len(sizes) + (1 if i < smaller % len(sizes) else 0)
         if count:
-            parts.append(task.generate(rng, k, count, config.data.task_arg))
+            parts.append(task.generate(rng, k, count, arg))
     return TokenBatch.concat(parts)
 
 
