@@ -11,8 +11,11 @@
    - `full`: full fine-tuning against a frozen copy (skip with --skip-full).
    Variants are timed round-robin (one step each per round) so a change in machine load
    hits all of them alike; medians are reported, with the ratio to plain SFT of the same
-   set-up (`ratio_live_over_sft` is the issue's <= 1.4 target). The two caches' one-off
-   precomputations are timed separately.
+   set-up (`ratio_live_over_sft` is the issue's <= 1.4 target). One further step of each
+   variant runs under torch's FlopCounterMode: `flops_live_over_sft` is the live reference's
+   cost in matmul and attention FLOPs, the floor for any exact live pass (with LoRA on every
+   layer a step has no weight gradients for the base, so the extra forward pass is ~1.5x in
+   FLOPs). The two caches' one-off precomputations are timed separately.
 2. the cached (top-64 + tail) KL against the exact full-vocabulary KL on the same batch
    after the model has moved, to show what the cache gives up;
 3. MCQ evaluation throughput in questions per second on the shipped 60-question probe:
@@ -31,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def qa_file(work: Path) -> Path:
@@ -93,6 +97,14 @@ def bench_steps(
         for name, trainer in trainers.items():
             times[name].append(trainer.step(step)["seconds"])
     median = {name: statistics.median(values) for name, values in times.items()}
+    # matmul / attention FLOPs of one more step each: what the ratios would be if every
+    # kernel ran equally fast; an exact live reference can beat that floor only by running
+    # its kernels faster than plain SFT runs its own
+    flops = {}
+    for name, trainer in trainers.items():
+        with FlopCounterMode(display=False) as counter:
+            trainer.step(rounds + 1)
+        flops[name] = counter.get_total_flops()
     # what the top-64 cache gives up, on the moved NSC model
     trainer = trainers["nsc_live"]
     batch = {
@@ -121,6 +133,9 @@ def bench_steps(
         "ratio_live_over_sft": round(median["nsc_live"] / median["sft"], 3),
         "ratio_cached_over_sft": round(median["nsc_cached"] / median["sft"], 3),
         "ratio_hidden_over_sft": round(median["nsc_hidden"] / median["sft"], 3),
+        "step_gflops": {k: round(v / 1e9, 1) for k, v in flops.items()},
+        "flops_live_over_sft": round(flops["nsc_live"] / flops["sft"], 3),
+        "flops_hidden_over_sft": round(flops["nsc_hidden"] / flops["sft"], 3),
         "precompute_seconds": precompute_seconds,
         "kl_full_vocab": float(full),
         "kl_top64_bucketed": float(bucket),
@@ -179,6 +194,7 @@ def main() -> None:
             "live_over_sft": result[name]["ratio_live_over_sft"],
             "cached_over_sft": result[name]["ratio_cached_over_sft"],
             "hidden_over_sft": result[name]["ratio_hidden_over_sft"],
+            "flops_live_over_sft": result[name]["flops_live_over_sft"],
         }
         for name, _, _ in setups
     }
