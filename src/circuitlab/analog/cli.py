@@ -309,6 +309,9 @@ def train(
     over the full vocabulary (see analog/nsc_loss.py for the form and its source).
     Writes OUT/metrics.jsonl (ce and kl separately), OUT/checkpoints/ and OUT/model/
     (safetensors; a LoRA adapter or a full model) and OUT/results.json.
+    Step cost over plain SFT (benchmarks/bench_nsc_sft.py, CPU): --reference live about
+    1.5x with LoRA on every layer (a whole extra forward pass), 1.25x with --lora-layers 4,
+    1.35x --full; hidden 1.05-1.15x and exact; cached about 1.03x but its KL a lower bound.
     Several GPUs: accelerate launch -m circuitlab analog train ... (DDP/FSDP/DeepSpeed);
     a large model: --dtype bfloat16 (with FSDP/DeepSpeed and --mixed-precision bf16 the
     optimizer still updates float32 master weights).
