@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from circuitlab.analog import nsc_loss
-from circuitlab.analog.nsc_sft import NSCConfig, lr_at, step_examples, train
+from circuitlab.analog.nsc_sft import NSCConfig, kl_summary, lr_at, step_examples, train
 from circuitlab.analog.sft_data import IGNORE, chat_response, collate, load_sft_data
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.lm import LoadedLM, load_lm
@@ -90,7 +90,10 @@ def test_lambda_zero_is_plain_sft_exactly(tiny_model_dir, qa_file, tmp_path, mon
     monkeypatch.setattr(reference.LiveReference, "logp", never)
     monkeypatch.setattr(reference, "precompute_reference", never)
     cfg = config(qa_file, tiny_model_dir, kl_lambda=0.0, warmup=0.2, max_steps=4)
-    train(cfg, tmp_path / "run", progress=False)
+    result = train(cfg, tmp_path / "run", progress=False)
+    # the KL was never computed: the log line must not report it as 0
+    assert kl_summary(result) == "KL not measured (lambda 0)"
+    assert kl_summary({**result, "kl_lambda": 0.1, "final_kl": 0.01234}) == "KL 0.0123"
     trained = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
     # plain SFT by hand: the transformers loss (shifted CE over the labelled tokens), AdamW
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

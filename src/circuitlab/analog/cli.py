@@ -319,7 +319,7 @@ def train(
     Example: circuitlab analog train --data runs/analog-qa/qa.jsonl --lambda 0.1 --lora
     --out runs/nsc
     """
-    from circuitlab.analog.nsc_sft import NSCConfig
+    from circuitlab.analog.nsc_sft import NSCConfig, kl_summary
     from circuitlab.analog.nsc_sft import train as run_train
 
     values = read_toml(config_file, "train") if config_file else {}
@@ -356,7 +356,7 @@ def train(
         f"{result['steps']}/{result['total_steps']} steps on {result['examples']} examples "
         f"({result['filtered_by_verdict']} filtered by verdict, {result['truncated']} "
         f"truncated): CE {result['first_ce']:.4f} -> {result['final_ce']:.4f}, "
-        f"KL {result['final_kl']:.5f} (lambda {result['kl_lambda']:g}, reference "
+        f"{kl_summary(result, 5)} (lambda {result['kl_lambda']:g}, reference "
         f"{result['reference']}), {result['mean_step_seconds']} s/step"
     )
     console.print(f"wrote {out / 'model'} and {out / 'results.json'}")

@@ -561,6 +561,13 @@ def _summary(
     }
 
 
+def kl_summary(result: dict[str, Any], digits: int = 4) -> str:
+    """The training KL for a log line; plain SFT (lambda 0) never computes it, so no 0."""
+    if not result["kl_lambda"] or result["final_kl"] is None:
+        return "KL not measured (lambda 0)"
+    return f"KL {result['final_kl']:.{digits}f}"
+
+
 def save_model(trainer: Trainer, target: Path) -> None:
     """Final weights (safetensors) + tokenizer + circuitlab.json, renamed into place at once."""
     c = trainer.config

@@ -29,7 +29,7 @@ import torch
 from circuitlab.analog.distill import DistillConfig, distill
 from circuitlab.analog.evaluate import evaluate_model
 from circuitlab.analog.mcq import MCQConfig
-from circuitlab.analog.nsc_sft import NSCConfig, load_model, train
+from circuitlab.analog.nsc_sft import NSCConfig, kl_summary, load_model, train
 from circuitlab.core.config import config_to_dict, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_bytes, read_json
@@ -240,7 +240,7 @@ def _train(
         )
         log(
             f"{name}: {result['examples']} examples, {result['steps']} steps, CE "
-            f"{result['first_ce']:.3f} -> {result['final_ce']:.3f}, KL {result['final_kl']:.4f}"
+            f"{result['first_ce']:.3f} -> {result['final_ce']:.3f}, {kl_summary(result)}"
         )
 
     _timed(run, name, timings, work)
