@@ -94,6 +94,7 @@ def test_lambda_zero_is_plain_sft_exactly(tiny_model_dir, qa_file, tmp_path, mon
     # the KL was never computed: the log line must not report it as 0
     assert kl_summary(result) == "KL not measured (lambda 0)"
     assert kl_summary({**result, "kl_lambda": 0.1, "final_kl": 0.01234}) == "KL 0.0123"
+    assert kl_summary({**result, "kl_lambda": 0.1, "final_kl": None}).endswith("(no steps run)")
     trained = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
     # plain SFT by hand: the transformers loss (shifted CE over the labelled tokens), AdamW
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -563,8 +563,10 @@ def _summary(
 
 def kl_summary(result: dict[str, Any], digits: int = 4) -> str:
     """The training KL for a log line; plain SFT (lambda 0) never computes it, so no 0."""
-    if not result["kl_lambda"] or result["final_kl"] is None:
+    if not result["kl_lambda"]:
         return "KL not measured (lambda 0)"
+    if result["final_kl"] is None:
+        return "KL not measured (no steps run)"
     return f"KL {result['final_kl']:.{digits}f}"
 
 
