@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -210,6 +211,24 @@ def test_the_hidden_state_cache_refuses_logits_that_are_not_the_heads_output(
     monkeypatch.setattr(reference, "model_logp", lambda m, b, k: scaled(m, b, k) * 0.5)
     cfg = config(qa_file, tiny_model_dir, lora=True, kl_lambda=0.5, reference="hidden")
     with pytest.raises(CircuitlabError, match="not its LM head's output"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
+def test_the_hidden_state_cache_refuses_a_model_that_never_calls_its_head(
+    tiny_model_dir, qa_file, tmp_path, monkeypatch
+):
+    """A model that computes its logits without calling its output-embedding module leaves
+    nothing to cache: a clear error, not a cache without hidden states."""
+    from transformers import LlamaForCausalLM
+
+    spare: dict[int, torch.nn.Module] = {}
+
+    def unused_copy(model):  # the head the hook sees, never called by the forward pass
+        return spare.setdefault(id(model), copy.deepcopy(model.lm_head))
+
+    monkeypatch.setattr(LlamaForCausalLM, "get_output_embeddings", unused_copy)
+    cfg = config(qa_file, tiny_model_dir, kl_lambda=0.5, reference="hidden")
+    with pytest.raises(CircuitlabError, match="without calling its output-embedding module"):
         train(cfg, tmp_path / "run", progress=False)
 
 

@@ -379,6 +379,11 @@ def _original_pass(
     finally:
         if hook is not None:
             hook.remove()
+    if head_input and not seen:
+        raise CircuitlabError(
+            "this model computes its logits without calling its output-embedding module, so "
+            "there is no LM-head input to cache: use --reference live or cached"
+        )
     return pos, logp, seen[-1] if seen else None
 
 
