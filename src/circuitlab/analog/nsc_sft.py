@@ -386,18 +386,18 @@ class Trainer:
     ) -> torch.Tensor:
         """Summed KL at the KL positions; `model_logp_kl` is the model's log-probs there."""
         c = self.config
+        if isinstance(self.reference, CachedReference):
+            ids, values, tail = (t.to(model_logp_kl.device) for t in self.reference.batch(rows))
+            return nsc_loss.bucket_kl(model_logp_kl, ids, values, tail, c.kl_direction).sum()
         if isinstance(self.reference, LiveReference):
             # the full pass runs under the prepared model's autocast; the layer shortcut
             # calls layers directly, so give it the same precision explicitly
             with self.accelerator.autocast():
                 ref = self.reference.logp(batch, pos)
-            return nsc_loss.token_kl(model_logp_kl, ref, c.kl_direction).sum()
-        if isinstance(self.reference, CachedHidden):
+        else:
+            assert isinstance(self.reference, CachedHidden)
             ref = self.reference.logp(rows, model_logp_kl.device)
-            return nsc_loss.token_kl(model_logp_kl, ref, c.kl_direction).sum()
-        assert isinstance(self.reference, CachedReference)
-        ids, values, tail = (t.to(model_logp_kl.device) for t in self.reference.batch(rows))
-        return nsc_loss.bucket_kl(model_logp_kl, ids, values, tail, c.kl_direction).sum()
+        return nsc_loss.token_kl(model_logp_kl, ref, c.kl_direction).sum()
 
 
 def train(
