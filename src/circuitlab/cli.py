@@ -105,6 +105,11 @@ def demo(
     seed: int = typer.Option(0, help="Seed for everything the demo draws."),
     num: int = typer.Option(10_000, help="Training examples per dataset in the cot-data stage."),
     stage: list[str] = typer.Option([], help="Run only these stages (repeatable)."),
+    preset: str = typer.Option(
+        "full",
+        help="full: the demo as the README describes it (about 16 min on 2 cores); smoke: "
+        "every stage at a toy size in a few minutes, to check an install (numbers mean nothing).",
+    ),
 ) -> None:
     """Run every system on the embedded defaults and write runs/demo/report.html.
 
@@ -117,7 +122,7 @@ def demo(
     """
     from circuitlab.demo import DemoSettings, run_demo
 
-    report = run_demo(out, DemoSettings(seed=seed, num=num), only=tuple(stage))
+    report = run_demo(out, DemoSettings(seed=seed, num=num, preset=preset), only=tuple(stage))
     typer.echo(f"report: {report}")
 
 
@@ -145,6 +150,25 @@ def report(
         typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
     typer.echo(f"report: {built.html}")
     typer.echo(f"markdown: {built.markdown}")
+
+
+@app.command()
+def doctor(
+    json_output: bool = typer.Option(False, "--json", help="One JSON object instead of a table."),
+) -> None:
+    """Print versions, device, threads, where the embedded model and caches are, whether
+    chromium is present, and free disk: paste this into a bug report."""
+    from circuitlab.doctor import report
+
+    rows = report()
+    if json_output:
+        import json
+
+        typer.echo(json.dumps(dict(rows), indent=2))
+        return
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        typer.echo(f"{name:<{width}}  {value}")
 
 
 def main() -> None:

@@ -100,3 +100,20 @@ def test_profiles_are_well_formed(tmp_path: Path) -> None:
     if importlib.util.find_spec("ray") is None:
         with pytest.raises(CircuitlabError, match="Ray"):
             sweep.run_sweep(tiny_profile(), tmp_path, executor="ray")
+
+
+def test_worker_processes_report_their_steps_to_the_parent(tmp_path: Path) -> None:
+    """A parallel sweep shows training steps as they happen, not a line per finished point:
+    each worker's steps reach the parent's progress display over a queue."""
+    from circuitlab.core.progress import listen
+
+    events: list[tuple[str, float, float | None]] = []
+    with listen(lambda *event: events.append(event)):
+        summary = sweep.run_sweep(tiny_profile(), tmp_path, tasks=("lis",), quiet=True,
+                                  workers=2)  # fmt: skip
+    for point in summary["points"]:
+        steps = [(done, total) for name, done, total in events if name.strip() == point["name"]]
+        assert steps, f"no step progress from {point['name']}"
+        assert steps[-1] == (point["steps"], point["steps"])
+    overall = [done for name, done, _ in events if name.startswith("cot sweep")]
+    assert overall[-1] == len(summary["points"])

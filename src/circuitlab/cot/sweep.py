@@ -21,15 +21,20 @@ import dataclasses
 import io
 import multiprocessing
 import os
+import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty
 from typing import Any
+
+from rich.progress import TaskID
 
 from circuitlab.core.config import config_to_dict, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_json, atomic_write_text
+from circuitlab.core.progress import new_progress
 from circuitlab.core.runs import RunDir
 from circuitlab.cot.train import TrainConfig, train
 
@@ -214,11 +219,28 @@ def run_sweep(
     return write_summary(profile, root, todo, results)
 
 
-def _train_point(config: TrainConfig, path: str, threads: int) -> dict[str, Any]:
+_worker_queue: Any = None  # a worker process's channel to the parent's progress display
+
+
+def _init_worker(queue: Any) -> None:
+    global _worker_queue
+    _worker_queue = queue
+
+
+def _train_point(config: TrainConfig, path: str, threads: int, index: int) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
-    return train(config, path, resume=True, quiet=True)
+    last = [0.0]
+
+    def report(step: int, total: int) -> None:
+        # at most twice a second: the parent redraws its bars from these
+        now = time.monotonic()
+        if step == total or now - last[0] >= 0.5:
+            last[0] = now
+            _worker_queue.put((index, step, total))
+
+    return train(config, path, resume=True, quiet=True, on_step=report)
 
 
 def _run_processes(
@@ -227,30 +249,58 @@ def _run_processes(
     """Train points in `workers` spawned processes; results come back in `todo` order.
 
     The longest points start first (CoT before direct, bigger sizes first), so the workers
-    run out of work at about the same time.
+    run out of work at about the same time. The workers report their steps over a queue:
+    the parent shows the points done and one bar per point in training.
     """
     threads = max(1, (os.cpu_count() or 1) // workers)
     order = sorted(range(len(todo)), key=lambda i: _cost(todo[i].config), reverse=True)
     results: dict[int, dict[str, Any]] = {}
-    if not quiet:
-        print(f"training {len(todo)} points on {workers} workers ({threads} thread(s) each); "
-              f"a line per finished point, per-step logs in each point's metrics.jsonl",
-              flush=True)  # fmt: skip
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    queue = context.Queue()
+    bars = new_progress(show=not quiet)
+    overall = bars.add_task(
+        f"cot sweep: {len(todo)} points on {workers} workers ({threads} thread(s) each)",
+        total=len(todo),
+    )
+    running: dict[int, TaskID] = {}
+
+    def drain() -> None:
+        while True:
+            try:
+                i, step, total = queue.get_nowait()
+            except Empty:
+                return
+            if i not in running:
+                running[i] = bars.add_task(f"  {todo[i].name}", total=total)
+            bars.update(running[i], completed=step, total=total)
+
+    with (
+        bars,
+        ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=_init_worker,
+            initargs=(queue,),
+        ) as pool,
+    ):  # fmt: skip
         futures = {
             pool.submit(_train_point, todo[i].config, str(root / "points" / todo[i].name),
-                        threads): i
+                        threads, i): i
             for i in order
         }  # fmt: skip
-        for done, future in enumerate(as_completed(futures), 1):
-            i = futures[future]
-            results[i] = future.result()
-            if not quiet:
-                r = results[i]
-                accuracy, seconds = r["answer_accuracy"], r["train_seconds"]
-                print(f"[{done}/{len(todo)}] {todo[i].name}: accuracy {accuracy:.3f} "
-                      f"in {seconds:.0f} s", flush=True)  # fmt: skip
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            drain()
+            for future in finished:
+                i = futures[future]
+                results[i] = r = future.result()
+                if i in running:
+                    bars.remove_task(running.pop(i))
+                bars.advance(overall)
+                if not quiet:
+                    bars.console.print(
+                        f"{todo[i].name}: accuracy {r['answer_accuracy']:.3f} "
+                        f"in {r['train_seconds']:.0f} s"
+                    )
     return [results[i] for i in range(len(todo))]
 
 

@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,9 +322,18 @@ def steps_per_epoch(data: Sequences, config: TrainConfig, world: World) -> int:
 
 
 def train(
-    config: TrainConfig, out: str | Path, *, resume: bool = False, quiet: bool = False
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) the run in `out`; return its results (also in results.json)."""
+    """Train (or resume) the run in `out`; return its results (also in results.json).
+
+    on_step(step, total) after every optimizer step: how a sweep's worker processes report
+    their progress to the parent, whose own bar they cannot draw.
+    """
     world = init_world()
     fields = config_to_dict(config)
     defaults = config_to_dict(TrainConfig())  # fields a run made by an older version lacks
@@ -440,6 +449,8 @@ def train(
                     )
                 bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{rate:,.0f}", epoch=epoch + 1)
             bar.update(1)
+            if on_step:
+                on_step(step, total)
             if step % config.checkpoint_every == 0 and world.main:
                 position["seconds"] = time.perf_counter() - run_start
                 save_checkpoint(run, model, optimizer, dict(position))
