@@ -297,3 +297,72 @@ def test_bad_run_directories_are_clear_errors(tmp_path):
     with pytest.raises(CircuitlabError, match="cannot read"):
         load_sections([tmp_path / "bin"])
     assert not list(tmp_path.glob("**/report.html"))
+
+
+# ----------------------------------------------------------------------- path policy
+
+SECRET = tiny_png(5, 5)
+
+
+def leaky_run(tmp_path: Path, link: str) -> Path:
+    """A run directory whose report.md links `link`, next to x.png (a plot outside it)."""
+    (tmp_path / "x.png").write_bytes(SECRET)
+    run = make_run(tmp_path / "run", f"# Leak\n\n![leak]({link})\n\n![fine](ok.png)\n",
+                   {"ok.png": tiny_png()})  # fmt: skip
+    if link == "out.png":
+        (run / "out.png").symlink_to(tmp_path / "x.png")
+    return run
+
+
+@pytest.mark.parametrize(
+    ("link", "reason"),
+    [
+        ("../x.png", "'..' leads out of"),
+        ("{tmp}/x.png", "an absolute path"),
+        ("out.png", "a symlink leads out of"),
+    ],
+)
+def test_a_linked_plot_outside_the_run_directory_is_a_box_not_embedded(tmp_path, link, reason):
+    link = link.format(tmp=tmp_path)
+    report = build_report([leaky_run(tmp_path, link)], tmp_path / "out" / "report.html")
+    page = report.html.read_text()
+    assert base64.b64encode(SECRET).decode() not in page
+    assert page.count('src="data:image/') == 1  # ok.png
+    assert f"not embedded: {link}" in page and page.count('class="missing"') == 1
+    [warning] = report.warnings  # out.png: linked, and a symlink out, is reported once
+    assert link in warning and reason in warning
+
+
+def test_unlinked_image_named_files_are_appended_only_from_inside(tmp_path):
+    (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    run = make_run(tmp_path / "run", "# Plots\n\ntext\n", {})
+    (run / "plots").mkdir()
+    (run / "plots" / "extra.png").write_bytes(tiny_png(1, 1))
+    (run / "also.png").symlink_to(run / "plots" / "extra.png")  # stays inside: shown
+    (run / "linked.png").symlink_to(tmp_path / "passwd")
+    report = build_report([run], tmp_path / "report.html")
+    page = report.html.read_text()
+    assert "cm9vdDp4" not in page and "root:x" not in page  # base64 of "root:x", and as text
+    assert page.count('src="data:image/png;base64,') == 1 and 'alt="extra"' in page
+    assert 'alt="linked"' not in page and 'class="missing"' not in page
+    [warning] = report.warnings
+    assert "linked.png not embedded: a symlink leads out of" in warning
+
+
+def test_a_config_json_that_links_out_is_not_shown(tmp_path):
+    (tmp_path / "secret.json").write_text('{"token": "hunter2"}')
+    run = make_run(tmp_path / "run", "# Config\n", {})
+    (run / "config.json").unlink()
+    (run / "config.json").symlink_to(tmp_path / "secret.json")
+    report = build_report([run], tmp_path / "report.html")
+    assert "hunter2" not in report.html.read_text() + report.markdown.read_text()
+    [warning] = report.warnings
+    assert "config.json not embedded: a symlink leads out of" in warning
+
+
+def test_a_report_md_that_links_out_of_its_run_directory_is_refused(tmp_path):
+    (tmp_path / "elsewhere.md").write_text("# borrowed\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "report.md").symlink_to(tmp_path / "elsewhere.md")
+    with pytest.raises(CircuitlabError, match="a symlink leads out of"):
+        load_sections([tmp_path / "run"])

@@ -17,6 +17,11 @@ setext headings) is shown as text: all text is escaped, so nothing in a report.m
 inject markup. Images at the top of a run directory that its report.md does not show are
 appended to its section, so no plot a run made is left out.
 
+Every file read from a run directory (report.md, config.json, plots) goes through
+core.paths: a `../`, absolute or symlinked path that leads out of the run directory is
+never read; a linked one becomes a "not embedded" box and a warning with the reason, an
+unlinked image-named symlink out is only a warning.
+
 A plot that a report.md links but that is not there becomes a visible "missing plot: NAME"
 box in the page and a warning in `Report.warnings`, not an error. A small inline script
 checks in the browser that every image decoded and records the result on <body>
@@ -26,6 +31,7 @@ checks in the browser that every image decoded and records the result on <body>
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import os
@@ -38,6 +44,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_text
+from circuitlab.core.paths import OutsideRoot, files_inside, resolve_inside
 
 IMAGE_TYPES = {
     ".png": "image/png",
@@ -70,6 +77,8 @@ class Section:
     run_dir: Path
     title: str
     body: str  # the report.md without its first heading
+    config: str | None = None  # config.json, pretty-printed and cut at CONFIG_LIMIT
+    warnings: tuple[str, ...] = ()  # files of the run directory refused by core.paths
 
 
 @dataclass(frozen=True)
@@ -476,7 +485,11 @@ def _image(alt: str, src: str, title: str, ctx: _Context) -> str:
         ctx.warnings.append(f"image {src} is not a local file: not embedded (no network)")
         return _missing(f"external image not embedded: {name}", anchor)
     else:
-        path = (ctx.base_dir or Path.cwd()) / unquote(src)
+        try:
+            path = resolve_inside(ctx.base_dir or Path.cwd(), unquote(src))
+        except OutsideRoot as e:
+            ctx.warnings.append(f"plot {name} not embedded: {e.reason}")
+            return _missing(f"not embedded: {name} (outside the run directory)", anchor)
         mime = IMAGE_TYPES.get(path.suffix.lower())
         if not path.is_file():
             ctx.warnings.append(f"missing plot: {name} (looked for {path})")
@@ -538,7 +551,10 @@ def load_sections(run_dirs: Sequence[str | Path]) -> tuple[Section, ...]:
             raise CircuitlabError(f"no such run directory: {run_dir}")
         if not run_dir.is_dir():
             raise CircuitlabError(f"{run_dir} is not a directory: pass run directories")
-        report = run_dir / "report.md"
+        try:
+            report = resolve_inside(run_dir, "report.md")
+        except OutsideRoot as e:
+            raise CircuitlabError(f"{run_dir}/report.md is not read: {e.reason}") from None
         if not report.is_file():
             raise CircuitlabError(
                 f"{run_dir} has no report.md: pass a run directory whose job has finished"
@@ -548,28 +564,34 @@ def load_sections(run_dirs: Sequence[str | Path]) -> tuple[Section, ...]:
         except (OSError, UnicodeDecodeError) as e:
             raise CircuitlabError(f"cannot read {report}: {e}") from None
         title, body = _split_title(text)
+        extra, warnings = _unlinked_plots(run_dir, body)
+        config, config_warnings = _config_json(run_dir)
         sections.append(
-            Section(run_dir, title or run_dir.name, body + _unlinked_plots(run_dir, body))
-        )
+            Section(run_dir, title or run_dir.name, body + extra, config,
+                    tuple(warnings + config_warnings))
+        )  # fmt: skip
     return tuple(sections)
 
 
-def _unlinked_plots(run_dir: Path, body: str) -> str:
+def _unlinked_plots(run_dir: Path, body: str) -> tuple[str, list[str]]:
     """Markdown showing the images at the top of `run_dir` that `body` does not show, so
-    that no plot a run made is left out of its report."""
-    shown = set()
+    that no plot a run made is left out of its report; and a warning for each image-named
+    symlink that leads out of `run_dir` (never shown)."""
+    shown, linked = set(), set()
     for match in _LINK_TARGET.finditer(body):
         if match.group(1).startswith("!") and not urlsplit(match.group(2)).scheme:
-            shown.add((run_dir / unquote(match.group(2))).resolve())
-    extra = sorted(
-        path.name
-        for path in run_dir.iterdir()
-        if path.suffix.lower() in IMAGE_TYPES and path.is_file() and path.resolve() not in shown
-    )
+            linked.add(os.path.normpath(unquote(match.group(2))))
+            with contextlib.suppress(OutsideRoot):  # refused where it is linked
+                shown.add(resolve_inside(run_dir, unquote(match.group(2))))
+    walk = files_inside(run_dir, suffixes=IMAGE_TYPES, recursive=False)
+    warnings = [f"plot {s.path.name} not embedded: {s.reason}" for s in walk.skipped
+                if s.path.name not in linked]  # fmt: skip
+    real = run_dir.resolve()
+    extra = sorted(path.relative_to(real).as_posix() for path in walk.files if path not in shown)
     if not extra:
-        return ""
+        return "", warnings
     images = "\n\n".join(f"![{Path(name).stem}]({quote(name)})" for name in extra)
-    return f"\n\n## Other plots in this run directory\n\n{images}\n"
+    return f"\n\n## Other plots in this run directory\n\n{images}\n", warnings
 
 
 def _split_title(text: str) -> tuple[str, str]:
@@ -633,24 +655,27 @@ def build_report(
             id_prefix=f"s{number}-",
         )
         rendered.append(result)
-        warnings += [f"{section.run_dir}: {w}" for w in result.warnings]
+        warnings += [f"{section.run_dir}: {w}" for w in (*result.warnings, *section.warnings)]
 
     atomic_write_text(out, _page(title, command, sections, rendered, warnings))
     atomic_write_text(markdown_out, _combined_markdown(title, command, sections, markdown_out))
     return Report(out, markdown_out, sections, tuple(warnings))
 
 
-def _config_json(run_dir: Path) -> str | None:
-    path = run_dir / "config.json"
+def _config_json(run_dir: Path) -> tuple[str | None, list[str]]:
+    try:
+        path = resolve_inside(run_dir, "config.json")
+    except OutsideRoot as e:
+        return None, [f"config.json not embedded: {e.reason}"]
     if not path.is_file():
-        return None
+        return None, []
     try:
         text = json.dumps(json.loads(path.read_text(encoding="utf-8")), indent=2)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
+        return None, []
     if len(text) > CONFIG_LIMIT:
         text = text[:CONFIG_LIMIT] + f"\n... (cut at {CONFIG_LIMIT} characters; see {path})"
-    return text
+    return text, []
 
 
 def _page(
@@ -692,7 +717,7 @@ def _page(
         parts.append(
             f'<p class="source">Run directory: <code>{_text(str(section.run_dir))}</code></p>'
         )
-        config = _config_json(section.run_dir)
+        config = section.config
         parts.append(_section_toc(number, result, config is not None))
         parts.append(result.html)
         if config is not None:
@@ -748,7 +773,7 @@ def _combined_markdown(
     for section in sections:
         lines += ["", f"## {section.title}", "", f"Run directory: `{section.run_dir}`", ""]
         lines.append(_relocate(section.body, section.run_dir, markdown_out.parent).strip())
-        config = _config_json(section.run_dir)
+        config = section.config
         if config is not None:
             lines += ["", "Configuration (config.json):", "", "```json", config, "```"]
     return "\n".join(lines) + "\n"
