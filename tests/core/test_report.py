@@ -116,11 +116,11 @@ def test_lists_nested_ordered_and_tight():
     page = html_of("- one\n- two *em*\n  - inner `x`\n  - inner 2\n- three\n\n3. c\n4. d\n")
     assert page == (
         "<ul>\n<li>one</li>\n<li>two <em>em</em>\n<ul>\n<li>inner <code>x</code></li>\n"
-        "<li>inner 2</li>\n</ul></li>\n<li>three</li>\n</ul>\n"
+        "<li>inner 2</li>\n</ul>\n</li>\n<li>three</li>\n</ul>\n"
         '<ol start="3">\n<li>c</li>\n<li>d</li>\n</ol>'
     )
     loose = html_of("1. a\n\n   more of a\n2. b")
-    assert "<li><p>a</p>\n<p>more of a</p></li>" in loose
+    assert "<li>\n<p>a</p>\n<p>more of a</p>\n</li>" in loose
     assert html_of("text\n- item") == "<p>text</p>\n<ul>\n<li>item</li>\n</ul>"
 
 
@@ -166,7 +166,7 @@ def test_text_is_escaped_everywhere():
     assert '<h1 id="a-b-c">a &lt;b&gt; &amp; c</h1>' in page
     assert "x &lt; y &amp;&amp; y &gt; z &lt;script&gt;alert(1)&lt;/script&gt; &amp;amp;" in page
     assert "<th>&lt;i&gt;</th>" in page and "<td>a&amp;b</td>" in page
-    assert '<a href="https://e.org/?a=1&amp;b=&quot;2&quot;">x" onclick="y</a>' in page
+    assert '<a href="https://e.org/?a=1&amp;b=%222%22">x" onclick="y</a>' in page  # quotes encoded
     assert "<code>&lt;code&gt;</code> &lt;not a tag&gt;" in page
     assert "<blockquote>\n<p>&lt;quote&gt; &amp;</p>\n</blockquote>" in page
 
@@ -366,3 +366,31 @@ def test_a_report_md_that_links_out_of_its_run_directory_is_refused(tmp_path):
     (tmp_path / "run" / "report.md").symlink_to(tmp_path / "elsewhere.md")
     with pytest.raises(CircuitlabError, match="a symlink leads out of"):
         load_sections([tmp_path / "run"])
+
+
+def test_a_section_with_nothing_to_list_has_no_contents_box(tmp_path):
+    bare = make_run(tmp_path / "bare", "# Bare\n\njust text\n", {})
+    (bare / "config.json").unlink()
+    full = make_run(tmp_path / "full", "# Full\n\n## Part\n\ntext\n", {})
+    page = build_report([bare, full], tmp_path / "report.html").html.read_text()
+    assert "no headings, plots or configuration" not in page
+    bare_part, full_part = page.split('<section id="s2">')
+    assert 'aria-label="contents"' not in bare_part.split('<section id="s1">')[1]
+    assert '<nav class="toc" aria-label="contents"><strong>Contents</strong><ul>' in full_part
+
+
+def test_markdown_it_constructs_the_systems_use(tmp_path):
+    """Comments anywhere a block starts, setext headings, raw HTML blocks, autolinks."""
+    page = html_of("- a\n  <!-- note -->\n- b\n\n> q\n> <!-- x -->\n\nTitle\n=====\n\n"
+                   "<div onclick=x>\n\n<https://e.org> <javascript:alert(1)>")  # fmt: skip
+    assert "note" not in page and "x --" not in page
+    assert "<li>a</li>" in page and "<blockquote>\n<p>q</p>\n</blockquote>" in page
+    assert '<h1 id="title">Title</h1>' in page
+    assert "<p>&lt;div onclick=x&gt;</p>" in page
+    assert '<a href="https://e.org">https://e.org</a> javascript:alert(1)' in page
+    run = make_run(tmp_path / "run", "# T\n\nSub\n---\n\n```\n![x](in-code.png)\n```\n\n"
+                   "`![y](span.png)` ![z](z.png)\n", {"z.png": tiny_png()})  # fmt: skip
+    combined = build_report([run], tmp_path / "out" / "r.html").markdown.read_text()
+    assert "### Sub\n" in combined and "\n---\n" not in combined
+    assert "![x](in-code.png)" in combined and "`![y](span.png)`" in combined
+    assert "![z](../run/z.png)" in combined

@@ -9,13 +9,11 @@
     OUT.md     the same sections as one markdown file, image links rewritten to point from
                OUT's directory to the run directories
 
-The markdown is converted by the small converter below, written for the subset the
-systems' reports use: ATX headings, paragraphs, pipe tables with alignment, fenced code,
-nested lists, block quotes, rules, code spans, emphasis, links and images; HTML comments
-are dropped. Everything else (indented code blocks, raw HTML, reference-style links,
-setext headings) is shown as text: all text is escaped, so nothing in a report.md can
-inject markup. Images at the top of a run directory that its report.md does not show are
-appended to its section, so no plot a run made is left out.
+The markdown is CommonMark plus pipe tables, parsed by markdown-it-py with raw HTML off, so
+nothing in a report.md can inject markup; the token stream is adjusted before rendering
+(heading ids and levels, plots embedded, links retargeted or dropped, HTML comments, which
+are notes for editors, left out). Images at the top of a run directory that its report.md
+does not show are appended to its section, so no plot a run made is left out.
 
 Every file read from a run directory (report.md, config.json, plots) goes through
 core.paths: a `../`, absolute or symlinked path that leads out of the run directory is
@@ -41,6 +39,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
+
+from markdown_it import MarkdownIt
+from markdown_it.rules_block import StateBlock
+from markdown_it.token import Token
 
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_text
@@ -98,13 +100,65 @@ class _Context:
 
     base_dir: Path | None  # images and relative links are resolved against it
     link_dir: Path | None  # relative links are rewritten to be relative to it
-    heading_shift: int
-    min_heading_level: int
-    id_prefix: str
+    heading_shift: int = 0
+    min_heading_level: int = 1
+    id_prefix: str = ""
     headings: list[Heading] = field(default_factory=list)
     plots: list[Heading] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
+
+
+def _comment_block(state: StateBlock, start: int, end: int, silent: bool) -> bool:
+    """`<!-- ... -->` from the start of a line: dropped (with raw HTML off, markdown-it
+    would show it as text, and the systems' reports use comments as markers)."""
+    pos = state.bMarks[start] + state.tShift[start]
+    if state.sCount[start] - state.blkIndent >= 4 or not state.src.startswith("<!--", pos):
+        return False
+    if not silent:
+        close, line = state.src.find("-->", pos + 4), start
+        while line < end - 1 and (close < 0 or state.eMarks[line] < close):
+            line += 1
+        state.line = line + 1
+    return True
+
+
+def _text(value: str) -> str:
+    return html.escape(value, quote=False)
+
+
+def _attr(value: str) -> str:
+    return html.escape(value, quote=True)
+
+
+def _code(self, tokens: Sequence[Token], idx: int, options, env) -> str:
+    token = tokens[idx]
+    language = token.info.split()[0] if token.info.strip() else ""
+    attr = f' class="language-{_attr(language)}"' if language else ""
+    return f"<pre><code{attr}>{_text(token.content.removesuffix(chr(10)))}</code></pre>\n"
+
+
+def _parser() -> MarkdownIt:
+    md = MarkdownIt("commonmark", {"html": False, "xhtmlOut": False}).enable("table")
+    md.disable("entity")  # `&amp;` in a report.md is shown as typed, like all other text
+    md.validateLink = lambda url: True  # schemes are judged in _href, which keeps the text
+    md.block.ruler.before("table", "comment", _comment_block,
+                          {"alt": ["paragraph", "reference", "blockquote", "list"]})  # fmt: skip
+    rules = {
+        "text": lambda self, tokens, idx, options, env: _text(tokens[idx].content),
+        "code_inline": lambda self, t, i, o, e: f"<code>{_text(t[i].content)}</code>",
+        "fence": _code,
+        "code_block": _code,
+        "table_open": lambda *_: '<div class="table-wrap"><table>\n',
+        "table_close": lambda *_: "</table></div>\n",
+    }
+    for name, rule in rules.items():
+        md.add_render_rule(name, rule)
+    return md
+
+
+_MD = _parser()
+_ALIGN = {"text-align:right": "r", "text-align:center": "c", "text-align:left": "l"}
 
 
 def markdown_to_html(
@@ -118,367 +172,96 @@ def markdown_to_html(
 ) -> Rendered:
     """Convert markdown to an HTML fragment.
 
-    Images are read from `base_dir` (default: the working directory) and embedded as data
-    URIs; relative links are rewritten from `base_dir` to `link_dir` (left as written when
-    either is None). Heading levels move by `heading_shift` (kept within
-    `min_heading_level`..6) and their ids start with `id_prefix`.
+    Images are read from `base_dir` (default: the working directory), only from inside
+    it, and embedded as data URIs; relative links are rewritten from `base_dir` to
+    `link_dir` (left as written when either is None). Heading levels move by
+    `heading_shift` (kept within `min_heading_level`..6) and their ids start with
+    `id_prefix`.
     """
     ctx = _Context(
-        base_dir=Path(base_dir) if base_dir is not None else None,
-        link_dir=Path(link_dir) if link_dir is not None else None,
-        heading_shift=heading_shift,
-        min_heading_level=min_heading_level,
-        id_prefix=id_prefix,
+        Path(base_dir) if base_dir is not None else None,
+        Path(link_dir) if link_dir is not None else None,
+        heading_shift,
+        min_heading_level,
+        id_prefix,
     )
-    body = _blocks(text.replace("\r\n", "\n").replace("\t", "    ").split("\n"), ctx)
+    tokens = _MD.parse(text)
+    for i, token in enumerate(tokens):
+        if token.type == "heading_open":
+            _heading(token, tokens[i + 1], tokens[i + 2], ctx)
+        elif token.type in ("th_open", "td_open") and "style" in token.attrs:
+            align = _ALIGN.get(str(token.attrs.pop("style")))
+            if align:
+                token.attrSet("class", align)
+        elif token.type == "inline" and token.children:
+            token.children = _inline(token.children, ctx)
+    body = _MD.renderer.render(tokens, _MD.options, {}).rstrip("\n")
     return Rendered(body, tuple(ctx.headings), tuple(ctx.plots), tuple(ctx.warnings))
 
 
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)[^`]*$")
-_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
-_RULE = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
-_QUOTE = re.compile(r"^ {0,3}> ?(.*)$")
-_ITEM = re.compile(r"^( *)([-*+]|\d{1,9}[.)])( +|$)(.*)$")
-_DELIMITER = re.compile(r"^ *\|? *:?-+:? *(?:\| *:?-+:? *)*\|? *$")
-_COMMENT_START = re.compile(r"^ {0,3}<!--")
+def _plain(children: Sequence[Token] | None) -> str:
+    return _MD.renderer.renderInlineAsText(children, _MD.options, {})
 
 
-def _blocks(lines: list[str], ctx: _Context) -> str:
-    out: list[str] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if not line.strip():
-            i += 1
-        elif _COMMENT_START.match(line):  # an HTML comment: a note for editors, not shown
-            while i < len(lines) and "-->" not in lines[i]:
-                i += 1
-            i += 1
-        elif fence := _FENCE.match(line):
-            i = _code_block(lines, i, fence, out)
-        elif heading := _HEADING.match(line):
-            out.append(_heading(len(heading.group(1)), heading.group(2) or "", ctx))
-            i += 1
-        elif _RULE.match(line):
-            out.append("<hr>")
-            i += 1
-        elif _is_table_start(lines, i):
-            i = _table(lines, i, out, ctx)
-        elif _QUOTE.match(line):
-            quoted = []
-            while i < len(lines) and (match := _QUOTE.match(lines[i])):
-                quoted.append(match.group(1))
-                i += 1
-            out.append(f"<blockquote>\n{_blocks(quoted, ctx)}\n</blockquote>")
-        elif _ITEM.match(line):
-            i = _list(lines, i, out, ctx)
-        else:
-            paragraph = [line.strip()]
-            i += 1
-            while i < len(lines) and lines[i].strip() and not _starts_block(lines, i):
-                paragraph.append(lines[i].strip())
-                i += 1
-            out.append(f"<p>{_inline(chr(10).join(paragraph), ctx)}</p>")
-    return "\n".join(out)
-
-
-def _starts_block(lines: list[str], i: int) -> bool:
-    line = lines[i]
-    return bool(
-        _FENCE.match(line)
-        or _HEADING.match(line)
-        or _RULE.match(line)
-        or _QUOTE.match(line)
-        or _ITEM.match(line)
-        or _COMMENT_START.match(line)
-        or _is_table_start(lines, i)
-    )
-
-
-def _code_block(lines: list[str], i: int, fence: re.Match[str], out: list[str]) -> int:
-    marker, language = fence.group(1), fence.group(2)
-    indent = len(lines[i]) - len(lines[i].lstrip(" "))
-    code = []
-    i += 1
-    while i < len(lines):
-        closing = lines[i].strip()
-        if closing.startswith(marker[0] * len(marker)) and not closing.strip(marker[0]):
-            i += 1
-            break
-        code.append(_dedent(lines[i], indent))
-        i += 1
-    attr = f' class="language-{_attr(language)}"' if language else ""
-    out.append(f"<pre><code{attr}>{_text(chr(10).join(code))}</code></pre>")
-    return i
-
-
-def _dedent(line: str, width: int) -> str:
-    strip = min(width, len(line) - len(line.lstrip(" ")))
-    return line[strip:]
-
-
-def _heading(level: int, raw: str, ctx: _Context) -> str:
-    level = min(6, max(ctx.min_heading_level, level + ctx.heading_shift))
-    inner = _inline(raw.strip(), ctx)
-    plain = _strip_tags(inner)
+def _heading(opening: Token, inline: Token, closing: Token, ctx: _Context) -> None:
+    level = min(6, max(ctx.min_heading_level, int(opening.tag[1:]) + ctx.heading_shift))
+    opening.tag = closing.tag = f"h{level}"
+    plain = _plain(inline.children).strip()
     base = ctx.id_prefix + (re.sub(r"[^a-z0-9]+", "-", plain.lower()).strip("-") or "section")
     anchor, n = base, 1
     while anchor in ctx.ids:
         n += 1
         anchor = f"{base}-{n}"
     ctx.ids.add(anchor)
+    opening.attrSet("id", anchor)
     ctx.headings.append(Heading(level, anchor, plain))
-    return f'<h{level} id="{anchor}">{inner}</h{level}>'
 
 
-# tables ------------------------------------------------------------------------------
+def _inline(children: list[Token], ctx: _Context) -> list[Token]:
+    """Images become embedded <img> or boxes; links are retargeted, or dropped (keeping
+    their text) when they would lead somewhere a report should not."""
+    out, dropped = [], False
+    for token in children:
+        if token.type == "image":
+            out.append(Token("html_inline", "", 0, content=_image(token, ctx)))
+        elif token.type == "link_open":
+            href = _href(str(token.attrGet("href") or ""), ctx)
+            dropped = href is None
+            if href is not None:
+                token.attrSet("href", href)
+                out.append(token)
+        elif not (token.type == "link_close" and dropped):
+            out.append(token)
+    return out
 
 
-def _split_row(line: str) -> list[str]:
-    """Cells of a pipe-table row; `\\|` is a literal pipe (also inside code spans)."""
-    line = line.strip()
-    if line.startswith("|"):
-        line = line[1:]
-    if line.endswith("|") and not line.endswith("\\|"):
-        line = line[:-1]
-    cells = re.split(r"(?<!\\)\|", line)
-    return [cell.strip().replace("\\|", "|") for cell in cells]
+def _scheme(target: str) -> str:
+    try:
+        return urlsplit(target).scheme.lower()
+    except ValueError:  # e.g. a malformed IPv6 host
+        return "invalid"
 
 
-def _is_table_start(lines: list[str], i: int) -> bool:
-    if i + 1 >= len(lines) or "|" not in lines[i] or not _DELIMITER.match(lines[i + 1]):
-        return False
-    if "|" not in lines[i + 1] and len(_split_row(lines[i])) != 1:
-        return False
-    return len(_split_row(lines[i])) == len(_split_row(lines[i + 1]))
-
-
-def _table(lines: list[str], i: int, out: list[str], ctx: _Context) -> int:
-    header = _split_row(lines[i])
-    aligns = []
-    for spec in _split_row(lines[i + 1]):
-        left, right = spec.startswith(":"), spec.endswith(":")
-        aligns.append("c" if left and right else "r" if right else "l" if left else "")
-    i += 2
-    rows = []
-    while i < len(lines) and "|" in lines[i] and not _interrupts_table(lines[i]):
-        cells = _split_row(lines[i])
-        rows.append((cells + [""] * len(header))[: len(header)])
-        i += 1
-
-    def cell(tag: str, text: str, align: str) -> str:
-        cls = f' class="{align}"' if align else ""
-        return f"<{tag}{cls}>{_inline(text, ctx)}</{tag}>"
-
-    parts = ['<div class="table-wrap"><table>', "<thead><tr>"]
-    parts += [cell("th", h, a) for h, a in zip(header, aligns, strict=True)]
-    parts.append("</tr></thead>")
-    if rows:
-        parts.append("<tbody>")
-        for row in rows:
-            cells = "".join(cell("td", c, a) for c, a in zip(row, aligns, strict=True))
-            parts.append(f"<tr>{cells}</tr>")
-        parts.append("</tbody>")
-    parts.append("</table></div>")
-    out.append("\n".join(parts))
-    return i
-
-
-def _interrupts_table(line: str) -> bool:
-    return bool(_FENCE.match(line) or _HEADING.match(line) or _QUOTE.match(line))
-
-
-# lists -------------------------------------------------------------------------------
-
-
-def _list(lines: list[str], i: int, out: list[str], ctx: _Context) -> int:
-    first = _ITEM.match(lines[i])
-    assert first is not None
-    indent = len(first.group(1))
-    ordered = first.group(2)[0].isdigit()
-    items: list[list[str]] = []
-    loose = False
-    while i < len(lines):
-        match = _ITEM.match(lines[i])
-        if not (
-            match
-            and len(match.group(1)) == indent
-            and match.group(2)[0].isdigit() == ordered
-            and not _RULE.match(lines[i])
-        ):
-            break
-        content_indent = len(match.group(1)) + len(match.group(2)) + max(1, len(match.group(3)))
-        item = [match.group(4)]
-        i += 1
-        while i < len(lines):
-            line = lines[i]
-            if not line.strip():
-                # a blank line continues the item only if indented content follows
-                j = i
-                while j < len(lines) and not lines[j].strip():
-                    j += 1
-                if j < len(lines) and _indent(lines[j]) > indent:
-                    item += [""] * (j - i)
-                    i = j
-                    loose = loose or not _ITEM.match(lines[j])
-                    continue
-                if j < len(lines) and _same_list(lines[j], indent, ordered):
-                    loose = True
-                    i = j
-                break
-            if _indent(line) > indent:
-                item.append(_dedent(line, content_indent))
-                i += 1
-            elif not _starts_block(lines, i) and not _ITEM.match(line):
-                item.append(line.strip())  # a lazy continuation of the item's paragraph
-                i += 1
-            else:
-                break
-        items.append(item)
-        if i < len(lines) and not _same_list(lines[i], indent, ordered):
-            break
-    start = int(first.group(2)[:-1]) if ordered else 1
-    tag = "ol" if ordered else "ul"
-    opening = f'<ol start="{start}">' if ordered and start != 1 else f"<{tag}>"
-    parts = [opening]
-    for item in items:
-        inner = _blocks(item, ctx)
-        if not loose and inner.startswith("<p>") and "</p>" in inner:
-            end = inner.index("</p>")
-            inner = inner[3:end] + inner[end + 4 :]  # a tight item: no paragraph around its text
-        parts.append(f"<li>{inner}</li>")
-    parts.append(f"</{tag}>")
-    out.append("\n".join(parts))
-    return i
-
-
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip(" "))
-
-
-def _same_list(line: str, indent: int, ordered: bool) -> bool:
-    match = _ITEM.match(line)
-    return bool(
-        match
-        and len(match.group(1)) == indent
-        and match.group(2)[0].isdigit() == ordered
-        and not _RULE.match(line)
-    )
-
-
-# inline ------------------------------------------------------------------------------
-
-_PUNCTUATION = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
-_LINK = re.compile(
-    r"\[((?:[^\[\]\\]|\\.|\[[^\[\]]*\])*)\]"  # [text], one level of nested brackets
-    r"\(\s*(<[^<>\n]*>|(?:[^\s()\\]|\\.|\([^\s()]*\))*)"  # (destination
-    r"(?:\s+(\"[^\"]*\"|'[^']*'))?\s*\)"  # "optional title")
-)
-
-
-def _inline(text: str, ctx: _Context) -> str:
-    out: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\" and i + 1 < n and text[i + 1] in _PUNCTUATION:
-            out.append(_text(text[i + 1]))
-            i += 2
-        elif c == "\\" and i + 1 < n and text[i + 1] == "\n":
-            out.append("<br>\n")
-            i += 2
-        elif c == "`":
-            run = len(text[i:]) - len(text[i:].lstrip("`"))
-            ticks = text[i : i + run]
-            close = re.compile(rf"(?<!`){ticks}(?!`)").search(text, i + run)
-            if close is None:
-                out.append(ticks)
-                i += run
-                continue
-            code = text[i + run : close.start()].replace("\n", " ")
-            if len(code) > 2 and code[0] == code[-1] == " " and code.strip():
-                code = code[1:-1]
-            out.append(f"<code>{_text(code)}</code>")
-            i = close.end()
-        elif c == "!" and (link := _LINK.match(text, i + 1)):
-            alt = _plain(link.group(1))
-            out.append(_image(alt, _destination(link.group(2)), _title(link.group(3)), ctx))
-            i = link.end()
-        elif c == "[" and (link := _LINK.match(text, i)):
-            out.append(_link(link.group(1), _destination(link.group(2)), _title(link.group(3)),
-                             ctx))  # fmt: skip
-            i = link.end()
-        elif (c in "*_") and (emphasis := _emphasis(text, i)):
-            tag, inner, end = emphasis
-            out.append(f"<{tag}>{_inline(inner, ctx)}</{tag}>")
-            i = end
-        else:
-            out.append(_text(c))
-            i += 1
-    return "".join(out)
-
-
-def _emphasis(text: str, i: int) -> tuple[str, str, int] | None:
-    """`**strong**`, `*em*`, and `_em_`/`__strong__` only between word boundaries (so that
-    `f1_at_k` stays a name)."""
-    c = text[i]
-    double = text.startswith(c * 2, i)
-    width = 2 if double else 1
-    opening = text[i + width : i + width + 1]
-    if not opening or opening.isspace() or opening == c:
-        return None
-    if c == "_" and i > 0 and (text[i - 1].isalnum() or text[i - 1] == "_"):
-        return None
-    pattern = re.escape(c * width)
-    for close in re.finditer(rf"(?<=\S){pattern}", text[i + width :]):
-        end = i + width + close.end()
-        if double is False and text.startswith(c, end):
-            continue  # part of a longer run
-        if c == "_" and end < len(text) and (text[end].isalnum() or text[end] == "_"):
-            continue
-        inner = text[i + width : i + width + close.start()]
-        if inner:
-            return ("strong" if double else "em"), inner, end
-    return None
-
-
-def _destination(raw: str) -> str:
-    raw = raw.strip()
-    if raw.startswith("<") and raw.endswith(">"):
-        raw = raw[1:-1]
-    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", raw)
-
-
-def _title(raw: str | None) -> str:
-    return raw[1:-1] if raw else ""
-
-
-def _plain(label: str) -> str:
-    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", label).replace("`", "")
-
-
-def _link(label: str, target: str, title: str, ctx: _Context) -> str:
-    inner = _inline(label, ctx)
-    scheme = urlsplit(target).scheme.lower()
+def _href(target: str, ctx: _Context) -> str | None:
+    scheme = _scheme(target)
     if target.startswith("#") or scheme in ("http", "https", "mailto"):
-        href = target
-    elif scheme or not target:
-        return inner  # javascript:, data:, file: and the like are not links in a report
-    elif ctx.base_dir is not None and ctx.link_dir is not None:
-        path, _, fragment = target.partition("#")
-        relative = os.path.relpath(ctx.base_dir / unquote(path), ctx.link_dir)
-        href = quote(Path(relative).as_posix()) + (f"#{fragment}" if fragment else "")
-    else:
-        href = target
-    title_attr = f' title="{_attr(title)}"' if title else ""
-    return f'<a href="{_attr(href)}"{title_attr}>{inner}</a>'
+        return target
+    if scheme or not target:
+        return None  # javascript:, data:, file: and the like are not links in a report
+    if ctx.base_dir is None or ctx.link_dir is None:
+        return target
+    path, _, fragment = target.partition("#")
+    relative = os.path.relpath(ctx.base_dir / unquote(path), ctx.link_dir)
+    return quote(Path(relative).as_posix()) + (f"#{fragment}" if fragment else "")
 
 
-def _image(alt: str, src: str, title: str, ctx: _Context) -> str:
+def _image(token: Token, ctx: _Context) -> str:
+    src, alt = str(token.attrGet("src") or ""), _plain(token.children)
+    title = str(token.attrGet("title") or "")
     name = unquote(src) or "(empty link)"
     anchor = f"{ctx.id_prefix}plot-{len(ctx.plots) + 1}"
     ctx.plots.append(Heading(0, anchor, alt or Path(name).name))
-    scheme = urlsplit(src).scheme.lower()
+    scheme = _scheme(src)
     if scheme == "data" and src.lower().startswith("data:image/"):
         data_uri = src
     elif scheme and len(scheme) > 1:  # a URL; one letter is a Windows drive
@@ -505,8 +288,8 @@ def _image(alt: str, src: str, title: str, ctx: _Context) -> str:
         data_uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
     title_attr = f' title="{_attr(title)}"' if title else ""
     return (
-        f'<img class="plot" id="{anchor}" src="{data_uri}" alt="{_attr(alt)}"{title_attr} '
-        f'data-name="{_attr(name)}">'
+        f'<img class="plot" id="{anchor}" src="{_attr(data_uri)}" alt="{_attr(alt)}"'
+        f'{title_attr} data-name="{_attr(name)}">'
     )
 
 
@@ -517,21 +300,22 @@ def _missing(message: str, anchor: str) -> str:
     )
 
 
-def _strip_tags(fragment: str) -> str:
-    return html.unescape(re.sub(r"<[^>]+>", "", fragment))
-
-
-def _inline_title(title: str) -> str:
+def _inline_title(title: str, base_dir: Path) -> str:
     """A section title's markdown (code spans, emphasis) as HTML."""
-    return _inline(title, _Context(None, None, 0, 1, ""))
+    tokens = _MD.parseInline(title)
+    for token in tokens:
+        token.children = _inline(token.children or [], _Context(base_dir, None))
+    return _MD.renderer.render(tokens, _MD.options, {})
 
 
-def _text(value: str) -> str:
-    return html.escape(value, quote=False)
-
-
-def _attr(value: str) -> str:
-    return html.escape(value, quote=True)
+def _images(tokens: Sequence[Token]) -> list[str]:
+    """The targets of every image in a parsed document, as written (percent-decoded)."""
+    found = []
+    for token in tokens:
+        for child in token.children or []:
+            if child.type == "image":
+                found.append(unquote(str(child.attrGet("src") or "")))
+    return found
 
 
 # ------------------------------------------------------------------------------ report
@@ -578,11 +362,11 @@ def _unlinked_plots(run_dir: Path, body: str) -> tuple[str, list[str]]:
     that no plot a run made is left out of its report; and a warning for each image-named
     symlink that leads out of `run_dir` (never shown)."""
     shown, linked = set(), set()
-    for match in _LINK_TARGET.finditer(body):
-        if match.group(1).startswith("!") and not urlsplit(match.group(2)).scheme:
-            linked.add(os.path.normpath(unquote(match.group(2))))
+    for target in _images(_MD.parse(body)):
+        if not _scheme(target):
+            linked.add(os.path.normpath(target))
             with contextlib.suppress(OutsideRoot):  # refused where it is linked
-                shown.add(resolve_inside(run_dir, unquote(match.group(2))))
+                shown.add(resolve_inside(run_dir, target))
     walk = files_inside(run_dir, suffixes=IMAGE_TYPES, recursive=False)
     warnings = [f"plot {s.path.name} not embedded: {s.reason}" for s in walk.skipped
                 if s.path.name not in linked]  # fmt: skip
@@ -595,18 +379,15 @@ def _unlinked_plots(run_dir: Path, body: str) -> tuple[str, list[str]]:
 
 
 def _split_title(text: str) -> tuple[str, str]:
-    """The first heading (outside code blocks) and the text without it."""
-    lines = text.replace("\r\n", "\n").split("\n")
-    fence = None
-    for i, line in enumerate(lines):
-        if match := _FENCE.match(line):
-            if fence is None:
-                fence = match.group(1)[0]
-            elif line.strip().startswith(fence * 3):
-                fence = None
-            continue
-        if fence is None and (heading := _HEADING.match(line)) and heading.group(2):
-            return heading.group(2).strip(), "\n".join(lines[:i] + lines[i + 1 :])
+    """The first top-level heading and the text without it."""
+    text = text.replace("\r\n", "\n")
+    tokens = _MD.parse(text)
+    for i, token in enumerate(tokens):
+        if token.type == "heading_open" and token.level == 0 and token.map:
+            title = tokens[i + 1].content.strip()
+            if title:
+                lines = text.split("\n")
+                return title, "\n".join(lines[: token.map[0]] + lines[token.map[1] :])
     return "", text
 
 
@@ -708,17 +489,18 @@ def _page(
         parts += [f"<li>{_text(w)}</li>" for w in warnings]
         parts.append("</ul></div>")
     parts.append('<nav class="toc" aria-label="sections"><strong>Sections</strong><ol>')
-    parts += [f'<li><a href="#s{n}">{_inline_title(s.title)}</a></li>'
+    parts += [f'<li><a href="#s{n}">{_inline_title(s.title, s.run_dir)}</a></li>'
               for n, s in enumerate(sections, start=1)]  # fmt: skip
     parts += ["</ol></nav>", "</header>", "<main>"]
     for number, (section, result) in enumerate(zip(sections, rendered, strict=True), start=1):
         parts.append(f'<section id="s{number}">')
-        parts.append(f"<h2>{_inline_title(section.title)}</h2>")
+        parts.append(f"<h2>{_inline_title(section.title, section.run_dir)}</h2>")
         parts.append(
             f'<p class="source">Run directory: <code>{_text(str(section.run_dir))}</code></p>'
         )
         config = section.config
-        parts.append(_section_toc(number, result, config is not None))
+        if toc := _section_toc(number, result, config is not None):
+            parts.append(toc)
         parts.append(result.html)
         if config is not None:
             parts.append(f'<details id="s{number}-config"><summary>Configuration (config.json)'
@@ -739,7 +521,7 @@ def _section_toc(number: int, result: Rendered, has_config: bool) -> str:
     if has_config:
         parts.append(f'<p><a href="#s{number}-config">Configuration (config.json)</a></p>')
     if len(parts) == 1:
-        parts.append("<p>(no headings, plots or configuration)</p>")
+        return ""  # nothing to list: no box
     parts.append("</nav>")
     return "".join(parts)
 
@@ -785,38 +567,41 @@ _LINK_TARGET = re.compile(r"(!?\[(?:[^\[\]\\]|\\.)*\]\(\s*<?)([^\s)>]+)")
 
 def _relocate(text: str, base_dir: Path, target_dir: Path) -> str:
     """Move headings below the section title (as in the HTML) and rewrite relative image
-    and link targets from base_dir to target_dir, outside code."""
+    and link targets from base_dir to target_dir, outside code.
+
+    markdown-it says which lines are code and which are headings; the targets are
+    rewritten in the text itself, so the rest of the markdown stays as it was written.
+    """
 
     def retarget(match: re.Match[str]) -> str:
         target = match.group(2)
-        if target.startswith("#") or urlsplit(target).scheme:
+        if target.startswith("#") or _scheme(target):
             return match.group(0)
         path, _, fragment = target.partition("#")
         relative = Path(os.path.relpath(base_dir / unquote(path), target_dir)).as_posix()
         return match.group(1) + quote(relative) + (f"#{fragment}" if fragment else "")
 
-    out, fence = [], None
-    for line in text.split("\n"):
-        if match := _FENCE.match(line):
-            if fence is None:
-                fence = match.group(1)[0]
-            elif line.strip().startswith(fence * 3):
-                fence = None
-            out.append(line)
+    lines, tokens = text.split("\n"), _MD.parse(text)
+    code: set[int] = set()
+    for i, token in enumerate(tokens):
+        if token.map is None or token.level != 0:
             continue
-        if fence is not None:
-            out.append(line)
-            continue
-        if (heading := _HEADING.match(line)) and heading.group(2):
-            level = min(6, max(3, len(heading.group(1)) + 1))
-            line = "#" * level + " " + heading.group(2)
-        pieces, last = [], 0
-        for code in _CODE_SPAN.finditer(line):
-            pieces.append(_LINK_TARGET.sub(retarget, line[last : code.start()]))
-            pieces.append(code.group(0))
-            last = code.end()
-        pieces.append(_LINK_TARGET.sub(retarget, line[last:]))
-        out.append("".join(pieces))
+        if token.type in ("fence", "code_block"):
+            code.update(range(*token.map))
+        elif token.type == "heading_open":
+            level = min(6, max(3, int(token.tag[1:]) + 1))
+            first, stop = token.map
+            lines[first] = "#" * level + " " + tokens[i + 1].content
+            lines[first + 1 : stop] = [""] * (stop - first - 1)  # a setext underline
+    out = []
+    for n, line in enumerate(lines):
+        if n not in code:
+            pieces, last = [], 0
+            for span in _CODE_SPAN.finditer(line):
+                pieces += [_LINK_TARGET.sub(retarget, line[last : span.start()]), span.group(0)]
+                last = span.end()
+            line = "".join([*pieces, _LINK_TARGET.sub(retarget, line[last:])])
+        out.append(line)
     return "\n".join(out)
 
 
