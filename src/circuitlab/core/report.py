@@ -9,21 +9,17 @@
     OUT.md     the same sections as one markdown file, image links rewritten to point from
                OUT's directory to the run directories
 
-The markdown is CommonMark plus pipe tables, parsed by markdown-it-py with raw HTML off, so
-nothing in a report.md can inject markup; the token stream is adjusted before rendering
-(heading ids and levels, plots embedded, links retargeted or dropped, HTML comments, which
-are notes for editors, left out). Images at the top of a run directory that its report.md
-does not show are appended to its section, so no plot a run made is left out.
+The markdown is CommonMark plus pipe tables, parsed by markdown-it-py with raw HTML off (so
+nothing in a report.md can inject markup); its tokens are adjusted before rendering: heading
+ids and levels, plots embedded, links retargeted or dropped, HTML comments (editors' notes)
+left out. Images at the top of a run directory that its report.md does not show are
+appended, so no plot a run made is left out. Every file read from a run directory goes
+through core.paths: one that leads out of it (`../`, absolute, a symlink) is never read.
 
-Every file read from a run directory (report.md, config.json, plots) goes through
-core.paths: a `../`, absolute or symlinked path that leads out of the run directory is
-never read; a linked one becomes a "not embedded" box and a warning with the reason, an
-unlinked image-named symlink out is only a warning.
-
-A plot that a report.md links but that is not there becomes a visible "missing plot: NAME"
-box in the page and a warning in `Report.warnings`, not an error. A small inline script
-checks in the browser that every image decoded and records the result on <body>
-(`data-report-status="ok"`), which is how the tests check the page in a real browser.
+A plot that is linked but missing or refused becomes a visible box in the page and a
+warning in `Report.warnings`, not an error. A small inline script checks in the browser
+that every image decoded and records the result on <body> (`data-report-status="ok"`),
+which is how the tests check the page in a real browser.
 """
 
 from __future__ import annotations
@@ -48,14 +44,8 @@ from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_text
 from circuitlab.core.paths import OutsideRoot, files_inside, resolve_inside
 
-IMAGE_TYPES = {
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".gif": "image/gif",
-    ".svg": "image/svg+xml",
-    ".webp": "image/webp",
-}
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+               ".gif": "image/gif", ".svg": "image/svg+xml", ".webp": "image/webp"}  # fmt: skip
 CONFIG_LIMIT = 20_000  # characters of config.json shown per section
 
 
@@ -172,19 +162,14 @@ def markdown_to_html(
 ) -> Rendered:
     """Convert markdown to an HTML fragment.
 
-    Images are read from `base_dir` (default: the working directory), only from inside
-    it, and embedded as data URIs; relative links are rewritten from `base_dir` to
-    `link_dir` (left as written when either is None). Heading levels move by
-    `heading_shift` (kept within `min_heading_level`..6) and their ids start with
-    `id_prefix`.
+    Images are read from inside `base_dir` (default: the working directory) and embedded
+    as data URIs; relative links are rewritten from `base_dir` to `link_dir` (left as
+    written when either is None). Heading levels move by `heading_shift` (kept within
+    `min_heading_level`..6) and their ids start with `id_prefix`.
     """
-    ctx = _Context(
-        Path(base_dir) if base_dir is not None else None,
-        Path(link_dir) if link_dir is not None else None,
-        heading_shift,
-        min_heading_level,
-        id_prefix,
-    )
+    as_path = lambda p: Path(p) if p is not None else None  # noqa: E731
+    ctx = _Context(as_path(base_dir), as_path(link_dir), heading_shift, min_heading_level,
+                   id_prefix)  # fmt: skip
     tokens = _MD.parse(text)
     for i, token in enumerate(tokens):
         if token.type == "heading_open":
@@ -250,54 +235,54 @@ def _href(target: str, ctx: _Context) -> str | None:
         return None  # javascript:, data:, file: and the like are not links in a report
     if ctx.base_dir is None or ctx.link_dir is None:
         return target
+    return _moved(target, ctx.base_dir, ctx.link_dir)
+
+
+def _moved(target: str, base_dir: Path, target_dir: Path) -> str:
+    """A relative link from `base_dir`, rewritten to lead to the same file from `target_dir`."""
     path, _, fragment = target.partition("#")
-    relative = os.path.relpath(ctx.base_dir / unquote(path), ctx.link_dir)
-    return quote(Path(relative).as_posix()) + (f"#{fragment}" if fragment else "")
+    relative = Path(os.path.relpath(base_dir / unquote(path), target_dir)).as_posix()
+    return quote(relative) + (f"#{fragment}" if fragment else "")
 
 
 def _image(token: Token, ctx: _Context) -> str:
     src, alt = str(token.attrGet("src") or ""), _plain(token.children)
-    title = str(token.attrGet("title") or "")
     name = unquote(src) or "(empty link)"
     anchor = f"{ctx.id_prefix}plot-{len(ctx.plots) + 1}"
     ctx.plots.append(Heading(0, anchor, alt or Path(name).name))
+
+    def box(message: str, warning: str) -> str:
+        ctx.warnings.append(warning)
+        return (f'<span class="missing" id="{anchor}" role="img" aria-label="{_attr(message)}">'
+                f"{_text(message)}</span>")  # fmt: skip
+
     scheme = _scheme(src)
     if scheme == "data" and src.lower().startswith("data:image/"):
         data_uri = src
     elif scheme and len(scheme) > 1:  # a URL; one letter is a Windows drive
-        ctx.warnings.append(f"image {src} is not a local file: not embedded (no network)")
-        return _missing(f"external image not embedded: {name}", anchor)
+        return box(f"external image not embedded: {name}",
+                   f"image {src} is not a local file: not embedded (no network)")  # fmt: skip
     else:
         try:
-            path = resolve_inside(ctx.base_dir or Path.cwd(), unquote(src))
+            path = resolve_inside(ctx.base_dir or Path.cwd(), name)
         except OutsideRoot as e:
-            ctx.warnings.append(f"plot {name} not embedded: {e.reason}")
-            return _missing(f"not embedded: {name} (outside the run directory)", anchor)
+            return box(f"not embedded: {name} (outside the run directory)",
+                       f"plot {name} not embedded: {e.reason}")  # fmt: skip
         mime = IMAGE_TYPES.get(path.suffix.lower())
         if not path.is_file():
-            ctx.warnings.append(f"missing plot: {name} (looked for {path})")
-            return _missing(f"missing plot: {name}", anchor)
+            return box(f"missing plot: {name}", f"missing plot: {name} (looked for {path})")
         if mime is None:
-            ctx.warnings.append(f"{path} is not an image type a browser shows: not embedded")
-            return _missing(f"unsupported image type: {name}", anchor)
+            return box(f"unsupported image type: {name}",
+                       f"{path} is not an image type a browser shows: not embedded")  # fmt: skip
         try:
             data = path.read_bytes()
         except OSError as e:
-            ctx.warnings.append(f"cannot read plot {path}: {e.strerror or e}")
-            return _missing(f"unreadable plot: {name}", anchor)
+            return box(f"unreadable plot: {name}", f"cannot read plot {path}: {e.strerror or e}")
         data_uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-    title_attr = f' title="{_attr(title)}"' if title else ""
-    return (
-        f'<img class="plot" id="{anchor}" src="{_attr(data_uri)}" alt="{_attr(alt)}"'
-        f'{title_attr} data-name="{_attr(name)}">'
-    )
-
-
-def _missing(message: str, anchor: str) -> str:
-    return (
-        f'<span class="missing" id="{anchor}" role="img" aria-label="{_attr(message)}">'
-        f"{_text(message)}</span>"
-    )
+    title = token.attrGet("title")
+    title_attr = f' title="{_attr(str(title))}"' if title else ""
+    return (f'<img class="plot" id="{anchor}" src="{_attr(data_uri)}" alt="{_attr(alt)}"'
+            f'{title_attr} data-name="{_attr(name)}">')  # fmt: skip
 
 
 def _inline_title(title: str, base_dir: Path) -> str:
@@ -350,10 +335,8 @@ def load_sections(run_dirs: Sequence[str | Path]) -> tuple[Section, ...]:
         title, body = _split_title(text)
         extra, warnings = _unlinked_plots(run_dir, body)
         config, config_warnings = _config_json(run_dir)
-        sections.append(
-            Section(run_dir, title or run_dir.name, body + extra, config,
-                    tuple(warnings + config_warnings))
-        )  # fmt: skip
+        sections.append(Section(run_dir, title or run_dir.name, body + extra, config,
+                                tuple(warnings + config_warnings)))  # fmt: skip
     return tuple(sections)
 
 
@@ -427,14 +410,8 @@ def build_report(
     warnings: list[str] = []
     for number, section in enumerate(sections, start=1):
         # the section title is an <h2>; the report's own headings go below it
-        result = markdown_to_html(
-            section.body,
-            base_dir=section.run_dir,
-            link_dir=out.parent,
-            heading_shift=1,
-            min_heading_level=3,
-            id_prefix=f"s{number}-",
-        )
+        result = markdown_to_html(section.body, base_dir=section.run_dir, link_dir=out.parent,
+                                  heading_shift=1, min_heading_level=3, id_prefix=f"s{number}-")
         rendered.append(result)
         warnings += [f"{section.run_dir}: {w}" for w in (*result.warnings, *section.warnings)]
 
@@ -467,21 +444,13 @@ def _page(
     warnings: Sequence[str],
 ) -> str:
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">',
         # nothing may be loaded from anywhere: images are data URIs, style and script inline
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'\">",
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_text(title)}</title>",
-        f"<style>{_CSS}</style>",
-        f"<script>{_WATCH_SCRIPT}</script>",
-        "</head>",
-        '<body data-report-status="loading">',
-        "<header>",
-        f"<h1>{_text(title)}</h1>",
+        f"<title>{_text(title)}</title>\n<style>{_CSS}</style>\n<script>{_WATCH_SCRIPT}</script>",
+        f'</head>\n<body data-report-status="loading">\n<header>\n<h1>{_text(title)}</h1>',
         f"<p>Rebuild this report: <code>{_text(command)}</code></p>",
     ]
     if warnings:
@@ -493,58 +462,43 @@ def _page(
               for n, s in enumerate(sections, start=1)]  # fmt: skip
     parts += ["</ol></nav>", "</header>", "<main>"]
     for number, (section, result) in enumerate(zip(sections, rendered, strict=True), start=1):
-        parts.append(f'<section id="s{number}">')
-        parts.append(f"<h2>{_inline_title(section.title, section.run_dir)}</h2>")
-        parts.append(
-            f'<p class="source">Run directory: <code>{_text(str(section.run_dir))}</code></p>'
-        )
-        config = section.config
-        if toc := _section_toc(number, result, config is not None):
-            parts.append(toc)
-        parts.append(result.html)
-        if config is not None:
+        source = f"Run directory: <code>{_text(str(section.run_dir))}</code>"
+        toc = _section_toc(number, result, section.config is not None)
+        parts += [f'<section id="s{number}">',
+                  f"<h2>{_inline_title(section.title, section.run_dir)}</h2>",
+                  f'<p class="source">{source}</p>', toc, result.html]  # fmt: skip
+        if section.config is not None:
             parts.append(f'<details id="s{number}-config"><summary>Configuration (config.json)'
-                         "</summary>")  # fmt: skip
-            parts.append(f'<pre><code class="language-json">{_text(config)}</code></pre></details>')
+                         f'</summary>\n<pre><code class="language-json">{_text(section.config)}'
+                         "</code></pre></details>")  # fmt: skip
         parts.append("</section>")
     parts += ["</main>", f"<script>{_CHECK_SCRIPT}</script>", "</body>", "</html>", ""]
     return "\n".join(parts)
 
 
 def _section_toc(number: int, result: Rendered, has_config: bool) -> str:
-    parts = ['<nav class="toc" aria-label="contents"><strong>Contents</strong>']
-    if result.headings:
-        parts.append(_toc(result.headings))
-    links = [f'<a href="#{p.id}">{_text(p.text)}</a>' for p in result.plots]
-    if links:
-        parts.append(f"<p>Plots: {', '.join(links)}</p>")
-    if has_config:
-        parts.append(f'<p><a href="#s{number}-config">Configuration (config.json)</a></p>')
-    if len(parts) == 1:
-        return ""  # nothing to list: no box
-    parts.append("</nav>")
-    return "".join(parts)
-
-
-def _toc(headings: Sequence[Heading]) -> str:
-    """Nested lists following the heading levels."""
-    out: list[str] = []
-    levels: list[int] = []  # the level of each open <ul>
-    for h in headings:
+    """The section's headings (nested by level), plots and config; "" if there are none."""
+    lines, levels = [], []  # the heading level of each open list
+    for h in result.headings:
+        while len(levels) > 1 and h.level < levels[-1]:
+            levels.pop()
         if not levels or h.level > levels[-1]:
-            out.append("<ul>")
             levels.append(h.level)
-        else:
-            out.append("</li>")
-            while len(levels) > 1 and h.level < levels[-1]:
-                out.append("</ul></li>")
-                levels.pop()
-        out.append(f'<li><a href="#{h.id}">{_text(h.text)}</a>')
-    out.append("</li>")
-    while levels:
-        levels.pop()
-        out.append("</ul></li>" if levels else "</ul>")
-    return "".join(out)
+        lines.append("  " * (len(levels) - 1) + f"- [{_md_text(h.text)}](#{h.id})")
+    links = [f"[{_md_text(p.text)}](#{p.id})" for p in result.plots]
+    if links:
+        lines += ["", f"Plots: {', '.join(links)}"]
+    if has_config:
+        lines += ["", f"[Configuration (config.json)](#s{number}-config)"]
+    if not lines:
+        return ""  # nothing to list: no box
+    contents = _MD.render("\n".join(lines))
+    return f'<nav class="toc" aria-label="contents"><strong>Contents</strong>\n{contents}</nav>'
+
+
+def _md_text(text: str) -> str:
+    """`text` as markdown that renders to exactly `text`."""
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", text)
 
 
 def _combined_markdown(
@@ -555,9 +509,8 @@ def _combined_markdown(
     for section in sections:
         lines += ["", f"## {section.title}", "", f"Run directory: `{section.run_dir}`", ""]
         lines.append(_relocate(section.body, section.run_dir, markdown_out.parent).strip())
-        config = section.config
-        if config is not None:
-            lines += ["", "Configuration (config.json):", "", "```json", config, "```"]
+        if section.config is not None:
+            lines += ["", "Configuration (config.json):", "", "```json", section.config, "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -577,9 +530,7 @@ def _relocate(text: str, base_dir: Path, target_dir: Path) -> str:
         target = match.group(2)
         if target.startswith("#") or _scheme(target):
             return match.group(0)
-        path, _, fragment = target.partition("#")
-        relative = Path(os.path.relpath(base_dir / unquote(path), target_dir)).as_posix()
-        return match.group(1) + quote(relative) + (f"#{fragment}" if fragment else "")
+        return match.group(1) + _moved(target, base_dir, target_dir)
 
     lines, tokens = text.split("\n"), _MD.parse(text)
     code: set[int] = set()
@@ -612,50 +563,42 @@ body { font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Arial, san
   color: #1d1d1f; background: #fff; }
 h1 { font-size: 1.9rem; border-bottom: 2px solid #ddd; padding-bottom: .3rem; }
 h2 { font-size: 1.5rem; margin-top: 2.5rem; border-bottom: 1px solid #ddd; }
-h3 { font-size: 1.2rem; margin-top: 1.8rem; }
-h4, h5, h6 { font-size: 1rem; }
+h3 { font-size: 1.2rem; margin-top: 1.8rem; }  h4, h5, h6 { font-size: 1rem; }
 section { margin-bottom: 3rem; }
 code { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: .9em;
   background: #f3f3f5; padding: .1em .3em; border-radius: 3px; }
 pre { background: #f6f8fa; border: 1px solid #e1e4e8; border-radius: 4px; padding: .8rem;
-  overflow-x: auto; line-height: 1.35; }
-pre code { background: none; padding: 0; }
+  overflow-x: auto; line-height: 1.35; }  pre code { background: none; padding: 0; }
 .table-wrap { overflow-x: auto; margin: 1rem 0; }
 table { border-collapse: collapse; font-size: .92rem; }
 th, td { border: 1px solid #c9ccd1; padding: .3rem .6rem; vertical-align: top; }
-th { background: #eef0f3; text-align: left; }
-tbody tr:nth-child(even) { background: #fafbfc; }
+th { background: #eef0f3; text-align: left; }  tbody tr:nth-child(even) { background: #fafbfc; }
 .r { text-align: right; font-variant-numeric: tabular-nums; }
-.c { text-align: center; }
-.l { text-align: left; }
-img.plot { display: block; max-width: 100%; height: auto; margin: 1rem 0;
-  border: 1px solid #eee; }
+.c { text-align: center; }  .l { text-align: left; }
+img.plot { display: block; max-width: 100%; height: auto; margin: 1rem 0; border: 1px solid #eee; }
 .missing { display: block; margin: 1rem 0; padding: 1.5rem; border: 2px dashed #c0392b;
   color: #c0392b; background: #fdf2f2; font-weight: bold; text-align: center; }
 .warnings { border-left: 4px solid #e67e22; background: #fef5e7; padding: .5rem 1rem; }
 nav.toc { background: #f7f7f9; border: 1px solid #e5e5ea; border-radius: 4px;
   padding: .5rem 1rem; margin: 1rem 0; font-size: .95rem; }
-nav.toc ul, nav.toc ol { margin: .2rem 0; }
-nav.toc p { margin: .3rem 0; }
+nav.toc ul, nav.toc ol { margin: .2rem 0; }  nav.toc p { margin: .3rem 0; }
 .source { color: #555; font-size: .9rem; }
 blockquote { border-left: 4px solid #ddd; margin: 1rem 0; padding: 0 1rem; color: #444; }
-details { margin: 1rem 0; }
-summary { cursor: pointer; color: #333; }
+details { margin: 1rem 0; }  summary { cursor: pointer; color: #333; }
 """
 
 # Runs first: records script errors and anything the Content-Security-Policy blocked.
 _WATCH_SCRIPT = """
 (function () {
   var root = document.documentElement;
+  function bump(name) { root.setAttribute(name, String(+root.getAttribute(name) + 1)); }
   root.setAttribute("data-js-errors", "0");
   root.setAttribute("data-blocked", "0");
   window.addEventListener("error", function (event) {
-    if (event.target === window || event instanceof ErrorEvent) {
-      root.setAttribute("data-js-errors", String(+root.getAttribute("data-js-errors") + 1));
-    }
+    if (event.target === window || event instanceof ErrorEvent) bump("data-js-errors");
   }, true);
   document.addEventListener("securitypolicyviolation", function (event) {
-    root.setAttribute("data-blocked", String(+root.getAttribute("data-blocked") + 1));
+    bump("data-blocked");
     root.setAttribute("data-blocked-uri", String(event.blockedURI));
   });
 })();
@@ -677,7 +620,6 @@ window.addEventListener("load", function () {
   var errors = +root.getAttribute("data-js-errors"), blocked = +root.getAttribute("data-blocked");
   body.setAttribute("data-images", String(images.length));
   body.setAttribute("data-images-broken", String(broken.length));
-  body.setAttribute("data-report-status",
-    broken.length || errors || blocked ? "errors" : "ok");
+  body.setAttribute("data-report-status", broken.length || errors || blocked ? "errors" : "ok");
 });
 """
