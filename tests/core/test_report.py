@@ -394,3 +394,18 @@ def test_markdown_it_constructs_the_systems_use(tmp_path):
     assert "### Sub\n" in combined and "\n---\n" not in combined
     assert "![x](in-code.png)" in combined and "`![y](span.png)`" in combined
     assert "![z](../run/z.png)" in combined
+
+
+def test_section_contents_nest_by_heading_level(tmp_path):
+    run = make_run(tmp_path / "run", "# T\n\n## A\n\n### A.1\n\n##### A.1.1\n\n## B *b*\n\n"
+                   "![p <1>](p.png)\n", {"p.png": tiny_png()})  # fmt: skip
+    (run / "config.json").unlink()
+    page = build_report([run], tmp_path / "report.html").html.read_text()
+    toc = page.split('aria-label="contents">')[1].split("</nav>")[0]
+    assert toc == (
+        "<strong>Contents</strong>\n<ul>\n"
+        '<li><a href="#s1-a">A</a>\n<ul>\n<li><a href="#s1-a-1">A.1</a>\n<ul>\n'
+        '<li><a href="#s1-a-1-1">A.1.1</a></li>\n</ul>\n</li>\n</ul>\n</li>\n'
+        '<li><a href="#s1-b-b">B b</a></li>\n</ul>\n'
+        '<p>Plots: <a href="#s1-plot-1">p &lt;1&gt;</a></p>\n'
+    )

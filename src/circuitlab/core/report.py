@@ -121,7 +121,8 @@ def _attr(value: str) -> str:
     return html.escape(value, quote=True)
 
 
-def _code(self, tokens: Sequence[Token], idx: int, options, env) -> str:
+def _code(self: object, tokens: Sequence[Token], idx: int, options: object, env: object) -> str:
+    """Fenced and indented code, without the trailing newline markdown-it keeps."""
     token = tokens[idx]
     language = token.info.split()[0] if token.info.strip() else ""
     attr = f' class="language-{_attr(language)}"' if language else ""
@@ -293,16 +294,6 @@ def _inline_title(title: str, base_dir: Path) -> str:
     return _MD.renderer.render(tokens, _MD.options, {})
 
 
-def _images(tokens: Sequence[Token]) -> list[str]:
-    """The targets of every image in a parsed document, as written (percent-decoded)."""
-    found = []
-    for token in tokens:
-        for child in token.children or []:
-            if child.type == "image":
-                found.append(unquote(str(child.attrGet("src") or "")))
-    return found
-
-
 # ------------------------------------------------------------------------------ report
 
 
@@ -345,7 +336,8 @@ def _unlinked_plots(run_dir: Path, body: str) -> tuple[str, list[str]]:
     that no plot a run made is left out of its report; and a warning for each image-named
     symlink that leads out of `run_dir` (never shown)."""
     shown, linked = set(), set()
-    for target in _images(_MD.parse(body)):
+    found = [t for block in _MD.parse(body) for t in block.children or [] if t.type == "image"]
+    for target in (unquote(str(t.attrGet("src") or "")) for t in found):
         if not _scheme(target):
             linked.add(os.path.normpath(target))
             with contextlib.suppress(OutsideRoot):  # refused where it is linked
