@@ -141,7 +141,8 @@ def report(
 
     Also writes the sections as one markdown file next to the HTML (OUT with suffix .md, or
     NAME.combined.md where that would overwrite an input's report.md). A plot a report.md
-    links but that is missing is shown as a "missing plot" box and warned about.
+    links but that is missing is shown as a "missing plot" box and warned about; one that
+    leads out of its run directory (../, an absolute path, a symlink out) is never read.
     """
     from circuitlab.core.report import build_report
 

@@ -116,11 +116,11 @@ def test_lists_nested_ordered_and_tight():
     page = html_of("- one\n- two *em*\n  - inner `x`\n  - inner 2\n- three\n\n3. c\n4. d\n")
     assert page == (
         "<ul>\n<li>one</li>\n<li>two <em>em</em>\n<ul>\n<li>inner <code>x</code></li>\n"
-        "<li>inner 2</li>\n</ul></li>\n<li>three</li>\n</ul>\n"
+        "<li>inner 2</li>\n</ul>\n</li>\n<li>three</li>\n</ul>\n"
         '<ol start="3">\n<li>c</li>\n<li>d</li>\n</ol>'
     )
     loose = html_of("1. a\n\n   more of a\n2. b")
-    assert "<li><p>a</p>\n<p>more of a</p></li>" in loose
+    assert "<li>\n<p>a</p>\n<p>more of a</p>\n</li>" in loose
     assert html_of("text\n- item") == "<p>text</p>\n<ul>\n<li>item</li>\n</ul>"
 
 
@@ -166,7 +166,7 @@ def test_text_is_escaped_everywhere():
     assert '<h1 id="a-b-c">a &lt;b&gt; &amp; c</h1>' in page
     assert "x &lt; y &amp;&amp; y &gt; z &lt;script&gt;alert(1)&lt;/script&gt; &amp;amp;" in page
     assert "<th>&lt;i&gt;</th>" in page and "<td>a&amp;b</td>" in page
-    assert '<a href="https://e.org/?a=1&amp;b=&quot;2&quot;">x" onclick="y</a>' in page
+    assert '<a href="https://e.org/?a=1&amp;b=%222%22">x" onclick="y</a>' in page  # quotes encoded
     assert "<code>&lt;code&gt;</code> &lt;not a tag&gt;" in page
     assert "<blockquote>\n<p>&lt;quote&gt; &amp;</p>\n</blockquote>" in page
 
@@ -297,3 +297,115 @@ def test_bad_run_directories_are_clear_errors(tmp_path):
     with pytest.raises(CircuitlabError, match="cannot read"):
         load_sections([tmp_path / "bin"])
     assert not list(tmp_path.glob("**/report.html"))
+
+
+# ----------------------------------------------------------------------- path policy
+
+SECRET = tiny_png(5, 5)
+
+
+def leaky_run(tmp_path: Path, link: str) -> Path:
+    """A run directory whose report.md links `link`, next to x.png (a plot outside it)."""
+    (tmp_path / "x.png").write_bytes(SECRET)
+    run = make_run(tmp_path / "run", f"# Leak\n\n![leak]({link})\n\n![fine](ok.png)\n",
+                   {"ok.png": tiny_png()})  # fmt: skip
+    if link == "out.png":
+        (run / "out.png").symlink_to(tmp_path / "x.png")
+    return run
+
+
+@pytest.mark.parametrize(
+    ("link", "reason"),
+    [
+        ("../x.png", "'..' leads out of"),
+        ("{tmp}/x.png", "an absolute path"),
+        ("out.png", "a symlink leads out of"),
+    ],
+)
+def test_a_linked_plot_outside_the_run_directory_is_a_box_not_embedded(tmp_path, link, reason):
+    link = link.format(tmp=tmp_path)
+    report = build_report([leaky_run(tmp_path, link)], tmp_path / "out" / "report.html")
+    page = report.html.read_text()
+    assert base64.b64encode(SECRET).decode() not in page
+    assert page.count('src="data:image/') == 1  # ok.png
+    assert f"not embedded: {link}" in page and page.count('class="missing"') == 1
+    [warning] = report.warnings  # out.png: linked, and a symlink out, is reported once
+    assert link in warning and reason in warning
+
+
+def test_unlinked_image_named_files_are_appended_only_from_inside(tmp_path):
+    (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    run = make_run(tmp_path / "run", "# Plots\n\ntext\n", {})
+    (run / "plots").mkdir()
+    (run / "plots" / "extra.png").write_bytes(tiny_png(1, 1))
+    (run / "also.png").symlink_to(run / "plots" / "extra.png")  # stays inside: shown
+    (run / "linked.png").symlink_to(tmp_path / "passwd")
+    report = build_report([run], tmp_path / "report.html")
+    page = report.html.read_text()
+    assert "cm9vdDp4" not in page and "root:x" not in page  # base64 of "root:x", and as text
+    assert page.count('src="data:image/png;base64,') == 1 and 'alt="extra"' in page
+    assert 'alt="linked"' not in page and 'class="missing"' not in page
+    [warning] = report.warnings
+    assert "linked.png not embedded: a symlink leads out of" in warning
+
+
+def test_a_config_json_that_links_out_is_not_shown(tmp_path):
+    (tmp_path / "secret.json").write_text('{"token": "hunter2"}')
+    run = make_run(tmp_path / "run", "# Config\n", {})
+    (run / "config.json").unlink()
+    (run / "config.json").symlink_to(tmp_path / "secret.json")
+    report = build_report([run], tmp_path / "report.html")
+    assert "hunter2" not in report.html.read_text() + report.markdown.read_text()
+    [warning] = report.warnings
+    assert "config.json not embedded: a symlink leads out of" in warning
+
+
+def test_a_report_md_that_links_out_of_its_run_directory_is_refused(tmp_path):
+    (tmp_path / "elsewhere.md").write_text("# borrowed\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "report.md").symlink_to(tmp_path / "elsewhere.md")
+    with pytest.raises(CircuitlabError, match="a symlink leads out of"):
+        load_sections([tmp_path / "run"])
+
+
+def test_a_section_with_nothing_to_list_has_no_contents_box(tmp_path):
+    bare = make_run(tmp_path / "bare", "# Bare\n\njust text\n", {})
+    (bare / "config.json").unlink()
+    full = make_run(tmp_path / "full", "# Full\n\n## Part\n\ntext\n", {})
+    page = build_report([bare, full], tmp_path / "report.html").html.read_text()
+    assert "no headings, plots or configuration" not in page
+    bare_part, full_part = page.split('<section id="s2">')
+    assert 'aria-label="contents"' not in bare_part.split('<section id="s1">')[1]
+    assert 'aria-label="contents"' in full_part and '<a href="#s2-part">Part</a>' in full_part
+
+
+def test_markdown_it_constructs_the_systems_use(tmp_path):
+    """Comments anywhere a block starts, setext headings, raw HTML blocks, autolinks."""
+    page = html_of("- a\n  <!-- note -->\n- b\n\n> q\n> <!-- x -->\n\nTitle\n=====\n\n"
+                   "<div onclick=x>\n\n<https://e.org> <javascript:alert(1)>")  # fmt: skip
+    assert "note" not in page and "x --" not in page
+    assert "<li>a</li>" in page and "<blockquote>\n<p>q</p>\n</blockquote>" in page
+    assert '<h1 id="title">Title</h1>' in page
+    assert "<p>&lt;div onclick=x&gt;</p>" in page
+    assert '<a href="https://e.org">https://e.org</a> javascript:alert(1)' in page
+    run = make_run(tmp_path / "run", "# T\n\nSub\n---\n\n```\n![x](in-code.png)\n```\n\n"
+                   "`![y](span.png)` ![z](z.png)\n", {"z.png": tiny_png()})  # fmt: skip
+    combined = build_report([run], tmp_path / "out" / "r.html").markdown.read_text()
+    assert "### Sub\n" in combined and "\n---\n" not in combined
+    assert "![x](in-code.png)" in combined and "`![y](span.png)`" in combined
+    assert "![z](../run/z.png)" in combined
+
+
+def test_section_contents_nest_by_heading_level(tmp_path):
+    run = make_run(tmp_path / "run", "# T\n\n## A\n\n### A.1\n\n##### A.1.1\n\n## B *b*\n\n"
+                   "![p <1>](p.png)\n", {"p.png": tiny_png()})  # fmt: skip
+    (run / "config.json").unlink()
+    page = build_report([run], tmp_path / "report.html").html.read_text()
+    toc = page.split('aria-label="contents">')[1].split("</nav>")[0]
+    assert toc == (
+        "<strong>Contents</strong>\n<ul>\n"
+        '<li><a href="#s1-a">A</a>\n<ul>\n<li><a href="#s1-a-1">A.1</a>\n<ul>\n'
+        '<li><a href="#s1-a-1-1">A.1.1</a></li>\n</ul>\n</li>\n</ul>\n</li>\n'
+        '<li><a href="#s1-b-b">B b</a></li>\n</ul>\n'
+        '<p>Plots: <a href="#s1-plot-1">p &lt;1&gt;</a></p>\n'
+    )
