@@ -81,3 +81,32 @@ def test_eval_loads_the_model_and_the_drift_original_in_the_asked_dtype(tmp_path
     assert math.isfinite(data["drift"]["perplexity"])
     # the original is loaded in bfloat16 as well: a float32 one would differ from the model
     assert data["drift"]["kl"] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_nodes_never_read_a_symlink_that_leads_out_of_the_corpus(tmp_path):
+    """Issue 23's probe: a corpus symlink to a file outside became nodes (and went to the
+    LLM in distill). It is now skipped and reported; a symlink inside the corpus is read."""
+    secret = tmp_path / "secret.md"
+    secret.write_text("# Secret\n\n" + "The password of the lab server is swordfish. " * 8)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "more.md").write_text("# More\n\n" + "Private notes about the server. " * 8)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "opamp.md").write_text(
+        "# Op-amps\n\n" + "An op-amp with negative feedback keeps its inputs equal. " * 8
+    )
+    (corpus / "linked.md").symlink_to(secret)
+    (corpus / "folder").symlink_to(outside, target_is_directory=True)
+    (corpus / "again.md").symlink_to(corpus / "opamp.md")  # inside: read once, as opamp.md
+    out = tmp_path / "run"
+    result = run("nodes", "--corpus", str(corpus), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    written = "".join(p.read_text() for p in out.glob("*.jsonl"))
+    assert "swordfish" not in written and "Private notes" not in written
+    assert "negative feedback" in written
+    summary = json.loads((out / "nodes_summary.json").read_text())
+    reasons = {s["file"]: s["reason"] for s in summary["skipped"]}
+    assert set(reasons) == {"linked.md", "folder"}
+    assert all("symlink leads out" in r for r in reasons.values())
+    assert "skipped linked.md" in result.stderr

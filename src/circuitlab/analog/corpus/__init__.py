@@ -21,6 +21,7 @@ from circuitlab.analog.corpus.dedup import SHINGLE, Deduplicator
 from circuitlab.analog.corpus.readers import FORMATS, RawSection, Unreadable, read_file
 from circuitlab.core.config import require
 from circuitlab.core.errors import CircuitlabError
+from circuitlab.core.paths import files_inside
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "textbook"
 
@@ -116,17 +117,32 @@ class Corpus:
         }
 
 
-def list_files(folder: Path, config: CorpusConfig) -> tuple[list[Path], list[str]]:
-    """(files to read, names excluded as non-content), both sorted."""
+def list_files(
+    folder: Path, config: CorpusConfig, skipped: list[dict[str, str]] | None = None
+) -> tuple[list[Path], list[str]]:
+    """(files to read, names excluded as non-content), both sorted.
+
+    Files are found under the one path policy (core.paths): a symlink that leads out of the
+    corpus folder is never read (its target would become nodes and be sent to an LLM); it is
+    appended to `skipped` with the reason instead.
+    """
     if not folder.is_dir():
         raise CircuitlabError(f"corpus folder {folder} does not exist or is not a folder")
+    root = folder.resolve()
+    walk = files_inside(root)
+    if skipped is not None:
+        skipped.extend(
+            {"file": s.path.relative_to(root).as_posix(), "reason": s.reason}
+            for s in walk.skipped
+            if not any(part.startswith(".") for part in s.path.relative_to(root).parts)
+        )
     files, excluded = [], []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
-        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+    for path in walk.files:
+        parts = path.relative_to(root).parts
+        if any(part.startswith(".") for part in parts):
             continue
         if any(fnmatch.fnmatch(path.name, pattern) for pattern in config.exclude):
-            excluded.append(rel)
+            excluded.append("/".join(parts))
         else:
             files.append(path)
     return files, excluded
@@ -139,8 +155,10 @@ def ingest(folder: str | Path, config: CorpusConfig | None = None, on_file=None)
     """
     config = config or CorpusConfig()
     folder = Path(folder)
-    files, excluded = list_files(folder, config)
-    corpus = Corpus(excluded=excluded)
+    outside: list[dict[str, str]] = []
+    files, excluded = list_files(folder, config, outside)
+    folder = folder.resolve()
+    corpus = Corpus(excluded=excluded, skipped=outside)
     dedup = Deduplicator(config.near_duplicate, config.num_perm, config.min_dedup_words)
     for path in files:
         rel = path.relative_to(folder).as_posix()
