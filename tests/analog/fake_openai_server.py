@@ -10,6 +10,7 @@ line of stdout. Modes:
   bad_content      valid HTTP, but the reply is prose instead of agent JSON
   same_question    like ok, but the designer always asks the same question
   slow             like ok after sleeping --delay seconds (requests overlap: threaded)
+  echo_headers     every request fails with 401 and a body that echoes the request headers
 GET /stats returns {"requests", "max_in_flight", "auth"} (auth: the Authorization headers
 seen, so tests can check the key is sent).
 """
@@ -95,6 +96,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(404, b'{"error": "no such route"}')
         if mode == "slow":
             time.sleep(self.delay)
+        if mode == "echo_headers":
+            echo = {"error": "bad key", "authorization": self.headers.get("Authorization"),
+                    "headers": dict(self.headers)}  # fmt: skip
+            return self.send(401, json.dumps(echo).encode())
         if mode == "always500" or (mode == "flaky500" and first):
             return self.send(500, b'{"error": "internal"}')
         if mode == "rate429" and first:

@@ -121,3 +121,28 @@ def test_bad_distill_settings_are_user_errors():
         DistillConfig(backend="gpt")
     with pytest.raises(CircuitlabError, match="max_nodes"):
         DistillConfig(max_nodes=0)
+
+
+def test_an_api_key_echoed_by_the_server_never_reaches_the_run_directory(
+    server, shipped_nodes, tmp_path
+):
+    """Issue 23's probe: a server that echoes the Authorization header into its error body
+    put the key into failures.jsonl. Every message is redacted before it is written."""
+    srv = server("echo_headers")
+    out = tmp_path / "run"
+    key = "sk-live-0123456789abcdef"
+    command = [
+        sys.executable, "-m", "circuitlab", "analog", "distill", "--nodes", str(shipped_nodes),
+        "--out", str(out), "--backend", "openai", "--base-url", srv.base_url,
+        "--model", "fake-m", "--max-nodes", "2", "--api-key-env", "TEST_ECHO_KEY",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True,
+                            env={**os.environ, "TEST_ECHO_KEY": key})  # fmt: skip
+    assert f"Bearer {key}" in srv.stats()["auth"]  # the key was sent...
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.name == "failures.jsonl" for p in written)
+    assert "HTTP 401" in (out / "failures.jsonl").read_text()
+    for path in written:  # ...and is nowhere in what the run wrote, nor in what it printed
+        assert key[:12] not in path.read_text(errors="replace"), path
+    assert key[:12] not in result.stdout + result.stderr
+

@@ -8,7 +8,8 @@ flight with a thread pool (standard library only: urllib + concurrent.futures).
   (bad model name, bad key) fail at once: retrying cannot fix them.
 - The API key comes from the constructor or the environment variable named in the config;
   it is sent in the Authorization header and nowhere else: the config (which is written to
-  the run directory) holds only the variable's name, and error messages never include it.
+  the run directory) holds only the variable's name, and error messages pass through
+  core.secrets.redact before they leave the client (a server may echo the header back).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 from circuitlab.analog.llm.base import ChatRequest, ChatResult
 from circuitlab.core.config import require
+from circuitlab.core.secrets import redact
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -125,7 +127,8 @@ class OpenAIBackend:
         return ChatResult(
             text=None,
             model=self.config.model,
-            error=f"{last} (after {attempt + 1} attempt(s))",
+            # a server may echo the request (its headers included) into its error body
+            error=redact(f"{last} (after {attempt + 1} attempt(s))", [self._key]),
             seconds=time.perf_counter() - started,
         )
 
