@@ -90,7 +90,10 @@ def test_malformed_rows_are_clear_errors(tmp_path):
     good = {"question": "q?", "options": ["a", "b"], "answer": "B"}
     cases = [
         ({"options": ["a", "b"], "answer": "A"}, "'question' is missing"),
-        ({**good, "answer": "E"}, "'answer' must be one of A, B"),
+        ({**good, "answer": "E"}, "'answer' must be one letter of A, B"),
+        ({**good, "answer": ""}, "'answer' must be one letter"),  # was taken as A
+        ({**good, "answer": "BC"}, "'answer' must be one letter"),  # was taken as B
+        ({**good, "answer": "AB"}, "'answer' must be one letter"),
         ({**good, "options": ["only one"]}, "needs 2 to 10 options"),
         ({**good, "options": "a or b"}, "'options' must be a list"),
         ({**good, "options": {"B": "x", "A": "y"}}, "option keys must be A, B"),
@@ -114,6 +117,8 @@ def test_amsbench_shaped_rows_parse():
     item = parse_row(row, "f:1")
     assert item.options == ("first", "second", "third") and item.answer == 2
     assert item.subfield == "hard"
+    for spelling in ("b", "(B)", "B.", " B) "):
+        assert parse_row({**good_row(), "answer": spelling}, "f:3").answer == 1
     keyed = parse_row({"question": "q", "options": {"A": "x", "B": "y"}, "answer": "A"}, "f:2")
     assert keyed.options == ("x", "y") and keyed.answer == 0
 
@@ -143,3 +148,7 @@ def test_drift_is_zero_for_the_model_itself_and_grows_when_it_moves(tiny, tiny_m
     assert drift["kl"] > 1e-4 and drift["kl_reference_model"] > 1e-4
     assert drift["reference_perplexity"] == pytest.approx(same["perplexity"], rel=1e-4)
     assert drift["perplexity"] != pytest.approx(same["perplexity"], rel=1e-4)
+
+
+def good_row() -> dict:
+    return {"question": "q?", "options": ["a", "b"], "answer": "A"}

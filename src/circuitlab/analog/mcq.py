@@ -85,6 +85,9 @@ class MCQConfig:
         require(self.limit is None or self.limit >= 1, f"limit {self.limit}: at least 1")
 
 
+_GOLD = re.compile(r"\(?([A-Ja-j])[.)]?")
+
+
 def parse_row(row: Any, where: str) -> MCQ:
     if not isinstance(row, dict):
         raise CircuitlabError(f"{where}: a question must be a JSON object")
@@ -112,17 +115,21 @@ def parse_row(row: Any, where: str) -> MCQ:
         raise CircuitlabError(f"{where}: needs 2 to {len(LETTERS)} options, has {len(options)}")
     if not all(isinstance(o, str) and o.strip() for o in options):
         raise CircuitlabError(f"{where}: every option must be a non-empty string")
-    letter = row.get("answer", row.get("groundtruth"))
-    if not isinstance(letter, str) or letter.strip().upper() not in LETTERS[: len(options)]:
+    raw_answer = row.get("answer", row.get("groundtruth"))
+    # one letter, as "B", "b", "(B)", "B." or "B)"; a substring test took "" for A, "BC" for B
+    gold = _GOLD.fullmatch(raw_answer.strip()) if isinstance(raw_answer, str) else None
+    letter = gold.group(1).upper() if gold else ""
+    if not letter or letter not in LETTERS[: len(options)]:
         raise CircuitlabError(
-            f"{where}: 'answer' must be one of {', '.join(LETTERS[: len(options)])}, not {letter!r}"
+            f"{where}: 'answer' must be one letter of {', '.join(LETTERS[: len(options)])}, "
+            f"not {raw_answer!r}"
         )
     subfield = row.get("subfield", row.get("level", "all"))
     return MCQ(
         id=str(row.get("id", where.rsplit(":", 1)[-1])),
         question=question.strip(),
         options=tuple(o.strip() for o in options),
-        answer=LETTERS.index(letter.strip().upper()),
+        answer=LETTERS.index(letter),
         subfield=str(subfield),
     )
 
