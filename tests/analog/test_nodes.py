@@ -85,3 +85,34 @@ def test_rerun_skips_finished_work_and_refuses_another_config(tmp_path):
         run_nodes(corpus, out, NodesConfig(min_words=30, max_words=200))
     with pytest.raises(CircuitlabError, match="twice"):
         NodesConfig(min_words=30, max_words=40)
+
+
+def test_max_words_is_a_limit_for_any_paragraph(tmp_path):
+    """Issue 23's probe: one huge paragraph became one node (and a request of its size).
+    Now it comes in parts of whole sentences, and a sentence without end is cut between
+    words; every word of the paragraph is in exactly one node, and spans still trace."""
+    import subprocess
+    import sys
+
+    sentences = " ".join(f"Sentence {i} says the op-amp gain is {i} volts." for i in range(400))
+    endless = " ".join(f"word{i}" for i in range(1000))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "big.md").write_text(f"# Gain\n\n{sentences}\n\n# Endless\n\n{endless}\n")
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "circuitlab", "analog", "nodes", "--corpus", str(corpus),
+         "--out", str(out), "--max-words", "60", "--min-words", "20"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    nodes = [json.loads(line) for line in (out / "nodes.jsonl").read_text().splitlines()]
+    (doc,) = [json.loads(line) for line in (out / "documents.jsonl").read_text().splitlines()]
+    assert all(len(n["text"].split()) <= 60 for n in nodes)
+    for node in nodes:
+        start, end = node["provenance"]["span"]
+        assert doc["text"][start:end] == node["text"] == node["text"].strip()
+    words = [w for n in nodes for w in n["text"].split()]
+    assert words == sentences.split() + endless.split()
+    gain = [n["text"] for n in nodes if n["text"].startswith("Sentence")]
+    assert len(gain) >= 400 * 10 // 60 and all(t.endswith("volts.") for t in gain)

@@ -109,8 +109,9 @@ def concept_of(text: str, section: Section) -> str:
     return match.group(1).strip() if match else section.path[-1]
 
 
-def _pieces(section: Section) -> Iterator[tuple[str, int, int]]:
-    """(kind, start, end) of each list item, table and prose paragraph in a section."""
+def _pieces(section: Section, max_words: int) -> Iterator[tuple[str, int, int]]:
+    """(kind, start, end) of each list item, table and prose paragraph in a section; items
+    and paragraphs longer than `max_words` come in parts (see `_bounded`)."""
     offset = 0
     for paragraph in section.text.split("\n\n"):
         start, offset = offset, offset + len(paragraph) + 2
@@ -122,12 +123,52 @@ def _pieces(section: Section) -> Iterator[tuple[str, int, int]]:
             at = start
             for line in lines:
                 if line.startswith("- "):
-                    yield "item", at + 2, at + len(line)
+                    yield from _bounded(section.text, "item", at + 2, at + len(line), max_words)
                 else:
-                    yield "prose", at, at + len(line)
+                    yield from _bounded(section.text, "prose", at, at + len(line), max_words)
                 at += len(line) + 1
             continue
-        yield "prose", start, start + len(paragraph)
+        yield from _bounded(section.text, "prose", start, start + len(paragraph), max_words)
+
+
+_SENTENCE_END = re.compile(r"[.!?][)\]\"']*\s+")
+
+
+def _bounded(
+    text: str, kind: str, start: int, end: int, max_words: int
+) -> Iterator[tuple[str, int, int]]:
+    """The span, or parts of it of at most `max_words` words: whole sentences where they fit,
+    a sentence longer than that cut between words. Without this, one 20 MB paragraph was one
+    node and a 20-million-character request."""
+    if word_count(text[start:end]) <= max_words:
+        yield kind, start, end
+        return
+    for part_start, part_end in _parts(text, start, end, max_words):
+        # no part starts or ends with the whitespace between two parts
+        part_start += len(text[part_start:part_end]) - len(text[part_start:part_end].lstrip())
+        part_end -= len(text[part_start:part_end]) - len(text[part_start:part_end].rstrip())
+        if part_end > part_start:
+            yield kind, part_start, part_end
+
+
+def _parts(text: str, start: int, end: int, max_words: int) -> Iterator[tuple[int, int]]:
+    cuts = [start + m.end() for m in _SENTENCE_END.finditer(text, start, end)]
+    sentences = list(zip([start, *cuts], [*cuts, end], strict=True))
+    part_start, part_words = start, 0
+    for s_start, s_end in sentences:
+        words = word_count(text[s_start:s_end])
+        if part_words and part_words + words > max_words:
+            yield part_start, s_start
+            part_start, part_words = s_start, 0
+        if words > max_words:  # one sentence too long: cut it after every max_words words
+            ends = [m.end() for m in _WORDS.finditer(text, s_start, s_end)]
+            for i in range(max_words - 1, len(ends) - 1, max_words):
+                yield part_start, ends[i]
+                part_start = ends[i]
+            part_words = word_count(text[part_start:s_end])
+        else:
+            part_words += words
+    yield part_start, end
 
 
 def decompose(section: Section, min_words: int, max_words: int) -> list[tuple[int, int]]:
@@ -141,11 +182,15 @@ def decompose(section: Section, min_words: int, max_words: int) -> list[tuple[in
         if chunk is not None:
             if chunk_words >= min_words:
                 spans.append(chunk)
-            elif spans and section.text[spans[-1][1] : chunk[0]].strip() == "":
+            elif (
+                spans
+                and section.text[spans[-1][1] : chunk[0]].strip() == ""
+                and word_count(section.text[spans[-1][0] : chunk[1]]) <= max_words
+            ):
                 spans[-1] = (spans[-1][0], chunk[1])  # a short tail joins the node before
         chunk, chunk_words = None, 0
 
-    for kind, start, end in _pieces(section):
+    for kind, start, end in _pieces(section, max_words):
         text = section.text[start:end]
         words = word_count(text)
         if kind != "prose":
