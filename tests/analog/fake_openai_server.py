@@ -11,6 +11,7 @@ line of stdout. Modes:
   same_question    like ok, but the designer always asks the same question
   slow             like ok after sleeping --delay seconds (requests overlap: threaded)
   echo_headers     every request fails with 401 and a body that echoes the request headers
+GET /mode/NAME switches the mode (an outage that ends: always500, then ok).
 GET /stats returns {"requests", "max_in_flight", "auth"} (auth: the Authorization headers
 seen, so tests can check the key is sent).
 """
@@ -68,6 +69,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def do_GET(self) -> None:
+        if self.path.startswith("/mode/"):
+            Handler.mode = self.path.removeprefix("/mode/")
+            return self.send(200, b"{}")
         with LOCK:
             stats = {k: v for k, v in STATE.items() if k != "seen"}
         self.send(200, json.dumps(stats).encode())

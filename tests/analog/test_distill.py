@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -56,6 +57,24 @@ def test_malformed_agent_output_is_recorded_per_cause_never_a_crash(
     assert failure["raw"].startswith("Sure!") and failure["stage"] == "designer"
     down = distill(shipped_nodes, tmp_path / "down", http_config(server("always500"), max_nodes=2))
     assert down["failures_by_cause"] == {"designer:backend_error": 2}
+
+
+def test_backend_failures_are_not_done_and_a_rerun_retries_them(server, shipped_nodes, tmp_path):
+    """Issue 23's probe: an outage failed every node as backend_error, the run said complete
+    and a resume never asked again. Now those nodes stay pending until they get an answer."""
+    srv = server("always500")
+    config = http_config(srv, max_nodes=3, retries=0)
+    out = tmp_path / "run"
+    down = distill(shipped_nodes, out, config)
+    assert down["retryable"] == 3 and down["complete"] is False
+    assert json.loads((out / "results.json").read_text())["complete"] is False
+    urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/mode/ok", timeout=5).read()
+    up = distill(shipped_nodes, out, config)
+    assert up["complete"] is True and up["accepted"] == 3 and up["failed"] == up["retryable"] == 0
+    assert lines(out / "failures.jsonl") == []
+    assert len({r["node_id"] for r in lines(out / "qa.jsonl")}) == len(lines(out / "qa.jsonl"))
+    again = distill(shipped_nodes, out, config)  # nothing left to do
+    assert again["session"]["nodes"] == 0 and again["complete"] is True
 
 
 def test_duplicate_questions_are_dropped(server, shipped_nodes, tmp_path):

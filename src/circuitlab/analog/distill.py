@@ -19,6 +19,7 @@ duplicated or lost, and the cache makes redoing the interrupted batch free.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 import time
@@ -37,7 +38,7 @@ from circuitlab.analog.nodes import read_nodes
 from circuitlab.analog.taxonomy import UNTAGGED, top_branch
 from circuitlab.core.config import config_to_dict, require
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.core.io import append_jsonl, atomic_open, read_jsonl
+from circuitlab.core.io import append_jsonl, atomic_open, atomic_write_text, read_jsonl
 from circuitlab.core.runs import RunDir
 
 BACKENDS = ("embedded", "openai")
@@ -274,6 +275,9 @@ class Distiller:
                 "cause": f"{role.name}:{cause}",
                 "detail": detail[:300],
                 "raw": (raw or "")[:500],
+                # the server, not the node, failed (network, 5xx, 429 or 401 exhausted): a
+                # rerun asks again instead of counting the node as done
+                "retryable": cause == "backend_error",
             }
         return done
 
@@ -412,6 +416,7 @@ def summarize(
         "revise": verdicts["revise"],
         "rejected": verdicts["reject"],
         "failed": len(failures),
+        "retryable": sum(bool(f.get("retryable")) for f in failures),
         "acceptance_rate": round(verdicts["accept"] / processed, 4) if processed else None,
         "failures_by_cause": dict(Counter(f["cause"] for f in failures).most_common()),
         "repaired_json": dict(Counter(r for q in qa for r in q.get("repaired_json", []))),
@@ -451,6 +456,10 @@ def distill(
         _drop_cut_line(path)
     qa = read_jsonl(qa_path) if qa_path.exists() else []
     failures = read_jsonl(failures_path) if failures_path.exists() else []
+    final = [r for r in failures if not r.get("retryable")]
+    if len(final) < len(failures):  # backend failures are asked again: drop their records
+        atomic_write_text(failures_path, "".join(json.dumps(r) + "\n" for r in final))
+        failures = final
     selected = select_nodes(nodes, config.max_nodes, config.seed)
     done = {r["node_id"] for r in qa} | {r["node_id"] for r in failures}
     distiller = Distiller(config, backend)
@@ -490,7 +499,8 @@ def distill(
     summary.update(
         backend=config.backend,
         model=backend.model,
-        complete=summary["nodes_processed"] == len(selected),
+        # complete: every node has a final outcome; backend failures are not final
+        complete=summary["nodes_processed"] == len(selected) and summary["retryable"] == 0,
         session={
             "nodes": new_records,
             "seconds": round(seconds, 2),
