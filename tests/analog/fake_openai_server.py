@@ -10,6 +10,7 @@ line of stdout. Modes:
   bad_content      valid HTTP, but the reply is prose instead of agent JSON
   same_question    like ok, but the designer always asks the same question
   slow             like ok after sleeping --delay seconds (requests overlap: threaded)
+  trickle          sends a reply's headers, then one byte every --delay seconds, forever
   echo_headers     every request fails with 401 and a body that echoes the request headers
 GET /mode/NAME switches the mode (an outage that ends: always500, then ok).
 GET /stats returns {"requests", "max_in_flight", "auth"} (auth: the Authorization headers
@@ -100,6 +101,15 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(404, b'{"error": "no such route"}')
         if mode == "slow":
             time.sleep(self.delay)
+        if mode == "trickle":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            while True:
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(self.delay)
         if mode == "echo_headers":
             echo = {"error": "bad key", "authorization": self.headers.get("Authorization"),
                     "headers": dict(self.headers)}  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from circuitlab.analog.llm.base import ChatRequest, ChatResult, messages
@@ -57,6 +59,17 @@ def test_client_errors_and_dead_servers_fail_fast_and_cleanly(server):
     )
     (result,) = dead.generate([ChatRequest(DESIGN)])
     assert "cannot reach" in result.error
+
+
+def test_a_server_that_trickles_bytes_meets_the_whole_request_deadline(server):
+    """Issue 23's probe: the timeout was per socket read, so one byte a second kept a request
+    open forever. The deadline is for the whole reply (then retried like any timeout)."""
+    srv = server("trickle", delay=0.1)
+    client = backend(srv, timeout_s=1, retries=1)
+    started = time.monotonic()
+    (result,) = client.generate([ChatRequest(DESIGN)])
+    assert result.text is None and "within 1 s" in result.error and "2 attempt" in result.error
+    assert time.monotonic() - started < 10  # two deadlines of 1 s and a backoff, not forever
 
 
 def test_requests_overlap_up_to_the_concurrency_limit(server):

@@ -137,7 +137,7 @@ class OpenAIBackend:
         request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
-                raw = response.read()
+                raw = self._read_by_deadline(response)
         except urllib.error.HTTPError as e:
             detail = e.read()[:200].decode("utf-8", "replace")
             message = f"HTTP {e.code} from {self.url}: {detail}"
@@ -157,6 +157,20 @@ class OpenAIBackend:
             raise RetryableError(f"malformed response from {self.url} ({e}): {snippet!r}") from None
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         return text, str(body.get("model") or ""), usage
+
+
+    def _read_by_deadline(self, response: Any) -> bytes:
+        """The body, read in pieces against one deadline for the whole request: the socket
+        timeout alone restarts at every byte, so a server that trickles never timed out."""
+        deadline = time.monotonic() + self.config.timeout_s
+        chunks = []
+        while chunk := response.read1(1 << 16):
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise RetryableError(
+                    f"no complete reply from {self.url} within {self.config.timeout_s:g} s"
+                )
+        return b"".join(chunks)
 
 
 class PermanentError(Exception):
