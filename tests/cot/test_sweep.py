@@ -117,3 +117,57 @@ def test_worker_processes_report_their_steps_to_the_parent(tmp_path: Path) -> No
         assert steps[-1] == (point["steps"], point["steps"])
     overall = [done for name, done, _ in events if name.startswith("cot sweep")]
     assert overall[-1] == len(summary["points"])
+
+
+def _comparable(summary: dict) -> list[dict]:
+    keys = ("name", "answer_accuracy", "chain_accuracy", "steps", "train_tokens")
+    return [{k: p[k] for k in keys} for p in summary["points"]]
+
+
+def test_the_ray_executor_gives_the_local_executors_results(tmp_path: Path) -> None:
+    """A real local Ray cluster (2 CPUs, started and stopped by the sweep) against two local
+    worker processes: the same single-thread training, so the same numbers."""
+    profile = tiny_profile()
+    local = sweep.run_sweep(profile, tmp_path / "local", tasks=("lis",), quiet=True, workers=2)
+    ray = sweep.run_sweep(profile, tmp_path / "ray", tasks=("lis",), quiet=True, workers=2,
+                          executor="ray")  # fmt: skip
+    assert _comparable(ray) == _comparable(local)
+    with pytest.raises(CircuitlabError, match="needs --executor ray"):
+        sweep.run_sweep(profile, tmp_path / "bad", ray_address="auto")
+    assert not (tmp_path / "bad").exists()
+
+
+KILLABLE = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("sweep_tests", sys.argv[1])
+tests = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tests)
+from circuitlab.cot import sweep
+sweep.run_sweep(tests.tiny_profile(), sys.argv[2], tasks=("arithmetic",), quiet=True,
+                workers=2, executor="ray")
+"""
+
+
+def test_a_killed_ray_sweep_resumes_point_by_point(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-c", KILLABLE, __file__, str(out)],
+                               start_new_session=True)  # fmt: skip
+    deadline = time.time() + 240
+    while len(list(out.glob("points/*/results.json"))) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and the cluster it started
+    process.wait()
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("points/*/results.json")}
+    assert 2 <= len(finished) < 12 and not (out / "results.json").exists()
+    resumed = sweep.run_sweep(tiny_profile(), out, tasks=("arithmetic",), quiet=True, workers=2,
+                              executor="ray")  # fmt: skip
+    for name, stamp in finished.items():  # finished points were not trained again
+        assert (out / "points" / name / "results.json").stat().st_mtime_ns == stamp
+    whole = sweep.run_sweep(tiny_profile(), tmp_path / "whole", tasks=("arithmetic",),
+                            quiet=True, workers=2)  # fmt: skip
+    assert _comparable(resumed) == _comparable(whole)

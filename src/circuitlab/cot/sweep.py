@@ -8,10 +8,10 @@ falling with problem size.
 
 Points run one after another by default. `workers=N` runs N points at once in local
 processes, each with an equal share of the CPU threads: the quick profile's small models keep
-one core busy far better than they keep two busy (about 16k vs 24k tokens/s on this 2-core
-machine for d_model 128), so two single-thread workers finish a CPU sweep sooner. On a GPU
-keep one worker. `executor="ray"` fans points out over a Ray cluster (`pip install
-'circuitlab[ray]'`, then `ray start` on each machine or a running cluster).
+one core busy far better than they keep two busy, so two single-thread workers finish a CPU
+sweep sooner. On a GPU keep one worker. `executor="ray"` fans points out over a Ray cluster
+(`pip install 'circuitlab[ray]'`; `ray_address` names a running cluster, else one is started
+on this machine for the run). Both go through core.executor.
 """
 
 from __future__ import annotations
@@ -19,26 +19,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import multiprocessing
-import os
-import time
 from collections import defaultdict
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Empty
 from typing import Any
-
-from rich.progress import TaskID
 
 from circuitlab.core.config import config_to_dict, require
 from circuitlab.core.errors import CircuitlabError
+from circuitlab.core.executor import Unit, check_executor, run_units
 from circuitlab.core.io import atomic_write_json, atomic_write_text
-from circuitlab.core.progress import new_progress
 from circuitlab.core.runs import RunDir
 from circuitlab.cot.train import TrainConfig, train
-
-EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -194,114 +186,38 @@ def run_sweep(
     device: str | None = None,
     quiet: bool = False,
     workers: int = 1,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every point, then aggregate. Returns what results.json holds.
 
-    workers: points trained at once by the local executor, each in its own process with
-    cpu_count // workers torch threads (1: one after another in this process).
+    The points run through core.executor: workers=1 one after another in this process,
+    workers=N in N local processes with cpu_count // N torch threads each, or as Ray tasks.
     """
-    require(executor in EXECUTORS, f"executor must be one of {', '.join(EXECUTORS)}")
-    require(workers >= 1, f"workers must be at least 1, got {workers}")
     todo = points(profile, tasks, device)
     root = Path(out)
+    units = [
+        Unit(p.name, _train_point, (p.config, str(root / "points" / p.name)),
+             cost=_cost(p.config)[0], gpus=1.0 if p.config.device in ("cuda", "auto") else 0.0)
+        for p in todo
+    ]  # fmt: skip
+    check_executor(executor, workers, ray_address)  # before anything is written
     RunDir.open(root, {"profile": profile.name, "tasks": list(tasks) or "all"})
-    if executor == "ray":
-        results = _run_ray(todo, root)
-    elif workers > 1:
-        results = _run_processes(todo, root, workers, quiet)
-    else:
-        results = []
-        for i, point in enumerate(todo, 1):
-            if not quiet:
-                print(f"[{i}/{len(todo)}] {point.name}", flush=True)
-            results.append(train(point.config, root / "points" / point.name, resume=True,
-                                 quiet=quiet))  # fmt: skip
+    results = run_units(
+        units, title="cot sweep", executor=executor, workers=workers, ray_address=ray_address,
+        show=not quiet, summarize=_point_line,
+    )  # fmt: skip
     return write_summary(profile, root, todo, results)
 
 
-_worker_queue: Any = None  # a worker process's channel to the parent's progress display
+def _train_point(
+    config: TrainConfig, path: str, *, progress: Callable[[float, float], None]
+) -> dict[str, Any]:
+    return train(config, path, resume=True, quiet=True, on_step=progress)
 
 
-def _init_worker(queue: Any) -> None:
-    global _worker_queue
-    _worker_queue = queue
-
-
-def _train_point(config: TrainConfig, path: str, threads: int, index: int) -> dict[str, Any]:
-    import torch
-
-    torch.set_num_threads(threads)
-    last = [0.0]
-
-    def report(step: int, total: int) -> None:
-        # at most twice a second: the parent redraws its bars from these
-        now = time.monotonic()
-        if step == total or now - last[0] >= 0.5:
-            last[0] = now
-            _worker_queue.put((index, step, total))
-
-    return train(config, path, resume=True, quiet=True, on_step=report)
-
-
-def _run_processes(
-    todo: list[Point], root: Path, workers: int, quiet: bool
-) -> list[dict[str, Any]]:
-    """Train points in `workers` spawned processes; results come back in `todo` order.
-
-    The longest points start first (CoT before direct, bigger sizes first), so the workers
-    run out of work at about the same time. The workers report their steps over a queue:
-    the parent shows the points done and one bar per point in training.
-    """
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    order = sorted(range(len(todo)), key=lambda i: _cost(todo[i].config), reverse=True)
-    results: dict[int, dict[str, Any]] = {}
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    bars = new_progress(show=not quiet)
-    overall = bars.add_task(
-        f"cot sweep: {len(todo)} points on {workers} workers ({threads} thread(s) each)",
-        total=len(todo),
-    )
-    running: dict[int, TaskID] = {}
-
-    def drain() -> None:
-        while True:
-            try:
-                i, step, total = queue.get_nowait()
-            except Empty:
-                return
-            if i not in running:
-                running[i] = bars.add_task(f"  {todo[i].name}", total=total)
-            bars.update(running[i], completed=step, total=total)
-
-    with (
-        bars,
-        ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=_init_worker,
-            initargs=(queue,),
-        ) as pool,
-    ):  # fmt: skip
-        futures = {
-            pool.submit(_train_point, todo[i].config, str(root / "points" / todo[i].name),
-                        threads, i): i
-            for i in order
-        }  # fmt: skip
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            drain()
-            for future in finished:
-                i = futures[future]
-                results[i] = r = future.result()
-                if i in running:
-                    bars.remove_task(running.pop(i))
-                bars.advance(overall)
-                if not quiet:
-                    bars.console.print(
-                        f"{todo[i].name}: accuracy {r['answer_accuracy']:.3f} "
-                        f"in {r['train_seconds']:.0f} s"
-                    )
-    return [results[i] for i in range(len(todo))]
+def _point_line(unit: Unit, result: dict[str, Any]) -> str:
+    return (f"{unit.name}: accuracy {result['answer_accuracy']:.3f} "
+            f"in {result['train_seconds']:.0f} s")  # fmt: skip
 
 
 def _cost(config: TrainConfig) -> tuple[float, int]:
@@ -309,32 +225,6 @@ def _cost(config: TrainConfig) -> tuple[float, int]:
     about twice as long as direct ones, and within a task bigger sizes take longer."""
     length = 2.0 if config.format == "cot" else 1.0
     return config.num * config.epochs * config.layers * length, config.size
-
-
-def _run_ray(todo: list[Point], root: Path) -> list[dict[str, Any]]:
-    try:
-        import ray
-    except ImportError:
-        raise CircuitlabError(
-            "the ray executor needs Ray: pip install 'circuitlab[ray]' (or run without it)"
-        ) from None
-    if not ray.is_initialized():
-        ray.init(address="auto" if _ray_cluster_running() else None)
-
-    gpus = 1 if any(p.config.device in ("cuda", "auto") for p in todo) else 0
-
-    @ray.remote(num_gpus=gpus if ray.cluster_resources().get("GPU") else 0)
-    def one(config: TrainConfig, path: str) -> dict[str, Any]:
-        return train(config, path, resume=True, quiet=True)
-
-    futures = [one.remote(p.config, str(root / "points" / p.name)) for p in todo]
-    return list(ray.get(futures))
-
-
-def _ray_cluster_running() -> bool:
-    import os
-
-    return bool(os.environ.get("RAY_ADDRESS"))
 
 
 # ------------------------------------------------------------------ aggregation
