@@ -1,4 +1,5 @@
-"""Random-init tiny GPT-2, Pythia (GPT-NeoX) and Llama (grouped-query) models for fast tests."""
+"""Random-init tiny GPT-2, Pythia (GPT-NeoX) and Llama (grouped-query) models for fast tests
+(of core.sites and the circuits system)."""
 
 from __future__ import annotations
 
