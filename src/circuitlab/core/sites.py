@@ -288,9 +288,10 @@ def from_layer(sites: Sites, start: int, hidden: torch.Tensor) -> Iterator[None]
     hand up is overwritten at layer `start`, so their output format never matters.
     """
     originals = [sites.layers[i] for i in range(start)]
+    skipped = _Skipped()
     try:
         for i in range(start):
-            sites.layers[i] = _Skipped()
+            sites.layers[i] = skipped
         with hooked(sites, {layer_input(start): lambda _: hidden}):
             yield
     finally:
