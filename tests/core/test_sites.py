@@ -1,4 +1,4 @@
-"""Sites of tiny random-init GPT-2, Pythia (GPT-NeoX) and Llama (grouped-query) models."""
+"""Sites of tiny random-init GPT-2, Pythia (GPT-NeoX) and Llama-family (grouped-query) models."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import torch
-from tiny import ARCHS, tiny_model
+from tiny import ARCHS, LLAMA_FAMILY, tiny_model
 
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.sites import (
@@ -50,13 +50,13 @@ def arch_model(request: pytest.FixtureRequest) -> tuple[str, Any]:
     return request.param, tiny_model(request.param, VOCAB)
 
 
-def ids() -> torch.Tensor:
-    return torch.randint(0, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
+def ids(seq: int = SEQ) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (BATCH, seq), generator=torch.Generator().manual_seed(0))
 
 
-def logits(model: Any, **kwargs: Any) -> torch.Tensor:
+def logits(model: Any, seq: int = SEQ, **kwargs: Any) -> torch.Tensor:
     with torch.no_grad():
-        return model(input_ids=ids(), use_cache=False, **kwargs).logits
+        return model(input_ids=ids(seq), use_cache=False, **kwargs).logits
 
 
 def no_hooks_left(model: Any) -> bool:
@@ -152,24 +152,40 @@ def test_running_from_a_layer_on_its_recorded_input_gives_the_full_pass(arch_mod
     assert list(sites.layers) == before and no_hooks_left(model)
 
 
-def test_skipped_layers_keep_their_indices_for_per_layer_attention_settings() -> None:
-    """Qwen2 picks each layer's mask by its index: layer 3 slides over 3 tokens, 0-2 do not."""
-    from transformers import AutoModelForCausalLM, Qwen2Config
+@pytest.mark.parametrize("kind", sorted(LLAMA_FAMILY))
+def test_the_llama_family_has_its_sites_and_grouped_query_shapes(kind: str) -> None:
+    from transformers import AutoModelForCausalLM
 
-    config = Qwen2Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2,
-        use_sliding_window=True, sliding_window=3, max_window_layers=3,
-    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LLAMA_FAMILY[kind]()).eval()
+    sites = find_sites(model)
+    assert sites.model_type == kind
+    assert (sites.n_layers, sites.n_heads, sites.n_kv_heads, sites.head_dim) == (4, 4, 2, 8)
+    assert set(sites.all_sites()) == {
+        EMBED, FINAL_NORM, HEAD,
+        *(f(i) for i in range(4) for f in (layer_input, attn_z, mlp_out)),
+    }  # fmt: skip
+    seen: list[torch.Tensor] = []
+    with hooked(sites, {attn_z(3): seen.append}):
+        logits(model)
+    assert seen[0].shape == (BATCH, SEQ, 4 * 8)
+
+
+def test_skipped_layers_keep_their_indices_for_per_layer_attention_settings() -> None:
+    """Qwen2 picks each layer's mask by its index: layer 3 slides over 6 tokens, 0-2 do not.
+    Running layer 3 as if it were the first of a shorter list would give it a full mask."""
+    from transformers import AutoModelForCausalLM
+
+    config = LLAMA_FAMILY["qwen2"]()
+    assert config.layer_types[3] != config.layer_types[2]
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
     sites = find_sites(model)
-    assert (sites.n_heads, sites.n_kv_heads) == (4, 2)
     recorded: list[torch.Tensor] = []
     with hooked(sites, {layer_input(3): recorded.append}):
-        clean = logits(model)
+        clean = logits(model, seq=16)  # longer than the window
     with from_layer(sites, 3, recorded[0]):
-        torch.testing.assert_close(logits(model), clean, atol=1e-5, rtol=0)
+        torch.testing.assert_close(logits(model, seq=16), clean, atol=1e-5, rtol=0)
 
 
 def test_a_peft_model_is_found_through_its_wrapper() -> None:
