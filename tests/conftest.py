@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+# shared test helpers at the top of tests/ (`tiny`: random-init tiny models) import by name
+sys.path.insert(0, str(Path(__file__).parent))
 
 from circuitlab.core.lm import LoadedLM, load_lm
 

@@ -1,7 +1,7 @@
 """The live reference's top-layers shortcut: the same log-probs as the full reference pass.
 
-With LoRA on layers F.. only, LiveReference runs just those layers from the inputs the
-training forward gave them. These tests hold it to the full pass on tiny random models of
+With LoRA on layers F.. only, LiveReference runs just those layers from the hidden state
+the training forward fed layer F. These tests hold it to the full pass on tiny random models of
 every type it accepts (padding, grouped-query attention and sliding windows included), and
 check that everything it does not recognise takes the full pass.
 """
@@ -13,36 +13,13 @@ from typing import Any
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import (
-    AutoModelForCausalLM,
-    GPT2Config,
-    LlamaConfig,
-    MistralConfig,
-    Qwen2Config,
-    Qwen3Config,
-)
+from tiny import LLAMA_FAMILY, SIZES
+from transformers import AutoModelForCausalLM, GPT2Config
 
 from circuitlab.analog import nsc_loss, reference
 from circuitlab.analog.reference import LiveReference, model_logp
 
-SIZES = {
-    "vocab_size": 97,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 128,
-}
-CONFIGS = {
-    "llama": lambda: LlamaConfig(**SIZES),
-    "mistral": lambda: MistralConfig(**SIZES, sliding_window=6),
-    # layer 3 slides, layers 0-2 do not: each layer needs its own mask
-    "qwen2": lambda: Qwen2Config(
-        **SIZES, use_sliding_window=True, sliding_window=6, max_window_layers=3
-    ),
-    "qwen3": lambda: Qwen3Config(**SIZES, head_dim=8),
-}
+CONFIGS = LLAMA_FAMILY
 
 
 # one torch thread: on a small shared CPU a second thread mostly waits

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from circuitlab.circuits.ablation import ablate, ablated_logits, mean_z, position_z, zero_z
-from circuitlab.circuits.arch import layout, out_proj, w_o
 from circuitlab.circuits.metrics import metric_values, token_sets
 from circuitlab.circuits.patching import ablated_metrics
 from circuitlab.circuits.tasks import make_task
 from circuitlab.circuits.tokens import encode, last_logits
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.lm import LoadedLM
+from circuitlab.core.sites import find_sites
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +22,9 @@ def task(tokenizer):
 
 def surgery_logits(lm: LoadedLM, prompts, layer: int, head: int, value: torch.Tensor):
     """Ablation by editing weights: drop head's W_O rows, add value @ W_O[h] to the bias."""
-    lay = layout(lm.model)
-    proj = out_proj(lm.model, lay, layer)
-    w = w_o(lm.model, lay, layer).detach().clone()
+    lay = find_sites(lm.model)
+    proj = lay.out_projs[layer]
+    w = lay.w_o(layer).detach().clone()
     weight, bias = proj.weight.detach().clone(), proj.bias.detach().clone()
     rows = slice(head * lay.head_dim, (head + 1) * lay.head_dim)
     with torch.no_grad():
@@ -42,8 +42,8 @@ def surgery_logits(lm: LoadedLM, prompts, layer: int, head: int, value: torch.Te
 
 
 def test_zero_and_mean_ablation_equal_weight_surgery(tiny: LoadedLM, task) -> None:
-    lay = layout(tiny.model)
-    if out_proj(tiny.model, lay, 0).bias is None:
+    lay = find_sites(tiny.model)
+    if lay.out_projs[0].bias is None:
         pytest.skip("surgery needs a bias")
     clean = last_logits(tiny.model, encode(tiny.tokenizer, task.positives))
     means = mean_z(tiny, encode(tiny.tokenizer, task.negatives))
@@ -65,11 +65,11 @@ def test_llama_zero_ablation_equals_zeroing_w_o(tokenizer, task) -> None:
     from tiny import tiny_lm
 
     lm = tiny_lm("llama", tokenizer)
-    lay = layout(lm.model)
+    lay = find_sites(lm.model)
     enc = encode(tokenizer, task.positives)
     with ablate(lm, [(0, 4)], zero_z(lay)):
         hooked = last_logits(lm.model, enc)
-    proj = out_proj(lm.model, lay, 0)
+    proj = lay.out_projs[0]
     with torch.no_grad():
         proj.weight[:, 4 * lay.head_dim : 5 * lay.head_dim] = 0
     torch.testing.assert_close(hooked, last_logits(lm.model, enc), atol=1e-4, rtol=1e-4)
@@ -88,11 +88,11 @@ def test_resample_from_the_same_prompts_changes_nothing(tiny: LoadedLM, task) ->
 
 
 def test_resampling_every_head_of_a_layer_copies_the_corrupted_layer(tiny: LoadedLM, task) -> None:
-    lay = layout(tiny.model)
+    lay = find_sites(tiny.model)
     clean, corrupt = encode(tiny.tokenizer, task.positives), encode(tiny.tokenizer, task.negatives)
     values = position_z(tiny, corrupt)
     seen = {}
-    proj = out_proj(tiny.model, lay, 1)
+    proj = lay.out_projs[1]
     with ablate(tiny, [(1, h) for h in range(lay.n_heads)], values):
         # registered after the ablation hook, so it sees the edited z
         handle = proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("z", a[0]))
@@ -105,10 +105,11 @@ def test_resampling_every_head_of_a_layer_copies_the_corrupted_layer(tiny: Loade
 
 @pytest.mark.parametrize("kind", ["zero", "mean", "resample"])
 def test_fast_patching_equals_one_full_pass_per_head(tiny: LoadedLM, task, kind: str) -> None:
-    lay = layout(tiny.model)
+    lay = find_sites(tiny.model)
     enc, neg = encode(tiny.tokenizer, task.positives), encode(tiny.tokenizer, task.negatives)
     sets = token_sets(task)
     means = mean_z(tiny, neg) if kind == "mean" else None
+    before = list(lay.layers)
     fast = ablated_metrics(
         tiny, lay, enc, sets, task.metric, kind, mean=means, corrupted=neg, heads_per_pass=4
     )
@@ -122,12 +123,12 @@ def test_fast_patching_equals_one_full_pass_per_head(tiny: LoadedLM, task, kind:
                 task.metric,
             )
             torch.testing.assert_close(fast[:, layer, head], slow, atol=1e-4, rtol=1e-4)
-    # the model's layer list is intact afterwards
-    assert len(getattr(getattr(tiny.model, lay.base_attr), lay.layers_attr)) == lay.n_layers
+    # the model's layers are back afterwards (patching skips the layers below the patched one)
+    assert list(find_sites(tiny.model).layers) == before
 
 
 def test_bad_heads_and_misaligned_pairs_are_clear_errors(tiny: LoadedLM, task) -> None:
-    lay = layout(tiny.model)
+    lay = find_sites(tiny.model)
     with (
         pytest.raises(CircuitlabError, match="does not exist"),
         ablate(tiny, [(lay.n_layers, 0)], zero_z(lay)),

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitlab.circuits.arch import attention, b_o, layout, out_proj
 from circuitlab.circuits.heads import head_outputs
 from circuitlab.circuits.tokens import encode
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.lm import LoadedLM
+from circuitlab.core.sites import find_sites
 
 PROMPTS = [
     "When Mary and John went to the store, John gave a drink to",
@@ -20,11 +20,11 @@ PROMPTS = [
 
 def attention_block_outputs(lm: LoadedLM, reduction: str) -> torch.Tensor:
     """Each layer's attention output (what the block adds to the residual), reduced: [n, L, d]."""
-    lay = layout(lm.model)
+    lay = find_sites(lm.model)
     enc = encode(lm.tokenizer, PROMPTS)
     seen: dict[int, torch.Tensor] = {}
     handles = [
-        attention(lm.model, lay, layer).register_forward_hook(
+        lay.attentions[layer].register_forward_hook(
             lambda m, a, out, layer=layer: seen.__setitem__(layer, out[0].detach())
         )
         for layer in range(lay.n_layers)
@@ -46,10 +46,10 @@ def attention_block_outputs(lm: LoadedLM, reduction: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("reduction", ["mean", "last"])
 def test_head_outputs_sum_to_the_attention_output(tiny: LoadedLM, reduction: str) -> None:
-    lay = layout(tiny.model)
+    lay = find_sites(tiny.model)
     heads = head_outputs(tiny, PROMPTS, reduction=reduction, batch_size=2)
     assert heads.shape == (len(PROMPTS), lay.n_layers, lay.n_heads, lay.d_model)
-    bias = torch.stack([b_o(tiny.model, lay, layer).detach() for layer in range(lay.n_layers)])
+    bias = torch.stack([lay.b_o(layer).detach() for layer in range(lay.n_layers)])
     expected = attention_block_outputs(tiny, reduction)
     torch.testing.assert_close(heads.sum(2) + bias, expected, atol=1e-4, rtol=1e-4)
     # heads are distinct contributions, not one output copied or split evenly
@@ -74,9 +74,9 @@ def test_grouped_query_heads_map_to_their_kv_group(tokenizer) -> None:
     from tiny import tiny_lm
 
     lm = tiny_lm("llama", tokenizer)
-    lay = layout(lm.model)
+    lay = find_sites(lm.model)
     assert (lay.n_heads, lay.n_kv_heads) == (6, 2)
-    attn = attention(lm.model, lay, 1)
+    attn = lay.attentions[1]
     with torch.no_grad():
         attn.v_proj.weight[lay.head_dim : 2 * lay.head_dim] = 0  # value head 1 only
         if attn.v_proj.bias is not None:
@@ -89,17 +89,16 @@ def test_grouped_query_heads_map_to_their_kv_group(tokenizer) -> None:
 
 
 def test_output_projection_weights_split_by_head(tiny: LoadedLM) -> None:
-    lay = layout(tiny.model)
-    proj = out_proj(tiny.model, lay, 0)
+    lay = find_sites(tiny.model)
+    proj = lay.out_projs[0]
     z = torch.randn(2, 5, lay.n_heads * lay.head_dim)
-    from circuitlab.circuits.arch import w_o
 
     per_head = torch.einsum(
-        "bshk,hkd->bsd", z.view(2, 5, lay.n_heads, lay.head_dim), w_o(tiny.model, lay, 0).detach()
+        "bshk,hkd->bsd", z.view(2, 5, lay.n_heads, lay.head_dim), lay.w_o(0).detach()
     )
     with torch.no_grad():
         torch.testing.assert_close(
-            per_head + b_o(tiny.model, lay, 0), proj(z), atol=1e-4, rtol=1e-4
+            per_head + lay.b_o(0), proj(z), atol=1e-4, rtol=1e-4
         )
 
 

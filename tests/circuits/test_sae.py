@@ -8,7 +8,6 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from circuitlab.circuits.arch import layout, out_proj
 from circuitlab.circuits.discover import (
     edge_scores,
     node_scores,
@@ -21,6 +20,7 @@ from circuitlab.circuits.sae import SAEConfig, discrete_codes, train_sae
 from circuitlab.circuits.tokens import pad
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.lm import LoadedLM
+from circuitlab.core.sites import find_sites
 
 
 def test_sae_keeps_unit_norm_rows_and_learns() -> None:
@@ -106,7 +106,7 @@ PLANTED = [(2, 1), (2, 3)]  # last layer: nothing downstream reads them
 @contextmanager
 def planted_circuit(lm: LoadedLM, positive: bool, seed: int) -> Iterator[None]:
     """Add to the planted heads' z one of 4 directions (positives) or a fixed one (negatives)."""
-    lay = layout(lm.model)
+    lay = find_sites(lm.model)
     gen = torch.Generator().manual_seed(1234)
     pos_dirs = torch.randn(4, lay.head_dim, generator=gen) * 4
     neg_dir = torch.randn(1, lay.head_dim, generator=gen) * 4
@@ -122,7 +122,7 @@ def planted_circuit(lm: LoadedLM, positive: bool, seed: int) -> Iterator[None]:
                 z[:, :, head] += neg_dir
         return (z.view(args[0].shape), *args[1:])
 
-    handle = out_proj(lm.model, lay, 2).register_forward_pre_hook(hook)
+    handle = lay.out_projs[2].register_forward_pre_hook(hook)
     try:
         yield
     finally:

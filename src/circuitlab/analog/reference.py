@@ -8,13 +8,14 @@ state).
 
 Live, with LoRA on the top layers only (`lora_layers`, adapters on layers F.. and none
 below): the layers below F compute the same residual stream with the adapters on or off,
-so the reference need not recompute them. The training forward records what enters each
-layer from F on (a forward pre-hook per layer: the hidden state entering F, and each
-layer's own mask / rotary / position arguments), and the reference runs only layers F..,
-the final norm and the LM head on that, adapters off. This is exact, not an
-approximation (tested against the full pass), and makes the reference cost F/N of a
-forward pass less. It is used only where that is known to hold; everything else takes the
-full pass (see `adapted_suffix`).
+so the reference need not recompute them. The training forward records the hidden state
+entering layer F (a `core.sites` hook), and the reference is the model's own forward,
+adapters off, with the layers below F skipped and that state fed in at F
+(`core.sites.from_layer`): the model still builds its masks and rotary tables for the
+batch, so every layer gets exactly its usual arguments, and its LM head sees only the KL
+positions. This is exact, not an approximation (tested against the full pass), and makes
+the reference cost F/N of a forward pass less. It is used only where that is known to
+hold; everything else takes the full pass (see `adapted_suffix`).
 
 Cached: the reference's top-k log-probabilities and tail mass at every KL position,
 computed once before training (when the model still is the reference) and stored as
@@ -48,6 +49,7 @@ from circuitlab.analog.nsc_loss import Positions, positions, top_k_reference
 from circuitlab.analog.sft_data import Example, collate
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_open
+from circuitlab.core.sites import HEAD, Sites, find_sites, from_layer, hooked, layer_input
 
 
 def is_peft(model: Any) -> bool:
@@ -70,21 +72,18 @@ def model_logp(model: Any, batch: dict[str, torch.Tensor], keep: torch.Tensor) -
     return torch.log_softmax(out.logits.float(), dim=-1)
 
 
-# model types whose decoder layers take everything they need as arguments and whose causal
-# LM head is plain `lm_head(norm(h))` (no logit scaling or soft-capping): for these, running
-# layers F.. on the recorded inputs reproduces the full forward exactly (tested per type)
+# model types for which skipping layers < F and feeding the recorded layer-F input
+# reproduces the full forward exactly (tested per type)
 SUFFIX_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 
 @dataclass(frozen=True)
 class Suffix:
     """The part of a peft causal LM from its first adapted decoder layer up: layers
-    `start`.., the final norm and the LM head (all of the base model, adapters inside)."""
+    `start`.., the final norm and the LM head (`sites` of the base model, adapters inside)."""
 
     start: int
-    layers: tuple[nn.Module, ...]
-    norm: nn.Module
-    head: nn.Module
+    sites: Sites
 
 
 def adapted_suffix(model: Any) -> Suffix | None:
@@ -92,7 +91,7 @@ def adapted_suffix(model: Any) -> Suffix | None:
 
     None (the full reference pass is used) unless all of these hold: `model` is a peft LoRA
     model (not prompt learning) over a causal LM whose type is in SUFFIX_MODEL_TYPES and has
-    the usual layout (`model.layers`, `model.norm`, an output embedding); the first adapted
+    the usual layout (decoder layers, a final norm, an output embedding); the first adapted
     decoder layer F is above layer 0 (LoRA on all layers saves nothing); and no adapter or
     trainable-module wrapper sits anywhere but in layers F.., the final norm or the head (an
     adapted embedding would change what enters layer F).
@@ -111,13 +110,14 @@ def adapted_suffix(model: Any) -> Suffix | None:
     config = getattr(base, "config", None)
     if getattr(config, "model_type", None) not in SUFFIX_MODEL_TYPES:
         return None
-    inner = getattr(base, "model", None)
-    layers = getattr(inner, "layers", None)
-    norm = getattr(inner, "norm", None)
-    head = base.get_output_embeddings()
-    if not isinstance(layers, nn.ModuleList) or norm is None or head is None:
+    try:
+        sites = find_sites(base)
+    except CircuitlabError:
         return None
-    layers = list(layers)[: config.num_hidden_layers]
+    norm, head = sites.final_norm, sites.head
+    if norm is None or head is None:
+        return None
+    layers = list(sites.layers)[: config.num_hidden_layers]
 
     peft_parts = BaseTunerLayer | AuxiliaryTrainingWrapper  # adapters, trained copies
 
@@ -130,26 +130,7 @@ def adapted_suffix(model: Any) -> Suffix | None:
     allowed = {id(m) for part in (*layers[start:], norm, head) for m in part.modules()}
     if any(isinstance(m, peft_parts) and id(m) not in allowed for m in model.modules()):
         return None
-    return Suffix(start, tuple(layers[start:]), norm, head)
-
-
-@dataclass(frozen=True)
-class LayerInputs:
-    """What the training forward passed to layers F.. of one batch (detached): the hidden
-    state entering F, and per layer its other positional and keyword arguments."""
-
-    hidden: torch.Tensor
-    calls: tuple[tuple[tuple[Any, ...], dict[str, Any]], ...]
-
-
-def _detached(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, tuple | list):
-        return type(value)(_detached(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _detached(v) for k, v in value.items()}
-    return value
+    return Suffix(start, sites)
 
 
 class LiveReference:
@@ -170,43 +151,25 @@ class LiveReference:
             self.model = model  # a peft model: the reference is the same weights, adapters off
         self.shares_weights = not copy_weights
         self.suffix = adapted_suffix(model) if self.shares_weights and from_layer else None
-        self._captured: LayerInputs | None = None
+        self._captured: torch.Tensor | None = None
 
     @contextmanager
     def capturing(self) -> Iterator[None]:
-        """Record the inputs of layers F.. during the (training) forward run inside it.
+        """Record the hidden state entering layer F during the (training) forward inside it.
 
         A no-op when there is no suffix to run. The record is kept for the next `logp` only
-        if every layer from F up ran exactly once (one forward of the whole model).
+        if layer F ran exactly once (one forward of the model).
         """
         self._captured = None
         if self.suffix is None:
             yield
             return
-        calls: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] = [[] for _ in self.suffix.layers]
         hidden: list[torch.Tensor] = []
-
-        def record(index: int) -> Callable[..., None]:
-            def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-                rest = dict(kwargs)
-                state = args[0] if args else rest.pop("hidden_states")
-                if index == 0:
-                    hidden.append(state.detach().clone())
-                calls[index].append((_detached(tuple(args[1:])), _detached(rest)))
-
-            return hook
-
-        handles = [
-            layer.register_forward_pre_hook(record(i), with_kwargs=True)
-            for i, layer in enumerate(self.suffix.layers)
-        ]
-        try:
+        site = layer_input(self.suffix.start)
+        with hooked(self.suffix.sites, {site: lambda h: hidden.append(h.detach().clone())}):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
-        if len(hidden) == 1 and all(len(c) == 1 for c in calls):
-            self._captured = LayerInputs(hidden[0], tuple(c[0] for c in calls))
+        if len(hidden) == 1:
+            self._captured = hidden[0]
 
     @torch.no_grad()
     def logp(self, batch: dict[str, torch.Tensor], pos: Positions) -> torch.Tensor:
@@ -218,8 +181,8 @@ class LiveReference:
         captured, self._captured = self._captured, None
         usable = (
             captured is not None
-            and captured.hidden.shape[:2] == batch["input_ids"].shape
-            and captured.hidden.device == batch["input_ids"].device
+            and captured.shape[:2] == batch["input_ids"].shape
+            and captured.device == batch["input_ids"].device
         )
         with reference_context(self.model):
             was_training = self.model.training
@@ -227,26 +190,27 @@ class LiveReference:
             try:
                 if usable:
                     assert captured is not None and self.suffix is not None
-                    return suffix_logp(self.suffix, captured, pos)
+                    return suffix_logp(self.model, self.suffix, captured, batch, pos)
                 logp = model_logp(self.model, batch, pos.keep)
             finally:
                 self.model.train(was_training)
         return logp[pos.kl]
 
 
-def suffix_logp(suffix: Suffix, inputs: LayerInputs, pos: Positions) -> torch.Tensor:
+def suffix_logp(
+    model: Any, suffix: Suffix, hidden: torch.Tensor, batch: dict[str, torch.Tensor], pos: Positions
+) -> torch.Tensor:
     """log-softmax at the KL positions from layers F.. only: [N, vocab] in float32, the rows
-    of `model_logp(...)[pos.kl]`.
+    of `model_logp(...)[pos.kl]`, with `hidden` the state that entered layer F on `batch`.
 
-    The norm and the head see only the N positions the KL needs (both act per position, so
-    this is the same numbers as normalising everything and slicing by `pos.keep` first).
+    The head sees only the N positions the KL needs (it acts per position, so this is the
+    same numbers as projecting all of `pos.keep` and selecting the KL rows after).
     """
-    hidden = inputs.hidden
-    for layer, (args, kwargs) in zip(suffix.layers, inputs.calls, strict=True):
-        out = layer(hidden, *args, **kwargs)
-        hidden = out[0] if isinstance(out, tuple) else out
-    rows = hidden[:, pos.keep][pos.kl]
-    return torch.log_softmax(suffix.head(suffix.norm(rows)).float(), dim=-1)
+    with (
+        from_layer(suffix.sites, suffix.start, hidden),
+        hooked(suffix.sites, {HEAD: lambda kept: kept[pos.kl]}),
+    ):
+        return model_logp(model, batch, pos.keep)
 
 
 class CachedReference:
@@ -367,18 +331,9 @@ def _original_pass(
     batch = {k: v.to(device) for k, v in collate([examples[r] for r in rows], pad_id).items()}
     pos = positions(batch["labels"], batch["attention_mask"], kl_tokens)
     seen: list[torch.Tensor] = []
-    head = model.get_output_embeddings()
-    hook = (
-        head.register_forward_hook(lambda m, args, out: seen.append(args[0]))
-        if head_input
-        else None
-    )
-    try:
-        with reference_context(model), frozen(model):
-            logp = model_logp(model, batch, pos.keep)
-    finally:
-        if hook is not None:
-            hook.remove()
+    reading = hooked(find_sites(model), {HEAD: seen.append}) if head_input else nullcontext()
+    with reference_context(model), frozen(model), reading:
+        logp = model_logp(model, batch, pos.keep)
     if head_input and not seen:
         raise CircuitlabError(
             "this model computes its logits without calling its output-embedding module, so "

@@ -1,6 +1,6 @@
 """Knocking out single attention heads: zero, mean and resample ablation.
 
-An ablated head's `z` (its output before W_O, see `arch`) is replaced by
+An ablated head's `z` (its output before W_O, see `core.sites`) is replaced by
 - zero:     zeros, so the head writes nothing but the layer keeps its bias;
 - mean:     its mean over every real token of a reference set of prompts (by default the
             task's negatives), one vector per head broadcast to all positions;
@@ -16,12 +16,12 @@ from contextlib import contextmanager
 
 import torch
 
-from circuitlab.circuits.arch import Layout, layout
 from circuitlab.circuits.heads import reduced_z
 from circuitlab.circuits.hooks import HeadEdit, editing_z, reading_z
 from circuitlab.circuits.tokens import Encoded, encode, last_logits, model_device
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.lm import LoadedLM
+from circuitlab.core.sites import Sites, find_sites
 
 ABLATIONS = ("mean", "resample", "zero")
 
@@ -32,9 +32,9 @@ def check_kind(kind: str) -> str:
     return kind
 
 
-def zero_z(lay: Layout) -> torch.Tensor:
+def zero_z(sites: Sites) -> torch.Tensor:
     """Zero-ablation values: [n_layers, n_heads, head_dim]."""
-    return torch.zeros(lay.n_layers, lay.n_heads, lay.head_dim)
+    return torch.zeros(sites.n_layers, sites.n_heads, sites.head_dim)
 
 
 def mean_z(lm: LoadedLM, reference: Encoded, *, batch_size: int = 32) -> torch.Tensor:
@@ -54,17 +54,17 @@ def position_z(lm: LoadedLM, enc: Encoded) -> torch.Tensor:
     These are the resample-ablation values for the clean batch paired with `enc`.
     """
     model = lm.model
-    lay = layout(model)
+    sites = find_sites(model)
     enc = enc.to(model_device(model))
     store: dict[int, torch.Tensor] = {}
-    with reading_z(model, lay, lambda layer, z: store.__setitem__(layer, z.clone())):
+    with reading_z(sites, lambda layer, z: store.__setitem__(layer, z.clone())):
         model(
             input_ids=enc.input_ids,
             attention_mask=enc.attention_mask,
             logits_to_keep=1,
             use_cache=False,
         )
-    return torch.stack([store[layer] for layer in range(lay.n_layers)], dim=2)
+    return torch.stack([store[layer] for layer in range(sites.n_layers)], dim=2)
 
 
 def encode_pairs(
@@ -88,13 +88,13 @@ def encode_pairs(
     return a, b
 
 
-def _check_heads(lay: Layout, heads: Iterable[tuple[int, int]]) -> dict[int, list[int]]:
+def _check_heads(sites: Sites, heads: Iterable[tuple[int, int]]) -> dict[int, list[int]]:
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
-        if not (0 <= layer < lay.n_layers and 0 <= head < lay.n_heads):
+        if not (0 <= layer < sites.n_layers and 0 <= head < sites.n_heads):
             raise CircuitlabError(
-                f"head {layer}.{head} does not exist: the model has {lay.n_layers} layers of "
-                f"{lay.n_heads} heads"
+                f"head {layer}.{head} does not exist: the model has {sites.n_layers} layers of "
+                f"{sites.n_heads} heads"
             )
         by_layer.setdefault(layer, []).append(head)
     return by_layer
@@ -108,15 +108,15 @@ def ablate(lm: LoadedLM, heads: Iterable[tuple[int, int]], values: torch.Tensor)
     position and prompt) or [batch, seq, n_layers, n_heads, head_dim] (from `position_z` on
     the corrupted partners of exactly the batch that runs inside the block: resampling).
     """
-    lay = layout(lm.model)
-    by_layer = _check_heads(lay, heads)
+    sites = find_sites(lm.model)
+    by_layer = _check_heads(sites, heads)
     edits = {}
     for layer, hs in by_layer.items():
-        mask = torch.zeros(1, lay.n_heads, dtype=torch.bool)
+        mask = torch.zeros(1, sites.n_heads, dtype=torch.bool)
         mask[0, hs] = True
         per_layer = values[layer] if values.dim() == 3 else values[:, :, layer]
         edits[layer] = HeadEdit(mask=mask, values=per_layer)
-    with editing_z(lm.model, lay, edits):
+    with editing_z(sites, edits):
         yield
 
 
@@ -137,7 +137,7 @@ def ablated_logits(
     """
     check_kind(kind)
     heads = list(heads)
-    lay = layout(lm.model)
+    sites = find_sites(lm.model)
     if kind != "zero" and reference is None:
         raise CircuitlabError(f"{kind} ablation needs reference prompts (e.g. the negatives)")
     if kind == "resample":
@@ -147,7 +147,7 @@ def ablated_logits(
         corrupted = None
     values = None
     if kind == "zero":
-        values = zero_z(lay)
+        values = zero_z(sites)
     elif kind == "mean":
         ref = encode(lm.tokenizer, reference or (), prepend_bos=prepend_bos)
         values = mean_z(lm, ref, batch_size=batch_size)

@@ -14,12 +14,12 @@ from contextlib import nullcontext
 
 import torch
 
-from circuitlab.circuits.arch import Layout, layout, w_o
 from circuitlab.circuits.hooks import reading_z
 from circuitlab.circuits.tokens import Encoded, batches, encode, model_device
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.lm import LoadedLM
 from circuitlab.core.progress import progress_bar
+from circuitlab.core.sites import Sites, find_sites
 
 REDUCTIONS = ("mean", "last")
 
@@ -47,8 +47,8 @@ def reduced_z(
 ) -> torch.Tensor:
     """Every layer's `z`, reduced over positions: [n_prompts, n_layers, n_heads, head_dim]."""
     model = lm.model
-    lay = layout(model)
-    out = torch.empty(len(enc), lay.n_layers, lay.n_heads, lay.head_dim)
+    sites = find_sites(model)
+    out = torch.empty(len(enc), sites.n_layers, sites.n_heads, sites.head_dim)
     parts = list(batches(enc, batch_size))
     current: dict[int, torch.Tensor] = {}
 
@@ -59,24 +59,24 @@ def reduced_z(
             def on_z(layer: int, z: torch.Tensor, sub: Encoded = sub) -> None:
                 current[layer] = reduce_positions(z.float(), sub, reduction).cpu()
 
-            with reading_z(model, lay, on_z):
+            with reading_z(sites, on_z):
                 model(
                     input_ids=sub.input_ids,
                     attention_mask=sub.attention_mask,
                     logits_to_keep=1,
                     use_cache=False,
                 )
-            out[index] = torch.stack([current[layer] for layer in range(lay.n_layers)], dim=1)
+            out[index] = torch.stack([current[layer] for layer in range(sites.n_layers)], dim=1)
             if bar is not None:
                 bar.advance(bar.task_ids[0], len(index))
     return out
 
 
-def z_to_outputs(z: torch.Tensor, lm: LoadedLM, lay: Layout | None = None) -> torch.Tensor:
+def z_to_outputs(z: torch.Tensor, lm: LoadedLM, sites: Sites | None = None) -> torch.Tensor:
     """[..., n_layers, n_heads, head_dim] z -> [..., n_layers, n_heads, d_model] head outputs."""
-    lay = lay or layout(lm.model)
+    sites = sites or find_sites(lm.model)
     weights = torch.stack(
-        [w_o(lm.model, lay, layer).detach().float().cpu() for layer in range(lay.n_layers)]
+        [sites.w_o(layer).detach().float().cpu() for layer in range(sites.n_layers)]
     )  # [L, H, hd, d]
     return torch.einsum("...lhk,lhkd->...lhd", z, weights)
 

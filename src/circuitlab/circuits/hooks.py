@@ -1,20 +1,19 @@
-"""Forward pre-hooks on the attention output projections: read or overwrite per-head `z`.
+"""Per-head `z` hooks: read every layer's head outputs, or overwrite chosen heads.
 
-Both kinds of hook see `z` as [batch, seq, n_heads, head_dim] (see `arch`). Hooks are always
-removed when the `with` block ends, also on errors, so a model is never left modified.
+Both see `z` (the attention output projection's input, see `core.sites`) split by head,
+[batch, seq, n_heads, head_dim]. They are `core.sites.hooked` with head-shaped values, so
+hooks are removed when the `with` block ends, also on errors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import nn
 
-from circuitlab.circuits.arch import Layout, out_proj
+from circuitlab.core.sites import Hook, Sites, attn_z, hooked
 
 
 @dataclass(frozen=True)
@@ -30,44 +29,32 @@ class HeadEdit:
     values: torch.Tensor
 
 
-def _split(z: torch.Tensor, lay: Layout) -> torch.Tensor:
-    return z.view(*z.shape[:-1], lay.n_heads, lay.head_dim)
-
-
 @contextmanager
-def reading_z(
-    model: nn.Module, lay: Layout, on_z: Callable[[int, torch.Tensor], None]
-) -> Iterator[None]:
+def reading_z(sites: Sites, on_z: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
     """Call `on_z(layer, z)` with every layer's `z` [batch, seq, n_heads, head_dim]."""
 
-    def hook_for(layer: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            on_z(layer, _split(args[0], lay))
+    def reader(layer: int) -> Hook:
+        def hook(z: torch.Tensor) -> None:
+            on_z(layer, sites.split_heads(z))
 
         return hook
 
-    with ExitStack() as stack:
-        for layer in range(lay.n_layers):
-            handle = out_proj(model, lay, layer).register_forward_pre_hook(hook_for(layer))
-            stack.callback(handle.remove)
+    with hooked(sites, {attn_z(layer): reader(layer) for layer in range(sites.n_layers)}):
         yield
 
 
 @contextmanager
-def editing_z(model: nn.Module, lay: Layout, edits: Mapping[int, HeadEdit]) -> Iterator[None]:
+def editing_z(sites: Sites, edits: Mapping[int, HeadEdit]) -> Iterator[None]:
     """Overwrite heads' `z` as `edits` (layer -> HeadEdit) says, for the forward passes inside."""
 
-    def hook_for(edit: HeadEdit) -> Callable[..., tuple[Any, ...]]:
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-            z = _split(args[0], lay)
+    def editor(edit: HeadEdit) -> Hook:
+        def hook(z: torch.Tensor) -> torch.Tensor:
+            heads = sites.split_heads(z)
             mask = edit.mask.to(z.device)[:, None, :, None]
-            new = torch.where(mask, edit.values.to(z.device, z.dtype), z)
-            return (new.reshape(args[0].shape), *args[1:])
+            new = torch.where(mask, edit.values.to(z.device, z.dtype), heads)
+            return new.reshape(z.shape)
 
         return hook
 
-    with ExitStack() as stack:
-        for layer, edit in edits.items():
-            handle = out_proj(model, lay, layer).register_forward_pre_hook(hook_for(edit))
-            stack.callback(handle.remove)
+    with hooked(sites, {attn_z(layer): editor(edit) for layer, edit in edits.items()}):
         yield

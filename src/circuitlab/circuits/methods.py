@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from circuitlab.circuits.arch import layout
 from circuitlab.circuits.discover import Ranking, sae_discover, timed
 from circuitlab.circuits.heads import REDUCTIONS, head_outputs
 from circuitlab.circuits.sae import SAE_DTYPES, SAEConfig
@@ -31,6 +30,7 @@ from circuitlab.core.io import atomic_write_json
 from circuitlab.core.lm import LoadedLM, load_lm, torch_dtype
 from circuitlab.core.plotting import save_heatmaps
 from circuitlab.core.runs import RunDir
+from circuitlab.core.sites import find_sites
 
 METHODS = ("sae", "sae-edge", "attribution", "hisp", "activation", "random")
 DEFAULT_METHODS = ("sae", "sae-edge", "attribution", "hisp", "random")
@@ -129,7 +129,7 @@ def run_methods(
     progress: bool = False,
 ) -> dict[str, Ranking]:
     """Every method of `config.methods` on `task`: method name -> Ranking."""
-    lay = layout(lm.model)
+    sites = find_sites(lm.model)
     found: dict[str, Ranking] = {}
     wanted = set(config.methods)
     if wanted & {"sae", "sae-edge"}:
@@ -177,7 +177,7 @@ def run_methods(
     if "random" in wanted:
         from circuitlab.circuits.baselines.random import random_scores
 
-        found["random"] = random_scores(lay.n_layers, lay.n_heads, config.seed)
+        found["random"] = random_scores(sites.n_layers, sites.n_heads, config.seed)
     return {m: found[m] for m in config.methods}
 
 
@@ -215,8 +215,8 @@ def run_discover(
         seconds: dict[str, float] = {}
         with timed(seconds, "load_model"):
             lm = lm or load_model(config.model, config.dtype)
-        lay = layout(lm.model)
-        ref = load_reference(reference, lay.n_layers, lay.n_heads) if reference else None
+        sites = find_sites(lm.model)
+        ref = load_reference(reference, sites.n_layers, sites.n_heads) if reference else None
         task = make_task(config.task, lm.tokenizer, n=config.num, seed=config.task_seed)
         rankings = run_methods(lm, task, config, progress=True)
     results: dict[str, Any] = {

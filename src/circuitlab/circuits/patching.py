@@ -2,8 +2,9 @@
 
 Three savings make 270 heads x hundreds of prompts feasible on a CPU:
 - Ablating a head in layer L leaves layers < L untouched, so the residual stream entering every
-  layer is cached from one clean pass, and each ablated pass runs only layers L.. (the model's
-  layer list is cut to that suffix for the duration, and the cached stream is fed in at L).
+  layer is cached from one clean pass, and each ablated pass runs only layers L.. (the layers
+  below are pass-throughs for the duration, and the cached stream is fed in at L:
+  `core.sites.from_layer`).
   That halves the work on average.
 - All heads of one layer run in one pass: the batch is stacked once per head, and a row-wise
   mask ablates a different head in each copy (bigger matrix products, fewer Python steps).
@@ -13,63 +14,30 @@ The result equals running the whole model once per head with `ablation.ablate` (
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from circuitlab.circuits.ablation import check_kind, position_z
-from circuitlab.circuits.arch import Layout, layers
 from circuitlab.circuits.hooks import HeadEdit, editing_z
 from circuitlab.circuits.metrics import TokenSets, metric_values
 from circuitlab.circuits.tokens import Encoded, last_logits, model_device
 from circuitlab.core.lm import LoadedLM
+from circuitlab.core.sites import Hook, Sites, from_layer, hooked, layer_input
 
 
 @torch.inference_mode()
-def residual_inputs(model: nn.Module, lay: Layout, enc: Encoded) -> list[torch.Tensor]:
+def residual_inputs(model: nn.Module, sites: Sites, enc: Encoded) -> list[torch.Tensor]:
     """The residual stream entering each layer on a clean pass: n_layers x [batch, seq, d]."""
     store: dict[int, torch.Tensor] = {}
-    handles = []
-    for index, layer in enumerate(layers(model, lay)):
 
-        def hook(
-            module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], index: int = index
-        ) -> None:
-            store[index] = (args[0] if args else kwargs["hidden_states"]).clone()
+    def keeper(index: int) -> Hook:
+        return lambda hidden: store.__setitem__(index, hidden.clone())
 
-        handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
-    try:
+    with hooked(sites, {layer_input(i): keeper(i) for i in range(sites.n_layers)}):
         last_logits(model, enc)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [store[i] for i in range(lay.n_layers)]
-
-
-@contextmanager
-def from_layer(model: nn.Module, lay: Layout, start: int, resid: torch.Tensor) -> Iterator[None]:
-    """Run only layers `start`.. with `resid` as the stream entering layer `start`.
-
-    The embeddings are still computed (cheap) and then overwritten at the first kept layer.
-    """
-    base = getattr(model, lay.base_attr)
-    original = getattr(base, lay.layers_attr)
-
-    def feed(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if args:
-            return (resid, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": resid}
-
-    handle = original[start].register_forward_pre_hook(feed, with_kwargs=True)
-    setattr(base, lay.layers_attr, nn.ModuleList(list(original)[start:]))
-    try:
-        yield
-    finally:
-        setattr(base, lay.layers_attr, original)
-        handle.remove()
+    return [store[i] for i in range(sites.n_layers)]
 
 
 def _stack(enc: Encoded, k: int) -> Encoded:
@@ -81,7 +49,7 @@ def _stack(enc: Encoded, k: int) -> Encoded:
 @torch.inference_mode()
 def ablated_metrics(
     lm: LoadedLM,
-    lay: Layout,
+    sites: Sites,
     enc: Encoded,
     sets: TokenSets,
     metric: str,
@@ -108,7 +76,7 @@ def ablated_metrics(
     enc = enc.to(device)
     batch = len(enc)
     if resid is None:
-        resid = residual_inputs(model, lay, enc)
+        resid = residual_inputs(model, sites, enc)
     if kind == "resample":
         assert corrupted is not None, "resample ablation needs the corrupted batch"
         values = position_z(lm, corrupted).to(device)  # [B, S, L, H, hd]
@@ -116,25 +84,25 @@ def ablated_metrics(
         assert mean is not None, "mean ablation needs mean values"
         values = mean.to(device)
     else:
-        values = torch.zeros(lay.n_layers, lay.n_heads, lay.head_dim, device=device)
-    k_max = heads_per_pass or lay.n_heads
-    out = torch.full((batch, lay.n_layers, lay.n_heads), torch.nan)
-    for layer in range(lay.n_layers) if layers_to_patch is None else sorted(set(layers_to_patch)):
-        for first in range(0, lay.n_heads, k_max):
-            heads = list(range(first, min(first + k_max, lay.n_heads)))
+        values = torch.zeros(sites.n_layers, sites.n_heads, sites.head_dim, device=device)
+    k_max = heads_per_pass or sites.n_heads
+    out = torch.full((batch, sites.n_layers, sites.n_heads), torch.nan)
+    for layer in range(sites.n_layers) if layers_to_patch is None else sorted(set(layers_to_patch)):
+        for first in range(0, sites.n_heads, k_max):
+            heads = list(range(first, min(first + k_max, sites.n_heads)))
             k = len(heads)
-            mask = torch.zeros(k, batch, lay.n_heads, dtype=torch.bool, device=device)
+            mask = torch.zeros(k, batch, sites.n_heads, dtype=torch.bool, device=device)
             for j, head in enumerate(heads):
                 mask[j, :, head] = True
             if kind == "resample":
                 layer_values = values[:, :, layer].repeat(k, 1, 1, 1)
             else:
                 layer_values = values[layer]
-            edit = HeadEdit(mask=mask.view(k * batch, lay.n_heads), values=layer_values)
+            edit = HeadEdit(mask=mask.view(k * batch, sites.n_heads), values=layer_values)
             stacked = _stack(enc, k)
             with (
-                editing_z(model, lay, {layer: edit}),
-                from_layer(model, lay, layer, resid[layer].repeat(k, 1, 1)),
+                editing_z(sites, {layer: edit}),
+                from_layer(sites, layer, resid[layer].repeat(k, 1, 1)),
             ):
                 logits = last_logits(model, stacked)
             scores = metric_values(logits, sets.repeat(k), metric).view(k, batch).cpu()

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from circuitlab.circuits.ablation import ABLATIONS, encode_pairs, mean_z
-from circuitlab.circuits.arch import Layout, layout
 from circuitlab.circuits.metrics import TokenSets, score_task, token_sets
 from circuitlab.circuits.patching import ablated_metrics, residual_inputs
 from circuitlab.circuits.tasks import Task, make_task
@@ -36,6 +35,7 @@ from circuitlab.core.lm import LoadedLM, load_lm, torch_dtype
 from circuitlab.core.plotting import save_heatmaps
 from circuitlab.core.progress import progress_bar
 from circuitlab.core.runs import RunDir
+from circuitlab.core.sites import Sites, find_sites
 
 DTYPES = ("float32", "bfloat16")  # model weights; core.lm.torch_dtype maps the names
 
@@ -161,11 +161,11 @@ def _run(config: ReferenceConfig, out: str | Path, lm: LoadedLM | None) -> dict[
     run = RunDir.open(out, config_to_dict(config))
     started = time.perf_counter()
     lm = lm or load_lm(config.model, dtype=torch_dtype(config.dtype))
-    lay = layout(lm.model)
-    bad = [layer for layer in config.layers if layer >= lay.n_layers]
+    sites = find_sites(lm.model)
+    bad = [layer for layer in config.layers if layer >= sites.n_layers]
     if bad:
-        raise CircuitlabError(f"layers {bad} do not exist: {lm.name} has {lay.n_layers} layers")
-    patched = config.layers or tuple(range(lay.n_layers))
+        raise CircuitlabError(f"layers {bad} do not exist: {lm.name} has {sites.n_layers} layers")
+    patched = config.layers or tuple(range(sites.n_layers))
     task = make_task(config.task, lm.tokenizer, n=config.num, seed=config.seed)
     sets = token_sets(task)
     if "resample" in config.kinds:
@@ -180,7 +180,7 @@ def _run(config: ReferenceConfig, out: str | Path, lm: LoadedLM | None) -> dict[
     pending = [
         (b, k) for b in range(len(parts)) for k in config.kinds if not run.is_done(f"{k}-b{b:03d}")
     ]
-    n_heads = len(patched) * lay.n_heads
+    n_heads = len(patched) * sites.n_heads
     total = sum(len(parts[b][0]) for b, _ in pending) * n_heads
     with progress_bar(f"patching {n_heads} heads", total) as bar:
         for b, (index, sub) in enumerate(parts):
@@ -190,7 +190,7 @@ def _run(config: ReferenceConfig, out: str | Path, lm: LoadedLM | None) -> dict[
             _patch_batch(
                 run,
                 lm,
-                lay,
+                sites,
                 b,
                 index,
                 sub,
@@ -203,11 +203,11 @@ def _run(config: ReferenceConfig, out: str | Path, lm: LoadedLM | None) -> dict[
                 lambda n: bar.advance(bar.task_ids[0], n),
             )
     effects = {
-        k: _collect(run, k, len(parts), task, score.positives, score.negatives, lay)
+        k: _collect(run, k, len(parts), task, score.positives, score.negatives, sites)
         for k in config.kinds
     }
     reference = _write_outputs(
-        run, config, lm, lay, task, score.summary(), effects, time.perf_counter() - started
+        run, config, lm, sites, task, score.summary(), effects, time.perf_counter() - started
     )
     return reference
 
@@ -215,7 +215,7 @@ def _run(config: ReferenceConfig, out: str | Path, lm: LoadedLM | None) -> dict[
 def _patch_batch(
     run: RunDir,
     lm: LoadedLM,
-    lay: Layout,
+    sites: Sites,
     b: int,
     index: torch.Tensor,
     sub: Encoded,
@@ -227,12 +227,12 @@ def _patch_batch(
     patched: tuple[int, ...],
     advance: Any,
 ) -> None:
-    resid = residual_inputs(lm.model, lay, sub)
+    resid = residual_inputs(lm.model, sites, sub)
     for kind in kinds:
         t0 = time.perf_counter()
         ablated = ablated_metrics(
             lm,
-            lay,
+            sites,
             sub,
             sets.select(index),
             task.metric,
@@ -263,9 +263,9 @@ def _collect(
     task: Task,
     clean: torch.Tensor,
     corrupted: torch.Tensor,
-    lay: Layout,
+    sites: Sites,
 ) -> HeadEffects:
-    ablated = torch.empty(len(task), lay.n_layers, lay.n_heads)
+    ablated = torch.empty(len(task), sites.n_layers, sites.n_heads)
     for b in range(n_batches):
         unit = read_json(run.path / "units" / f"{kind}-b{b:03d}.json")
         values = np.array(unit["ablated"], dtype=np.float64)  # None (unpatched) -> nan
@@ -277,7 +277,7 @@ def _write_outputs(
     run: RunDir,
     config: ReferenceConfig,
     lm: LoadedLM,
-    lay: Layout,
+    sites: Sites,
     task: Task,
     score: dict[str, float],
     effects: dict[str, HeadEffects],
@@ -290,10 +290,10 @@ def _write_outputs(
         "model": lm.name,
         "task": task.summary(),
         "layout": {
-            "n_layers": lay.n_layers,
-            "n_heads": lay.n_heads,
-            "n_kv_heads": lay.n_kv_heads,
-            "d_model": lay.d_model,
+            "n_layers": sites.n_layers,
+            "n_heads": sites.n_heads,
+            "n_kv_heads": sites.n_kv_heads,
+            "d_model": sites.d_model,
         },
         "settings": config_to_dict(config),
         "definition": "effect(h) = mean metric clean - mean metric with h ablated (positives); "

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from circuitlab.circuits.arch import layout
 from circuitlab.circuits.discover import sae_discover
 from circuitlab.circuits.evaluate import circuit_metrics, load_reference
 from circuitlab.circuits.heads import REDUCTIONS
@@ -33,6 +32,7 @@ from circuitlab.core.config import config_to_dict, require
 from circuitlab.core.io import atomic_write_bytes, atomic_write_json, read_json
 from circuitlab.core.progress import progress_bar
 from circuitlab.core.runs import RunDir
+from circuitlab.core.sites import find_sites
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,8 @@ def run_sweep(config: SweepConfig, out: str | Path) -> dict[str, Any]:
         if pending:
             lm = load_model(config.model, config.dtype)
             task = make_task(config.task, lm.tokenizer, n=config.num)
-            lay = layout(lm.model)
-            ref = load_reference(config.reference, lay.n_layers, lay.n_heads)
+            sites = find_sites(lm.model)
+            ref = load_reference(config.reference, sites.n_layers, sites.n_heads)
             outputs: dict[str, HeadOutputs] = {}
             with progress_bar("sweep (setting x seed)", len(units)) as bar:
                 bar.advance(bar.task_ids[0], len(units) - len(pending))

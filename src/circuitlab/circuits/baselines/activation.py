@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 
 from circuitlab.circuits.ablation import check_kind, encode_pairs, mean_z
-from circuitlab.circuits.arch import layout
 from circuitlab.circuits.discover import Ranking, timed
 from circuitlab.circuits.metrics import metric_values, prompt_logits, token_sets
 from circuitlab.circuits.patching import ablated_metrics, residual_inputs
@@ -18,6 +17,7 @@ from circuitlab.circuits.tasks import Task
 from circuitlab.circuits.tokens import batches, encode
 from circuitlab.core.lm import LoadedLM
 from circuitlab.core.progress import progress_bar
+from circuitlab.core.sites import find_sites
 
 
 def activation_scores(
@@ -34,7 +34,7 @@ def activation_scores(
     seconds: dict[str, float] = {}
     sub_task = task.head(num)
     with timed(seconds, "patching"):
-        lay = layout(lm.model)
+        sites = find_sites(lm.model)
         if ablation == "resample":
             pos, neg = encode_pairs(
                 lm, sub_task.positives, sub_task.negatives, prepend_bos=prepend_bos
@@ -45,20 +45,20 @@ def activation_scores(
         mean = mean_z(lm, neg, batch_size=32) if ablation == "mean" else None
         sets = token_sets(sub_task)
         clean = metric_values(prompt_logits(lm, pos), sets, task.metric)
-        ablated = torch.empty(len(pos), lay.n_layers, lay.n_heads)
-        total = len(pos) * lay.n_total_heads
+        ablated = torch.empty(len(pos), sites.n_layers, sites.n_heads)
+        total = len(pos) * sites.n_total_heads
         with progress_bar("activation patching", total) if progress else _null() as bar:
             for index, sub in batches(pos, batch_size):
                 ablated[index] = ablated_metrics(
                     lm,
-                    lay,
+                    sites,
                     sub,
                     sets.select(index),
                     task.metric,
                     ablation,
                     mean=mean,
                     corrupted=neg.select(index) if ablation == "resample" else None,
-                    resid=residual_inputs(lm.model, lay, sub),
+                    resid=residual_inputs(lm.model, sites, sub),
                     on_pass=(lambda n: bar.advance(bar.task_ids[0], n)) if bar else None,
                 )
     effect = clean.mean() - ablated.mean(0)

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from circuitlab.circuits.ablation import encode_pairs, mean_z, position_z
-from circuitlab.circuits.arch import layout, out_proj
 from circuitlab.circuits.discover import Ranking, timed
 from circuitlab.circuits.metrics import metric_values, token_sets
 from circuitlab.circuits.tasks import Task
@@ -26,6 +25,7 @@ from circuitlab.circuits.tokens import Encoded, batches, encode, model_device
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.lm import LoadedLM
 from circuitlab.core.progress import progress_bar
+from circuitlab.core.sites import Hook, Sites, attn_z, find_sites, hooked
 
 ATTRIBUTION_ABLATIONS = ("resample", "mean")
 
@@ -48,7 +48,7 @@ def gradient_scores(
     seconds: dict[str, float] = {}
     with timed(seconds, "gradients"):
         model = lm.model
-        lay = layout(model)
+        sites = find_sites(model)
         if ablation == "resample":
             pos, neg = encode_pairs(lm, task.positives, task.negatives, prepend_bos=prepend_bos)
             mean = None
@@ -57,8 +57,8 @@ def gradient_scores(
             neg = encode(lm.tokenizer, task.negatives, prepend_bos=prepend_bos)
             mean = mean_z(lm, neg, batch_size=batch_size)
         sets = token_sets(task)
-        attr = torch.zeros(len(pos), lay.n_layers, lay.n_heads)
-        hisp = torch.zeros(len(pos), lay.n_layers, lay.n_heads)
+        attr = torch.zeros(len(pos), sites.n_layers, sites.n_heads)
+        hisp = torch.zeros(len(pos), sites.n_layers, sites.n_heads)
         bar_ctx = progress_bar("attribution patching", len(pos)) if progress else None
         bar = bar_ctx.__enter__() if bar_ctx else None
         try:
@@ -67,7 +67,7 @@ def gradient_scores(
                     corrupted = position_z(lm, neg.select(index)).float()  # [B, S, L, H, hd]
                 else:
                     corrupted = mean[None, None].expand(len(index), 1, *mean.shape)
-                a, h = _batch_scores(lm, lay, sub, sets.select(index), task.metric, corrupted)
+                a, h = _batch_scores(lm, sites, sub, sets.select(index), task.metric, corrupted)
                 attr[index], hisp[index] = a, h
                 if bar is not None:
                     bar.advance(bar.task_ids[0], len(index))
@@ -82,33 +82,27 @@ def gradient_scores(
 
 
 def _batch_scores(
-    lm: LoadedLM, lay: Any, enc: Encoded, sets: Any, metric: str, corrupted: torch.Tensor
+    lm: LoadedLM, sites: Sites, enc: Encoded, sets: Any, metric: str, corrupted: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     model = lm.model
     enc = enc.to(model_device(model))
     zs: dict[int, torch.Tensor] = {}
-    handles = []
-    for layer in range(lay.n_layers):
 
-        def hook(module: Any, args: tuple[Any, ...], layer: int = layer) -> None:
-            zs[layer] = args[0]
+    def keeper(layer: int) -> Hook:  # the tensor itself, not a copy: gradients are taken at it
+        return lambda z: zs.__setitem__(layer, z)
 
-        handles.append(out_proj(model, lay, layer).register_forward_pre_hook(hook))
-    try:
-        with torch.enable_grad():
-            out = model(
-                input_ids=enc.input_ids,
-                attention_mask=enc.attention_mask,
-                logits_to_keep=enc.last_index[:, None],
-                use_cache=False,
-            )
-            values = metric_values(out.logits[:, 0, :], sets, metric)
-            z_list = [zs[layer] for layer in range(lay.n_layers)]
-            grads = torch.autograd.grad(values.sum(), z_list)
-    finally:
-        for handle in handles:
-            handle.remove()
-    shape = (len(enc), -1, lay.n_heads, lay.head_dim)
+    hooks = {attn_z(layer): keeper(layer) for layer in range(sites.n_layers)}
+    with hooked(sites, hooks), torch.enable_grad():
+        out = model(
+            input_ids=enc.input_ids,
+            attention_mask=enc.attention_mask,
+            logits_to_keep=enc.last_index[:, None],
+            use_cache=False,
+        )
+        values = metric_values(out.logits[:, 0, :], sets, metric)
+        z_list = [zs[layer] for layer in range(sites.n_layers)]
+        grads = torch.autograd.grad(values.sum(), z_list)
+    shape = (len(enc), -1, sites.n_heads, sites.head_dim)
     z = torch.stack([t.detach().float().reshape(shape) for t in z_list], dim=2)  # [B,S,L,H,hd]
     g = torch.stack([t.float().reshape(shape) for t in grads], dim=2)
     corrupted = corrupted[:, : z.shape[1]].to(z.device)

@@ -1,4 +1,6 @@
-"""Random-init tiny GPT-2, Pythia (GPT-NeoX) and Llama (grouped-query) models for fast tests."""
+"""Random-init tiny models for fast tests of core.sites, circuits and analog: GPT-2, Pythia
+(GPT-NeoX) and Llama (grouped-query) with scaled-up weights (`tiny_model`), and configs of the
+Llama family (`LLAMA_FAMILY`: Llama, Mistral and Qwen2 with sliding windows, Qwen3)."""
 
 from __future__ import annotations
 
@@ -12,11 +14,34 @@ from transformers import (
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    Qwen2Config,
+    Qwen3Config,
 )
 
 from circuitlab.core.lm import LoadedLM
 
 ARCHS = ("gpt2", "pythia", "llama")
+
+# 4 layers of 4 query heads on 2 key/value heads (head_dim 8), vocabulary 97
+SIZES = {
+    "vocab_size": 97,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+}
+LLAMA_FAMILY = {
+    "llama": lambda: LlamaConfig(**SIZES),
+    "mistral": lambda: MistralConfig(**SIZES, sliding_window=6),
+    # layer 3 slides, layers 0-2 do not: each layer needs its own mask
+    "qwen2": lambda: Qwen2Config(
+        **SIZES, use_sliding_window=True, sliding_window=6, max_window_layers=3
+    ),
+    "qwen3": lambda: Qwen3Config(**SIZES, head_dim=8),
+}
 
 
 def tiny_model(arch: str, vocab_size: int, *, layers: int = 3, seed: int = 0) -> Any:
