@@ -81,3 +81,33 @@ def test_eval_loads_the_model_and_the_drift_original_in_the_asked_dtype(tmp_path
     assert math.isfinite(data["drift"]["perplexity"])
     # the original is loaded in bfloat16 as well: a float32 one would differ from the model
     assert data["drift"]["kl"] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_nodes_takes_flag_over_toml_over_default(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "opamp.md").write_text(
+        "# Op-amps\n\n" + "An op-amp with negative feedback keeps its inputs equal. " * 8
+    )
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        "[nodes]\nmin_words = 10\nmax_words = 40\n[nodes.corpus]\nnear_duplicate = 0.5\n"
+    )
+    out = tmp_path / "run"
+    result = run("nodes", "--corpus", str(corpus), "--config", str(toml), "--max-words", "60",
+                 "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["max_words"] == 60  # flag over TOML
+    assert stored["min_words"] == 10 and stored["corpus"]["near_duplicate"] == 0.5  # TOML
+    assert stored["taxonomy"] is None and stored["corpus"]["min_dedup_words"] > 0  # defaults
+    again = run("nodes", "--corpus", str(corpus), "--config", str(toml), "--near-duplicate",
+                "0.7", "--out", str(tmp_path / "again"))  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    stored = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert stored["corpus"]["near_duplicate"] == 0.7  # a flag beats a nested TOML table
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[nodes]\nmin_words = 'ten'\n")
+    result = run("nodes", "--config", str(bad), "--out", str(tmp_path / "bad"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "min_words: expected int" in result.stderr

@@ -99,7 +99,9 @@ def _parameter(leaf: _Leaf) -> inspect.Parameter:
     help_text = meta["help"] + (" \\[required]" if leaf.required else "")
     default: Any = None if leaf.required else leaf.default
     annotation = _cli_type(leaf.hint)
-    if meta.get("parse"):
+    if meta.get("parse") and meta.get("repeat"):
+        annotation, default = list[str], []
+    elif meta.get("parse"):
         annotation = str | None if default is None else str
         if default is not None:
             default = (meta.get("show") or _show)(default)

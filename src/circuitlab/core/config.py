@@ -39,19 +39,42 @@ def option(
     *,
     flags: tuple[str, ...] = (),
     envvar: str | None = None,
-    parse: Callable[[str], Any] | None = None,
+    parse: Callable[[Any], Any] | None = None,
     show: Callable[[Any], str] | None = None,
+    repeat: bool = False,
 ) -> Any:
     """A config field that is also a command-line option (see core/commands.py).
 
     `flags` replaces the derived `--field-name`; `parse` reads the option's text (a
     comma-separated list, a range like 20-29) where the field's type is not one a
-    command line spells directly, and `show` writes the default back in that form.
+    command line spells directly, and `show` writes the default back in that form;
+    with `repeat` the option is given once per item and `parse` reads the list of texts.
     A tuple default is stored as given; no default makes the setting required.
     """
     metadata = {"help": help, "flags": tuple(flags), "envvar": envvar,
-                "parse": parse, "show": show}  # fmt: skip
+                "parse": parse, "show": show, "repeat": repeat}  # fmt: skip
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def option_of(cls: type, name: str, default: Any = _MISSING) -> Any:
+    """Field `name` of config `cls` (its help, flags and parser) with another default: for
+    a config that presets another's setting (the analog pipeline's LoRA runs)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return dataclasses.field(default=f.default if default is _MISSING else default,
+                             metadata=f.metadata)  # fmt: skip
+
+
+def comma_list(kind: Callable[[str], Any] = str) -> Callable[[str], tuple[Any, ...]]:
+    """A parser for a comma-separated option (`--lambdas 0,0.1,1`); '' is the empty list."""
+
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            return tuple(kind(part.strip()) for part in text.split(",") if part.strip())
+        except ValueError:
+            what = "numbers" if kind in (int, float) else "values"
+            raise CircuitlabError(f"bad list {text!r}: give comma-separated {what}") from None
+
+    return parse
 
 
 def nested(cls: type, *, flatten: bool = False) -> Any:
