@@ -111,3 +111,18 @@ def test_nodes_takes_flag_over_toml_over_default(tmp_path):
     result = run("nodes", "--config", str(bad), "--out", str(tmp_path / "bad"))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "min_words: expected int" in result.stderr
+
+
+def test_eval_reads_its_settings_and_the_mcq_settings_from_one_toml_table(tmp_path):
+    bad_mcq = tmp_path / "mcq.jsonl"
+    bad_mcq.write_text('{"question": "q?", "options": ["a", "b"], "answer": "Z"}\n')
+    toml = tmp_path / "e.toml"
+    toml.write_text(f"[eval]\nmcq = {json.dumps(str(tmp_path / 'none.jsonl'))}\ndrift = false\n"
+                    "mode = 'generate'\n")  # fmt: skip
+    result = run("eval", "--config", str(toml))
+    assert result.returncode == 2 and "none.jsonl" in result.stderr  # the TOML's file
+    result = run("eval", "--config", str(toml), "--mcq", str(bad_mcq))
+    assert result.returncode == 2 and "'answer' must be" in result.stderr  # the flag's
+    toml.write_text("[eval]\nmode = 'guess'\n")  # an MCQConfig setting, checked as such
+    result = run("eval", "--config", str(toml))
+    assert result.returncode == 2 and "mode 'guess'" in result.stderr

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from circuitlab.analog.distill import DistillConfig
-from circuitlab.analog.mcq import MCQConfig
+from circuitlab.analog.evaluate import EvalConfig
 from circuitlab.analog.nodes import NodesConfig
 from circuitlab.analog.nsc_sft import NSCConfig
 from circuitlab.analog.pipeline import PipelineConfig
@@ -216,28 +216,10 @@ def train(
 
 
 @app.command("eval")
-@config_options(MCQConfig, table="eval")
+@config_options(EvalConfig, table="eval")
 def evaluate(
-    config: MCQConfig,
-    model: str = typer.Option(
-        "embedded", help="A model spec, or an `analog train` run directory (or its model/)."
-    ),
-    mcq: Path | None = typer.Option(
-        None,
-        help="Multiple-choice JSONL (question, options, answer letter, optional "
-        "subfield) \\[default: the shipped 60-question analog probe].",
-    ),
-    base: str | None = typer.Option(
-        None, help="Original model for the drift of a full fine-tune \\[from the run]."
-    ),
-    probe: Path | None = typer.Option(None, help="General-domain text \\[shipped probe]."),
-    drift: bool = typer.Option(True, help="Measure drift on general text."),
+    config: EvalConfig,
     out: Path | None = typer.Option(None, help="Write the full results (JSON) here."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
-    dtype: str = typer.Option(
-        "float32", help="Load the weights as float32, bfloat16 or float16 (half the memory)."
-    ),
-    threads: int = typer.Option(0, help="torch CPU threads [0: torch default]."),
 ) -> None:
     """Multiple-choice accuracy (overall, per subfield, Wilson 95% CI) and general-text drift.
 
@@ -252,24 +234,24 @@ def evaluate(
     from circuitlab.core.devices import pick_device
     from circuitlab.core.lm import torch_dtype
 
-    torch_dtype(dtype)  # a bad name or device fails before the questions are read
-    where = pick_device(device)
+    torch_dtype(config.dtype)  # a bad name or device fails before the questions are read
+    where = pick_device(config.device)
 
-    count = len(load_mcq(mcq))
-    limit = config.limit
-    if threads:
-        torch.set_num_threads(threads)
+    count = len(load_mcq(config.mcq))
+    limit = config.questions.limit
+    if config.threads:
+        torch.set_num_threads(config.threads)
     with progress_bar("questions", min(count, limit or count)) as bar:
         result = evaluate_model(
-            model,
-            mcq=mcq,
-            config=config,
-            probe=probe,
-            base=base,
-            drift=drift,
+            config.model,
+            mcq=config.mcq,
+            config=config.questions,
+            probe=config.probe,
+            base=config.base,
+            drift=config.drift,
             out=out,
             on_batch=lambda n: bar.advance(bar.task_ids[0], n),
-            dtype=dtype,
+            dtype=config.dtype,
             device=where,
         )
     _print_eval(result)

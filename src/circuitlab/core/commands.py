@@ -109,7 +109,7 @@ def _parameter(leaf: _Leaf) -> inspect.Parameter:
         default = list(default)
     info = typer.Option(
         default, *meta.get("flags", ()), help=help_text, envvar=meta.get("envvar"),
-        show_default=default is not None and default != [],
+        show_default=default not in (None, [], ""),
     )  # fmt: skip
     return inspect.Parameter(
         leaf.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation
