@@ -126,3 +126,16 @@ def test_eval_reads_its_settings_and_the_mcq_settings_from_one_toml_table(tmp_pa
     toml.write_text("[eval]\nmode = 'guess'\n")  # an MCQConfig setting, checked as such
     result = run("eval", "--config", str(toml))
     assert result.returncode == 2 and "mode 'guess'" in result.stderr
+
+
+def test_a_light_command_does_not_import_the_configs_of_the_heavy_ones():
+    """Commands are built on first use: `analog taxonomy` must not import torch (which
+    NSCConfig's module does) just to generate `analog train`'s options."""
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom circuitlab.cli import app\n"
+        "result = CliRunner().invoke(app, ['analog', 'taxonomy'])\n"
+        "assert result.exit_code == 0, result.output\nprint('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -74,3 +74,14 @@ def test_config_json_of_older_runs_still_reopens(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(old))
     RunDir.open(tmp_path, config_to_dict(TrainConfig()), config_to_dict(TrainConfig()))
     assert config_to_dict(TrainConfig()) == old
+
+
+def test_data_builds_its_options_without_importing_torch():
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom circuitlab.cli import app\n"
+        "result = CliRunner().invoke(app, ['cot', 'data', '--help'])\n"
+        "assert result.exit_code == 0, result.output\nprint('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

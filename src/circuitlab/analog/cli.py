@@ -4,21 +4,23 @@ NSC-SFT fine-tuning -> multiple-choice evaluation, and `run` for all of it end t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from circuitlab.analog.distill import DistillConfig
-from circuitlab.analog.evaluate import EvalConfig
-from circuitlab.analog.nodes import NodesConfig
-from circuitlab.analog.nsc_sft import NSCConfig
-from circuitlab.analog.pipeline import PipelineConfig
-from circuitlab.core.commands import config_options
+from circuitlab.core.commands import lazy_app, lazy_command
 from circuitlab.core.progress import progress_bar
 
-app = typer.Typer(
+if TYPE_CHECKING:  # each command imports its config when it is built (see lazy_command)
+    from circuitlab.analog.distill import DistillConfig
+    from circuitlab.analog.evaluate import EvalConfig
+    from circuitlab.analog.nodes import NodesConfig
+    from circuitlab.analog.nsc_sft import NSCConfig
+    from circuitlab.analog.pipeline import PipelineConfig
+
+app = lazy_app(
     help="AnalogSeeker (Chen et al. 2025) data pipeline: a textbook corpus becomes granular "
     "knowledge nodes tagged with an analog-design taxonomy, which cooperating LLM agents "
     "(question designer, solver, reviewer) distil into question / reasoning / answer data. "
@@ -71,8 +73,7 @@ def _print_nodes_summary(summary: dict[str, Any], out: Path) -> None:
     console.print(f"wrote {out / 'nodes.jsonl'} and {out / 'nodes_summary.json'}")
 
 
-@app.command()
-@config_options(NodesConfig, table="nodes")
+@lazy_command(app, "nodes", "circuitlab.analog.nodes:NodesConfig", table="nodes")
 def nodes(
     config: NodesConfig,
     corpus: Path | None = typer.Option(None, help=CORPUS_HELP),
@@ -91,7 +92,7 @@ def nodes(
     _print_nodes_summary(summary, out)
 
 
-@app.command("taxonomy")
+@lazy_command(app, "taxonomy")
 def show_taxonomy(
     taxonomy: Path | None = typer.Option(None, help="Taxonomy TOML \\[default: shipped]."),
 ) -> None:
@@ -105,8 +106,7 @@ def show_taxonomy(
     typer.echo(f"({loaded.source})")
 
 
-@app.command()
-@config_options(DistillConfig, table="distill")
+@lazy_command(app, "distill", "circuitlab.analog.distill:DistillConfig", table="distill")
 def distill(
     config: DistillConfig,
     corpus: Path | None = typer.Option(None, help=CORPUS_HELP + " Ignored with --nodes."),
@@ -130,6 +130,7 @@ def distill(
     --model Qwen/Qwen2.5-32B-Instruct --concurrency 32 --answer-tokens 1024 --out runs/qa
     """
     from circuitlab.analog.distill import distill as run_distill
+    from circuitlab.analog.nodes import NodesConfig
 
     if nodes_file is None:
         nodes_config = NodesConfig(taxonomy=str(taxonomy.resolve()) if taxonomy else None)
@@ -179,8 +180,7 @@ def _print_distill_summary(summary: dict[str, Any], out: Path) -> None:
     console.print(f"wrote {out / 'qa.jsonl'} and {out / 'results.json'}")
 
 
-@app.command()
-@config_options(NSCConfig, table="train")
+@lazy_command(app, "train", "circuitlab.analog.nsc_sft:NSCConfig", table="train")
 def train(
     config: NSCConfig,
     out: Path = typer.Option(..., help="Run directory (a rerun resumes from its checkpoint)."),
@@ -215,8 +215,7 @@ def train(
     console.print(f"wrote {out / 'model'} and {out / 'results.json'}")
 
 
-@app.command("eval")
-@config_options(EvalConfig, table="eval")
+@lazy_command(app, "eval", "circuitlab.analog.evaluate:EvalConfig", table="eval")
 def evaluate(
     config: EvalConfig,
     out: Path | None = typer.Option(None, help="Write the full results (JSON) here."),
@@ -279,8 +278,7 @@ def _print_eval(result: dict[str, Any]) -> None:
         )
 
 
-@app.command("run")
-@config_options(PipelineConfig, table="run")
+@lazy_command(app, "run", "circuitlab.analog.pipeline:PipelineConfig", table="run")
 def run_all(
     config: PipelineConfig,
     out: Path = typer.Option(Path("runs/analog"), help="Run directory (a rerun resumes)."),

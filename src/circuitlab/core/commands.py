@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import importlib
 import inspect
 import types
 import typing
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from circuitlab.core.config import check_type, checked_values, config_from_dict, read_toml
 from circuitlab.core.errors import CircuitlabError
@@ -179,12 +181,16 @@ def config_options(
         raise ValueError(f"{cls.__name__}: two options named alike in {names}")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        own = inspect.signature(fn, eval_str=True).parameters
+        own = inspect.signature(fn).parameters
         clash = set(names) & set(own)
         if clash:
             raise ValueError(f"{fn.__name__}: parameters {sorted(clash)} are also fields")
         keyword = inspect.Parameter.KEYWORD_ONLY
-        kept = [p.replace(kind=keyword) for name, p in own.items() if name != "config"]
+        kept = [  # `config`'s own annotation is never evaluated: it may name a lazy import
+            p.replace(kind=keyword, annotation=_evaluated(p.annotation, fn))
+            for name, p in own.items()
+            if name != "config"
+        ]
         table_text = f"a \\[{table}] table or the top level of " if table else ""
         generated = [
             inspect.Parameter(_CTX, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
@@ -229,8 +235,72 @@ def config_options(
     return decorate
 
 
+def _evaluated(annotation: Any, fn: Callable[..., Any]) -> Any:
+    if isinstance(annotation, str):
+        return eval(annotation, fn.__globals__)  # the module's own annotation, as typer would
+    return annotation
+
+
 def _from_cli(leaf: _Leaf, value: Any) -> Any:
     parse = leaf.field.metadata.get("parse")
     if parse is not None and value is not None:
         value = parse(value)
     return check_type(value, leaf.hint, leaf.name)
+
+
+class LazyGroup(TyperGroup):
+    """A system's command group that builds each command when it is first used.
+
+    Building a command reads its config dataclass, and importing the module that defines
+    it can cost seconds (torch): `analog taxonomy` must not pay for NSCConfig. The group
+    lists every name at once; `lazy_command` registers the builders.
+    """
+
+    builders: dict[str, Callable[[], Any]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.builders = dict(getattr(type(self), "registry", {}))
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*self.commands, *(n for n in self.builders if n not in self.commands)]
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        if name not in self.commands and name in self.builders:
+            self.commands[name] = self.builders.pop(name)()
+        return super().get_command(ctx, name)
+
+
+def lazy_app(**settings: Any) -> typer.Typer:
+    """A Typer app whose `lazy_command`s are built on first use (see LazyGroup)."""
+    group = type("SystemGroup", (LazyGroup,), {"registry": {}})
+    app = typer.Typer(cls=group, **settings)
+    app.info.cls = group
+    return app
+
+
+def lazy_command(
+    app: typer.Typer, name: str, config: str | None = None, *, table: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the decorated function as command `name` of a `lazy_app`; `config`
+    ("module:Class") is imported, and its options generated, only when the command is built."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def build() -> Any:
+            callback = fn
+            if config is not None:
+                module, _, attr = config.partition(":")
+                cls = getattr(importlib.import_module(module), attr)
+                callback = config_options(cls, table=table)(fn)
+            single = typer.Typer(
+                add_completion=False,
+                pretty_exceptions_enable=app.pretty_exceptions_enable,
+                rich_markup_mode=app.rich_markup_mode,
+            )
+            single.command(name)(callback)
+            return typer.main.get_command(single)
+
+        app.info.cls.registry[name] = build  # type: ignore[union-attr]
+        return fn
+
+    return decorate
