@@ -15,7 +15,12 @@ flag given on the command line (or through its environment variable) beats the T
 file, which beats the dataclass default. The function's own parameters (paths, --resume)
 stay ordinary typer options. typer reads `inspect.signature`, so the wrapper simply
 carries a generated `__signature__`; click's parameter source tells an explicit flag
-from a default.
+from a default. The TOML file holds the config's dict form (what config.json records),
+in a `[table]` named after the command or at its top level.
+
+A system whose configs live in modules that are slow to import (torch) registers its
+commands with `lazy_app` / `lazy_command` instead, so that a command's config is imported
+and its options generated only when that command runs.
 """
 
 from __future__ import annotations

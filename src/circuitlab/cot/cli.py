@@ -29,7 +29,7 @@ app = typer.Typer(
 
 
 @app.command()
-@config_options(DataConfig)
+@config_options(DataConfig, table="data")
 def data(
     config: DataConfig,
     out: Path = typer.Option(..., help="Training JSONL; test and stats files go beside it."),
@@ -159,7 +159,7 @@ def _print_eval(results: dict[str, Any], out: Path) -> None:
 
 
 @app.command()
-@config_options(SweepSettings)
+@config_options(SweepSettings, table="sweep")
 def sweep(
     config: SweepSettings,
     out: Path = typer.Option(..., help="Sweep directory: one run per point under points/."),
