@@ -83,6 +83,64 @@ def test_eval_loads_the_model_and_the_drift_original_in_the_asked_dtype(tmp_path
     assert data["drift"]["kl"] == pytest.approx(0.0, abs=1e-7)
 
 
+def test_nodes_takes_flag_over_toml_over_default(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "opamp.md").write_text(
+        "# Op-amps\n\n" + "An op-amp with negative feedback keeps its inputs equal. " * 8
+    )
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        "[nodes]\nmin_words = 10\nmax_words = 40\n[nodes.corpus]\nnear_duplicate = 0.5\n"
+    )
+    out = tmp_path / "run"
+    result = run("nodes", "--corpus", str(corpus), "--config", str(toml), "--max-words", "60",
+                 "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["max_words"] == 60  # flag over TOML
+    assert stored["min_words"] == 10 and stored["corpus"]["near_duplicate"] == 0.5  # TOML
+    assert stored["taxonomy"] is None and stored["corpus"]["min_dedup_words"] > 0  # defaults
+    again = run("nodes", "--corpus", str(corpus), "--config", str(toml), "--near-duplicate",
+                "0.7", "--out", str(tmp_path / "again"))  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    stored = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert stored["corpus"]["near_duplicate"] == 0.7  # a flag beats a nested TOML table
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[nodes]\nmin_words = 'ten'\n")
+    result = run("nodes", "--config", str(bad), "--out", str(tmp_path / "bad"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "min_words: expected int" in result.stderr
+
+
+def test_eval_reads_its_settings_and_the_mcq_settings_from_one_toml_table(tmp_path):
+    bad_mcq = tmp_path / "mcq.jsonl"
+    bad_mcq.write_text('{"question": "q?", "options": ["a", "b"], "answer": "Z"}\n')
+    toml = tmp_path / "e.toml"
+    toml.write_text(f"[eval]\nmcq = {json.dumps(str(tmp_path / 'none.jsonl'))}\ndrift = false\n"
+                    "mode = 'generate'\n")  # fmt: skip
+    result = run("eval", "--config", str(toml))
+    assert result.returncode == 2 and "none.jsonl" in result.stderr  # the TOML's file
+    result = run("eval", "--config", str(toml), "--mcq", str(bad_mcq))
+    assert result.returncode == 2 and "'answer' must be" in result.stderr  # the flag's
+    toml.write_text("[eval]\nmode = 'guess'\n")  # an MCQConfig setting, checked as such
+    result = run("eval", "--config", str(toml))
+    assert result.returncode == 2 and "mode 'guess'" in result.stderr
+
+
+def test_a_light_command_does_not_import_the_configs_of_the_heavy_ones():
+    """Commands are built on first use: `analog taxonomy` must not import torch (which
+    NSCConfig's module does) just to generate `analog train`'s options."""
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom circuitlab.cli import app\n"
+        "result = CliRunner().invoke(app, ['analog', 'taxonomy'])\n"
+        "assert result.exit_code == 0, result.output\nprint('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
 def test_nodes_never_read_a_symlink_that_leads_out_of_the_corpus(tmp_path):
     """Issue 23's probe: a corpus symlink to a file outside became nodes (and went to the
     LLM in distill). It is now skipped and reported; a symlink inside the corpus is read."""

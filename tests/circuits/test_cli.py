@@ -203,3 +203,33 @@ def test_evaluate_and_sweep_write_a_table_and_plots(tmp_path: Path, tiny_dir: Pa
         ("reduction", "last"),
     ]
     assert (sweep_out / "sweep.png").exists()
+
+
+def test_reference_takes_flag_over_toml_over_default(tmp_path: Path, tiny_dir: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        f"[reference]\ntask = 'docstring'\nmodel = {json.dumps(str(tiny_dir))}\nnum = 6\n"
+        "layers = [1, 2]\ncompare = ['zero']\nthreshold = 0.1\n"
+    )
+    out = tmp_path / "ref"
+    result = run("reference", "--config", str(toml), "--num", "4", "--threshold", "0.2",
+                 "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    settings = json.loads((out / "reference.json").read_text())["settings"]
+    assert settings["num"] == 4 and settings["threshold"] == 0.2  # flags over TOML
+    assert settings["layers"] == [1, 2] and settings["compare"] == ["zero"]  # TOML
+    assert settings["task"] == "docstring"
+    assert settings["ablation"] == "mean" and settings["batch_size"] == 16  # defaults
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[sweep]\nreference = 3\n")
+    result = run("sweep", "--config", str(bad))
+    assert isinstance(result.exception, CircuitlabError)
+    assert "setting reference: expected str, got 3" in str(result.exception)
+
+
+def test_discover_help_shows_the_default_methods_from_the_config() -> None:
+    from circuitlab.circuits.methods import DEFAULT_METHODS
+
+    result = CliRunner().invoke(app, ["circuits", "discover", "--help"], env={"COLUMNS": "200"})
+    text = " ".join(result.stdout.replace("│", " ").split())  # the text, without the box
+    assert f"[default: {','.join(DEFAULT_METHODS)}]" in text and "--config" in text

@@ -3,19 +3,24 @@ NSC-SFT fine-tuning -> multiple-choice evaluation, and `run` for all of it end t
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from circuitlab.core.config import config_from_dict, load_config, read_toml
-from circuitlab.core.errors import CircuitlabError
+from circuitlab.core.commands import lazy_app, lazy_command
 from circuitlab.core.progress import progress_bar
 
-app = typer.Typer(
+if TYPE_CHECKING:  # each command imports its config when it is built (see lazy_command)
+    from circuitlab.analog.distill import DistillConfig
+    from circuitlab.analog.evaluate import EvalConfig
+    from circuitlab.analog.nodes import NodesConfig
+    from circuitlab.analog.nsc_sft import NSCConfig
+    from circuitlab.analog.pipeline import PipelineConfig
+
+app = lazy_app(
     help="AnalogSeeker (Chen et al. 2025) data pipeline: a textbook corpus becomes granular "
     "knowledge nodes tagged with an analog-design taxonomy, which cooperating LLM agents "
     "(question designer, solver, reviewer) distil into question / reasoning / answer data. "
@@ -37,20 +42,6 @@ def _corpus(corpus: Path | None) -> Path:
     from circuitlab.analog.corpus import SHIPPED
 
     return corpus if corpus is not None else SHIPPED
-
-
-def _nodes_config(
-    taxonomy: Path | None, min_words: int, max_words: int, near_duplicate: float
-) -> Any:
-    from circuitlab.analog.corpus import CorpusConfig
-    from circuitlab.analog.nodes import NodesConfig
-
-    return NodesConfig(
-        corpus=CorpusConfig(near_duplicate=near_duplicate),
-        min_words=min_words,
-        max_words=max_words,
-        taxonomy=str(taxonomy.resolve()) if taxonomy else None,
-    )
 
 
 def _build_nodes(corpus: Path, out: Path, config: Any) -> dict[str, Any]:
@@ -82,18 +73,11 @@ def _print_nodes_summary(summary: dict[str, Any], out: Path) -> None:
     console.print(f"wrote {out / 'nodes.jsonl'} and {out / 'nodes_summary.json'}")
 
 
-@app.command()
+@lazy_command(app, "nodes", "circuitlab.analog.nodes:NodesConfig", table="nodes")
 def nodes(
+    config: NodesConfig,
     corpus: Path | None = typer.Option(None, help=CORPUS_HELP),
     out: Path = typer.Option(..., help="Run directory for nodes.jsonl and the summary."),
-    taxonomy: Path | None = typer.Option(
-        None, help="Taxonomy TOML \\[default: the shipped analog-design taxonomy]."
-    ),
-    min_words: int = typer.Option(20, help="Shortest node, in words."),
-    max_words: int = typer.Option(150, help="Longest prose node, in words."),
-    near_duplicate: float = typer.Option(
-        0.85, help="MinHash Jaccard similarity at which a paragraph counts as a repeat."
-    ),
 ) -> None:
     """Ingest a corpus and decompose it into tagged learning nodes, with coverage per branch.
 
@@ -104,12 +88,11 @@ def nodes(
 
     Example: circuitlab analog nodes --out runs/analog-nodes
     """
-    config = _nodes_config(taxonomy, min_words, max_words, near_duplicate)
     summary = _build_nodes(_corpus(corpus), out, config)
     _print_nodes_summary(summary, out)
 
 
-@app.command("taxonomy")
+@lazy_command(app, "taxonomy")
 def show_taxonomy(
     taxonomy: Path | None = typer.Option(None, help="Taxonomy TOML \\[default: shipped]."),
 ) -> None:
@@ -123,44 +106,14 @@ def show_taxonomy(
     typer.echo(f"({loaded.source})")
 
 
-@app.command()
+@lazy_command(app, "distill", "circuitlab.analog.distill:DistillConfig", table="distill")
 def distill(
+    config: DistillConfig,
     corpus: Path | None = typer.Option(None, help=CORPUS_HELP + " Ignored with --nodes."),
     nodes_file: Path | None = typer.Option(
         None, "--nodes", help="Use this nodes.jsonl instead of building nodes from --corpus."
     ),
     out: Path = typer.Option(..., help="Run directory (a rerun resumes it)."),
-    config_file: Path | None = typer.Option(
-        None, "--config", help="TOML file with a \\[distill] table of DistillConfig settings."
-    ),
-    backend: str | None = typer.Option(None, help="embedded (default) or openai."),
-    base_url: str | None = typer.Option(
-        None,
-        envvar="CIRCUITLAB_LLM_BASE_URL",
-        help="OpenAI-compatible server, e.g. "
-        "http://localhost:8000/v1 (env CIRCUITLAB_LLM_BASE_URL).",
-    ),
-    model: str | None = typer.Option(
-        None,
-        envvar="CIRCUITLAB_LLM_MODEL",
-        help="Served model name (openai), or a .gguf / "
-        "model dir for the embedded backend (env CIRCUITLAB_LLM_MODEL).",
-    ),
-    api_key_env: str | None = typer.Option(
-        None,
-        help="Environment variable holding the API key \\[default: OPENAI_API_KEY]; "
-        "the key is never written anywhere.",
-    ),
-    concurrency: int | None = typer.Option(None, help="HTTP requests in flight [8]."),
-    max_nodes: int | None = typer.Option(None, help="Distil at most this many nodes \\[all]."),
-    batch_size: int | None = typer.Option(None, help="Nodes per batch [8]."),
-    question_tokens: int | None = typer.Option(None, help="Token limit, designer [64]."),
-    answer_tokens: int | None = typer.Option(None, help="Token limit, solver reasoning [160]."),
-    review_tokens: int | None = typer.Option(None, help="Token limit, reviewer [48]."),
-    max_attempts: int | None = typer.Option(None, help="Tries per malformed reply [2]."),
-    max_revisions: int | None = typer.Option(None, help="Revise rounds per node [1]."),
-    threads: int | None = typer.Option(None, help="Embedded: torch threads [1]; 0: default."),
-    seed: int | None = typer.Option(None, help="Seed for node selection and sampling [0]."),
     taxonomy: Path | None = typer.Option(None, help="Taxonomy TOML for --corpus nodes."),
 ) -> None:
     """Distil knowledge nodes into QA pairs with reasoning, using three cooperating agents.
@@ -176,31 +129,11 @@ def distill(
     Example: circuitlab analog distill --backend openai --base-url http://gpu:8000/v1
     --model Qwen/Qwen2.5-32B-Instruct --concurrency 32 --answer-tokens 1024 --out runs/qa
     """
-    from circuitlab.analog.distill import DistillConfig
     from circuitlab.analog.distill import distill as run_distill
+    from circuitlab.analog.nodes import NodesConfig
 
-    overrides = {
-        "backend": backend,
-        "base_url": base_url,
-        "model": model,
-        "api_key_env": api_key_env,
-        "concurrency": concurrency,
-        "max_nodes": max_nodes,
-        "batch_size": batch_size,
-        "question_tokens": question_tokens,
-        "answer_tokens": answer_tokens,
-        "review_tokens": review_tokens,
-        "max_attempts": max_attempts,
-        "max_revisions": max_revisions,
-        "threads": threads,
-        "seed": seed,
-    }
-    base = load_config(DistillConfig, config_file, "distill") if config_file else DistillConfig()
-    values = dataclasses.asdict(base)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    config = config_from_dict(DistillConfig, values)
     if nodes_file is None:
-        nodes_config = _nodes_config(taxonomy, 20, 150, 0.85)
+        nodes_config = NodesConfig(taxonomy=str(taxonomy.resolve()) if taxonomy else None)
         _build_nodes(_corpus(corpus), out / "nodes", nodes_config)
         nodes_file = out / "nodes" / "nodes.jsonl"
     with progress_bar("distilling", 0) as bar:
@@ -247,61 +180,10 @@ def _print_distill_summary(summary: dict[str, Any], out: Path) -> None:
     console.print(f"wrote {out / 'qa.jsonl'} and {out / 'results.json'}")
 
 
-def _csv(text: str | None) -> tuple[str, ...] | None:
-    return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
-
-
-def _floats(text: str, option: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in _csv(text) or ())
-    except ValueError:
-        raise CircuitlabError(f"{option} {text!r}: give comma-separated numbers") from None
-
-
-@app.command()
+@lazy_command(app, "train", "circuitlab.analog.nsc_sft:NSCConfig", table="train")
 def train(
-    data: Path | None = typer.Option(
-        None, help="QA JSONL: prompt/response, or question/answer\\[/reasoning] per line."
-    ),
-    model: str | None = typer.Option(
-        None, help="Model to fine-tune: embedded (default), a .gguf, a model dir or a hub id."
-    ),
+    config: NSCConfig,
     out: Path = typer.Option(..., help="Run directory (a rerun resumes from its checkpoint)."),
-    kl_lambda: float | None = typer.Option(
-        None, "--lambda", help="Weight of the KL to the original model [0.1]; 0: plain SFT."
-    ),
-    lora: bool | None = typer.Option(None, "--lora/--full", help="LoRA adapters or all weights."),
-    reference: str | None = typer.Option(
-        None,
-        help="live (second forward pass), cached (top-k once, before training) or hidden "
-        "(the last hidden state once, then only the frozen LM head each step; exact) \\[live].",
-    ),
-    top_k: int | None = typer.Option(None, help="Cached reference: tokens kept per position [64]."),
-    direction: str | None = typer.Option(
-        None, help="KL direction: 'model||reference' (paper) or 'reference||model'."
-    ),
-    kl_tokens: str | None = typer.Option(None, help="KL on 'response' tokens (paper) or 'all'."),
-    max_length: int | None = typer.Option(None, help="Tokens per example [1024]."),
-    batch_size: int | None = typer.Option(None, help="Examples per micro-batch [4]."),
-    grad_accum: int | None = typer.Option(None, help="Micro-batches per optimizer step [1]."),
-    epochs: int | None = typer.Option(None, help="Passes over the data [1]."),
-    max_steps: int | None = typer.Option(None, help="Stop after this many steps \\[all]."),
-    lr: float | None = typer.Option(None, help="Peak learning rate [1e-5 full, 2e-4 LoRA]."),
-    lora_r: int | None = typer.Option(None, help="LoRA rank [8]."),
-    lora_layers: int | None = typer.Option(None, help="LoRA on the top N layers only [0: all]."),
-    verdicts: str | None = typer.Option(
-        None, help="Keep records with these reviewer verdicts, comma-separated \\[accept]; '' all."
-    ),
-    save_every: int | None = typer.Option(None, help="Checkpoint every N steps [50]."),
-    mixed_precision: str | None = typer.Option(None, help="no, bf16 or fp16 \\[no]."),
-    dtype: str | None = typer.Option(
-        None, help="Load the weights as float32, bfloat16 or float16 \\[float32]."
-    ),
-    threads: int | None = typer.Option(None, help="torch CPU threads [0: torch default]."),
-    seed: int | None = typer.Option(None, help="Seed for data order [0]."),
-    config_file: Path | None = typer.Option(
-        None, "--config", help="TOML file with a \\[train] table of NSCConfig settings."
-    ),
 ) -> None:
     """Fine-tune with neighborhood self-constrained SFT (NSC-SFT) on QA-with-reasoning data.
 
@@ -319,38 +201,9 @@ def train(
     Example: circuitlab analog train --data runs/analog-qa/qa.jsonl --lambda 0.1 --lora
     --out runs/nsc
     """
-    from circuitlab.analog.nsc_sft import NSCConfig, kl_summary
+    from circuitlab.analog.nsc_sft import kl_summary
     from circuitlab.analog.nsc_sft import train as run_train
 
-    values = read_toml(config_file, "train") if config_file else {}
-    overrides = {
-        "data": str(data) if data is not None else None,
-        "model": model,
-        "kl_lambda": kl_lambda,
-        "lora": lora,
-        "reference": reference,
-        "top_k": top_k,
-        "kl_direction": direction,
-        "kl_tokens": kl_tokens,
-        "max_length": max_length,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-        "epochs": epochs,
-        "max_steps": max_steps,
-        "lr": lr,
-        "lora_r": lora_r,
-        "lora_layers": lora_layers,
-        "verdicts": _csv(verdicts),
-        "save_every": save_every,
-        "mixed_precision": mixed_precision,
-        "dtype": dtype,
-        "threads": threads,
-        "seed": seed,
-    }
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    if "data" not in values:
-        raise CircuitlabError("give the training data: --data qa.jsonl")
-    config = config_from_dict(NSCConfig, values)
     result = run_train(config, out)
     console.print(
         f"{result['steps']}/{result['total_steps']} steps on {result['examples']} examples "
@@ -362,32 +215,10 @@ def train(
     console.print(f"wrote {out / 'model'} and {out / 'results.json'}")
 
 
-@app.command("eval")
+@lazy_command(app, "eval", "circuitlab.analog.evaluate:EvalConfig", table="eval")
 def evaluate(
-    model: str = typer.Option(
-        "embedded", help="A model spec, or an `analog train` run directory (or its model/)."
-    ),
-    mcq: Path | None = typer.Option(
-        None,
-        help="Multiple-choice JSONL (question, options, answer letter, optional "
-        "subfield) \\[default: the shipped 60-question analog probe].",
-    ),
-    mode: str = typer.Option("loglik", help="loglik (score options) or generate (parse a letter)."),
-    scoring: str = typer.Option("option", help="loglik: score option text or letter."),
-    normalize: str = typer.Option("mean", help="Option score: mean or sum of token log-probs."),
-    batch_size: int = typer.Option(16, help="Questions per batch."),
-    limit: int | None = typer.Option(None, help="Evaluate N questions spread over the file."),
-    base: str | None = typer.Option(
-        None, help="Original model for the drift of a full fine-tune \\[from the run]."
-    ),
-    probe: Path | None = typer.Option(None, help="General-domain text \\[shipped probe]."),
-    drift: bool = typer.Option(True, help="Measure drift on general text."),
+    config: EvalConfig,
     out: Path | None = typer.Option(None, help="Write the full results (JSON) here."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
-    dtype: str = typer.Option(
-        "float32", help="Load the weights as float32, bfloat16 or float16 (half the memory)."
-    ),
-    threads: int = typer.Option(0, help="torch CPU threads [0: torch default]."),
 ) -> None:
     """Multiple-choice accuracy (overall, per subfield, Wilson 95% CI) and general-text drift.
 
@@ -398,30 +229,28 @@ def evaluate(
     import torch
 
     from circuitlab.analog.evaluate import evaluate_model
-    from circuitlab.analog.mcq import MCQConfig, load_mcq
+    from circuitlab.analog.mcq import load_mcq
     from circuitlab.core.devices import pick_device
     from circuitlab.core.lm import torch_dtype
 
-    torch_dtype(dtype)  # a bad name or device fails before the questions are read
-    where = pick_device(device)
+    torch_dtype(config.dtype)  # a bad name or device fails before the questions are read
+    where = pick_device(config.device)
 
-    config = MCQConfig(
-        mode=mode, scoring=scoring, normalize=normalize, batch_size=batch_size, limit=limit
-    )
-    count = len(load_mcq(mcq))
-    if threads:
-        torch.set_num_threads(threads)
+    count = len(load_mcq(config.mcq))
+    limit = config.questions.limit
+    if config.threads:
+        torch.set_num_threads(config.threads)
     with progress_bar("questions", min(count, limit or count)) as bar:
         result = evaluate_model(
-            model,
-            mcq=mcq,
-            config=config,
-            probe=probe,
-            base=base,
-            drift=drift,
+            config.model,
+            mcq=config.mcq,
+            config=config.questions,
+            probe=config.probe,
+            base=config.base,
+            drift=config.drift,
             out=out,
             on_batch=lambda n: bar.advance(bar.task_ids[0], n),
-            dtype=dtype,
+            dtype=config.dtype,
             device=where,
         )
     _print_eval(result)
@@ -449,20 +278,10 @@ def _print_eval(result: dict[str, Any]) -> None:
         )
 
 
-@app.command("run")
+@lazy_command(app, "run", "circuitlab.analog.pipeline:PipelineConfig", table="run")
 def run_all(
+    config: PipelineConfig,
     out: Path = typer.Option(Path("runs/analog"), help="Run directory (a rerun resumes)."),
-    max_nodes: int | None = typer.Option(None, help="Nodes to distil [8]."),
-    lambdas: str | None = typer.Option(None, help="Comma-separated lambdas [0,0.1,1]."),
-    steps: int | None = typer.Option(None, help="Training steps per lambda [8]."),
-    reference: str | None = typer.Option(None, help="live, cached or hidden \\[cached]."),
-    mcq: Path | None = typer.Option(None, help="MCQ JSONL \\[shipped analog probe]."),
-    mcq_limit: int | None = typer.Option(None, help="Evaluate N questions \\[all]."),
-    threads: int | None = typer.Option(None, help="torch CPU threads [2]."),
-    seed: int | None = typer.Option(None, help="Seed [0]."),
-    config_file: Path | None = typer.Option(
-        None, "--config", help="TOML file with a \\[run] table of PipelineConfig settings."
-    ),
 ) -> None:
     """Textbook slice -> nodes -> distillation -> LoRA NSC-SFT per lambda -> evaluation of
     base vs SFT vs NSC-SFT -> OUT/report.md with the trade-off plot (OUT/tradeoff.png).
@@ -472,22 +291,8 @@ def run_all(
 
     Example: circuitlab analog run --out runs/analog
     """
-    parsed = None if lambdas is None else _floats(lambdas, "--lambdas")  # before slow imports
-    from circuitlab.analog.pipeline import PipelineConfig, run_pipeline
+    from circuitlab.analog.pipeline import run_pipeline
 
-    values = read_toml(config_file, "run") if config_file else {}
-    overrides = {
-        "max_nodes": max_nodes,
-        "lambdas": parsed,
-        "steps": steps,
-        "reference": reference,
-        "mcq": str(mcq) if mcq is not None else None,
-        "mcq_limit": mcq_limit,
-        "threads": threads,
-        "seed": seed,
-    }
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    config = config_from_dict(PipelineConfig, values)
     bars: list[Any] = []
 
     def stage(name: str, total: int) -> Any:

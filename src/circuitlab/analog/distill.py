@@ -36,7 +36,7 @@ from circuitlab.analog.llm.base import Backend, ChatRequest
 from circuitlab.analog.llm.cache import CachedBackend
 from circuitlab.analog.nodes import read_nodes
 from circuitlab.analog.taxonomy import UNTAGGED, top_branch
-from circuitlab.core.config import config_to_dict, require
+from circuitlab.core.config import config_to_dict, option, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import append_jsonl, atomic_open, atomic_write_text, read_jsonl
 from circuitlab.core.runs import RunDir
@@ -56,26 +56,38 @@ class DistillConfig:
     retry_temperature and a new seed.
     """
 
-    backend: str = "embedded"
-    model: str | None = None
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8
+    backend: str = option("embedded", "embedded or openai.")
+    model: str | None = option(
+        None,
+        "Served model name (openai), or a .gguf / model dir for the embedded backend "
+        "(env CIRCUITLAB_LLM_MODEL) \\[default: the embedded SmolLM2-135M-Instruct].",
+        envvar="CIRCUITLAB_LLM_MODEL",
+    )
+    base_url: str | None = option(
+        None,
+        "OpenAI-compatible server, e.g. http://localhost:8000/v1 (env CIRCUITLAB_LLM_BASE_URL).",
+        envvar="CIRCUITLAB_LLM_BASE_URL",
+    )
+    api_key_env: str = option(
+        "OPENAI_API_KEY",
+        "Environment variable holding the API key; the key is never written anywhere.",
+    )
+    concurrency: int = option(8, "HTTP requests in flight.")
     timeout_s: float = 120.0
     retries: int = 4
     json_mode: bool = False
-    max_nodes: int | None = None
-    batch_size: int = 8
-    question_tokens: int = 64
-    answer_tokens: int = 160
-    review_tokens: int = 48
+    max_nodes: int | None = option(None, "Distil at most this many nodes \\[default: all].")
+    batch_size: int = option(8, "Nodes per batch.")
+    question_tokens: int = option(64, "Token limit, designer.")
+    answer_tokens: int = option(160, "Token limit, solver reasoning.")
+    review_tokens: int = option(48, "Token limit, reviewer.")
     temperature: float = 0.0
     retry_temperature: float = 0.7
-    max_attempts: int = 2
-    max_revisions: int = 1
+    max_attempts: int = option(2, "Tries per malformed reply.")
+    max_revisions: int = option(1, "Revise rounds per node.")
     question_near_duplicate: float = 0.9
-    seed: int = 0
-    threads: int = 1  # embedded backend: torch threads while generating (0: torch default)
+    seed: int = option(0, "Seed for node selection and sampling.")
+    threads: int = option(1, "Embedded: torch threads while generating; 0: torch default.")
 
     def __post_init__(self) -> None:
         require(self.backend in BACKENDS, f"backend {self.backend!r}: use {' or '.join(BACKENDS)}")

@@ -14,6 +14,7 @@ logits).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,43 @@ import torch
 from circuitlab.analog.drift import load_probe, measure_drift
 from circuitlab.analog.mcq import MCQConfig, evaluate_mcq, load_mcq
 from circuitlab.analog.nsc_sft import TrainedLM, load_model
+from circuitlab.core.config import nested, option
 from circuitlab.core.devices import reuse_freed_memory
 from circuitlab.core.io import atomic_write_json
 from circuitlab.core.lm import load_lm, torch_dtype
+
+
+def _path_text(text: str) -> str:
+    return str(Path(text))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`analog eval`: which model, on which questions and text, where; the MCQ settings are
+    MCQConfig's, kept at the top level of a TOML file."""
+
+    model: str = option(
+        "embedded", "A model spec, or an `analog train` run directory (or its model/)."
+    )
+    mcq: str | None = option(
+        None,
+        "Multiple-choice JSONL (question, options, answer letter, optional subfield) "
+        "\\[default: the shipped 60-question analog probe].",
+        parse=_path_text,
+    )
+    questions: MCQConfig = nested(MCQConfig, flatten=True)  # noqa: RUF009 - a default_factory
+    base: str | None = option(
+        None, "Original model for the drift of a full fine-tune \\[default: from the run]."
+    )
+    probe: str | None = option(
+        None, "General-domain text \\[default: the shipped probe].", parse=_path_text
+    )
+    drift: bool = option(True, "Measure drift on general text.")
+    device: str = option("auto", "auto, cpu, cuda or mps.")
+    dtype: str = option(
+        "float32", "Load the weights as float32, bfloat16 or float16 (half the memory)."
+    )
+    threads: int = option(0, "torch CPU threads; 0: torch default.")
 
 
 def evaluate_model(

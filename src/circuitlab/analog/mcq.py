@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from circuitlab.analog.sft_data import chat_prompt
-from circuitlab.core.config import require
+from circuitlab.core.config import option, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import read_jsonl
 
@@ -68,13 +68,13 @@ class MCQConfig:
     """How to ask; `limit` evaluates N questions spread evenly over the file (so a grouped
     file keeps every subfield), not just the first N."""
 
-    mode: str = "loglik"
-    scoring: str = "option"
-    normalize: str = "mean"
-    batch_size: int = 16
+    mode: str = option("loglik", "loglik (score options) or generate (parse a letter).")
+    scoring: str = option("option", "loglik: score option text or letter.")
+    normalize: str = option("mean", "Option score: mean or sum of token log-probs.")
+    batch_size: int = option(16, "Questions per batch.")
     max_new_tokens: int = 24
     system: str | None = None
-    limit: int | None = None
+    limit: int | None = option(None, "Evaluate N questions spread over the file.")
 
     def __post_init__(self) -> None:
         require(self.mode in MODES, f"mode {self.mode!r}: use loglik or generate")

@@ -34,7 +34,7 @@ from circuitlab.analog.taxonomy import (
     tag_texts,
     top_branch,
 )
-from circuitlab.core.config import config_to_dict, require
+from circuitlab.core.config import config_to_dict, nested, option, require
 from circuitlab.core.io import atomic_open, atomic_write_json, read_json, read_jsonl
 from circuitlab.core.runs import RunDir
 
@@ -59,10 +59,14 @@ _WORDS = re.compile(r"\S+")
 class NodesConfig:
     """Corpus handling plus decomposition: node size bounds and the taxonomy file."""
 
-    corpus: CorpusConfig = dataclasses.field(default_factory=CorpusConfig)
-    min_words: int = 20
-    max_words: int = 150
-    taxonomy: str | None = None  # None: the shipped data/taxonomy.toml
+    corpus: CorpusConfig = nested(CorpusConfig)  # noqa: RUF009 - a default_factory field
+    min_words: int = option(20, "Shortest node, in words.")
+    max_words: int = option(150, "Longest prose node, in words.")
+    taxonomy: str | None = option(
+        None,
+        "Taxonomy TOML \\[default: the shipped analog-design taxonomy].",
+        parse=lambda text: str(Path(text).resolve()),
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.corpus, dict):

@@ -63,7 +63,7 @@ from circuitlab.analog.reference import (
     precompute_reference,
 )
 from circuitlab.analog.sft_data import SFTData, collate, load_sft_data
-from circuitlab.core.config import config_to_dict, require
+from circuitlab.core.config import comma_list, config_to_dict, option, require
 from circuitlab.core.devices import reuse_freed_memory
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
@@ -93,38 +93,57 @@ class NSCConfig:
     `dtype`: the weights as loaded (see the module docstring for what that means for the
     optimizer); `mixed_precision` is accelerate's autocast on top of it."""
 
-    data: str
-    model: str | None = None
-    kl_lambda: float = 0.1
-    kl_direction: str = "model||reference"
-    kl_tokens: str = "response"
-    reference: str = "live"
-    top_k: int = 64
-    lora: bool = False
-    lora_r: int = 8
+    data: str = option(
+        help="QA JSONL: prompt/response, or question/answer\\[/reasoning] per line.",
+        parse=lambda text: str(Path(text)),
+    )
+    model: str | None = option(
+        None, "Model to fine-tune: a .gguf, a model dir or a hub id \\[default: embedded]."
+    )
+    kl_lambda: float = option(
+        0.1, "Weight of the KL to the original model; 0: plain SFT.", flags=("--lambda",)
+    )
+    kl_direction: str = option(
+        "model||reference",
+        "KL direction: 'model||reference' (paper) or 'reference||model'.",
+        flags=("--direction",),
+    )
+    kl_tokens: str = option("response", "KL on 'response' tokens (paper) or 'all'.")
+    reference: str = option(
+        "live",
+        "live (second forward pass), cached (top-k once, before training) or hidden "
+        "(the last hidden state once, then only the frozen LM head each step; exact).",
+    )
+    top_k: int = option(64, "Cached reference: tokens kept per position.")
+    lora: bool = option(False, "LoRA adapters or all weights.", flags=("--lora/--full",))
+    lora_r: int = option(8, "LoRA rank.")
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_targets: str = "all-linear"
-    lora_layers: int = 0
-    max_length: int = 1024
-    batch_size: int = 4
-    grad_accum: int = 1
-    epochs: int = 1
-    max_steps: int | None = None
-    lr: float | None = None
+    lora_layers: int = option(0, "LoRA on the top N layers only; 0: all.")
+    max_length: int = option(1024, "Tokens per example.")
+    batch_size: int = option(4, "Examples per micro-batch.")
+    grad_accum: int = option(1, "Micro-batches per optimizer step.")
+    epochs: int = option(1, "Passes over the data.")
+    max_steps: int | None = option(None, "Stop after this many steps \\[default: all].")
+    lr: float | None = option(None, "Peak learning rate \\[default: 1e-5 full, 2e-4 LoRA].")
     weight_decay: float = 0.0
     warmup: float = 0.03
     schedule: str = "cosine"
     grad_clip: float = 1.0
-    verdicts: tuple[str, ...] = ("accept",)
+    verdicts: tuple[str, ...] = option(
+        ("accept",),
+        "Keep records with these reviewer verdicts, comma-separated; '' keeps all.",
+        parse=comma_list(),
+    )
     system: str | None = None
-    seed: int = 0
-    save_every: int = 50
+    seed: int = option(0, "Seed for data order.")
+    save_every: int = option(50, "Checkpoint every N steps.")
     keep_checkpoints: int = 2
-    mixed_precision: str = "no"
-    dtype: str = "float32"
+    mixed_precision: str = option("no", "no, bf16 or fp16.")
+    dtype: str = option("float32", "Load the weights as float32, bfloat16 or float16.")
     gradient_checkpointing: bool = False
-    threads: int = 0
+    threads: int = option(0, "torch CPU threads; 0: torch default.")
 
     def __post_init__(self) -> None:
         require(bool(self.data), "data: give the QA JSONL file to train on (--data)")

@@ -30,7 +30,7 @@ from circuitlab.analog.distill import DistillConfig, distill
 from circuitlab.analog.evaluate import evaluate_model
 from circuitlab.analog.mcq import MCQConfig
 from circuitlab.analog.nsc_sft import NSCConfig, kl_summary, load_model, train
-from circuitlab.core.config import config_to_dict, require
+from circuitlab.core.config import comma_list, config_to_dict, option, option_of, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_bytes, read_json
 from circuitlab.core.lm import load_lm
@@ -45,26 +45,32 @@ class PipelineConfig:
     model that distils, is fine-tuned and is the base of the comparison (default: the
     embedded SmolLM2-135M-Instruct)."""
 
+    # The settings of the stages keep their help (and flags) where they are defined;
+    # the values here are this pipeline's preset for them.
     model: str | None = None
-    max_nodes: int = 8
-    question_tokens: int = 48
-    answer_tokens: int = 96
-    review_tokens: int = 24
-    max_revisions: int = 0
-    verdicts: tuple[str, ...] = ()
-    lambdas: tuple[float, ...] = (0.0, 0.1, 1.0)
-    reference: str = "cached"
-    steps: int = 8
-    batch_size: int = 4
+    max_nodes: int = option(8, "Nodes to distil.")
+    question_tokens: int = option_of(DistillConfig, "question_tokens", 48)
+    answer_tokens: int = option_of(DistillConfig, "answer_tokens", 96)
+    review_tokens: int = option_of(DistillConfig, "review_tokens", 24)
+    max_revisions: int = option_of(DistillConfig, "max_revisions", 0)
+    verdicts: tuple[str, ...] = option_of(NSCConfig, "verdicts", ())
+    lambdas: tuple[float, ...] = option(
+        (0.0, 0.1, 1.0), "Comma-separated KL weights, one LoRA run each.", parse=comma_list(float)
+    )
+    reference: str = option_of(NSCConfig, "reference", "cached")
+    steps: int = option(8, "Training steps per lambda.")
+    batch_size: int = option_of(NSCConfig, "batch_size", 4)
     lr: float = 1e-3
-    max_length: int = 256
-    lora_r: int = 8
-    lora_layers: int = 4
-    mcq: str | None = None
-    mcq_limit: int | None = None
-    scoring: str = "option"
-    threads: int = 2
-    seed: int = 0
+    max_length: int = option_of(NSCConfig, "max_length", 256)
+    lora_r: int = option_of(NSCConfig, "lora_r", 8)
+    lora_layers: int = option_of(NSCConfig, "lora_layers", 4)
+    mcq: str | None = option(
+        None, "MCQ JSONL \\[default: the shipped analog probe].", parse=lambda t: str(Path(t))
+    )
+    mcq_limit: int | None = option(None, "Evaluate N questions \\[default: all].")
+    scoring: str = option_of(MCQConfig, "scoring", "option")
+    threads: int = option(2, "torch CPU threads.")
+    seed: int = option(0, "Seed.")
 
     def __post_init__(self) -> None:
         require(self.max_nodes >= 1, f"max_nodes {self.max_nodes}: at least 1")

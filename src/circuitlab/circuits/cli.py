@@ -9,9 +9,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from circuitlab.circuits.ablation import ABLATIONS
-from circuitlab.circuits.tasks import TASKS
-from circuitlab.core.errors import CircuitlabError
+from circuitlab.circuits.evaluate import EvaluateConfig
+from circuitlab.circuits.methods import DiscoveryConfig
+from circuitlab.circuits.metrics import CheckConfig
+from circuitlab.circuits.reference import ReferenceConfig
+from circuitlab.circuits.sweep import SweepConfig
+from circuitlab.core.commands import config_options
 
 app = typer.Typer(
     help="Circuit discovery (O'Neill & Bui 2024): tasks (IOI, greater-than, docstring, your "
@@ -21,34 +24,9 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-TASK_HELP = f"One of {', '.join(TASKS)}, or a .jsonl file of prompt pairs (see README)."
-MODEL_HELP = "embedded (SmolLM2-135M-Instruct), a .gguf file, a model directory or a hub id."
-
-
-def _kinds(text: str) -> tuple[str, ...]:
-    return tuple(k.strip() for k in text.split(",") if k.strip())
-
-
-def _layers(text: str) -> tuple[int, ...]:
-    out: list[int] = []
-    try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            first, _, last = part.partition("-")
-            out.extend(range(int(first), int(last or first) + 1))
-    except ValueError:
-        raise CircuitlabError(f"bad --layers {text!r}: use e.g. 20-29 or 0,5,9") from None
-    return tuple(out)
-
-
 @app.command()
-def check(
-    task: str = typer.Option("ioi", help=TASK_HELP),
-    model: str = typer.Option("embedded", help=MODEL_HELP),
-    num: int = typer.Option(250, help="Prompt pairs."),
-    seed: int = typer.Option(0, help="Seed of the prompt generator."),
-    batch_size: int = typer.Option(32, help="Prompts per forward pass."),
-    prepend_bos: bool = typer.Option(False, help="Put the tokenizer's BOS token first."),
-) -> None:
+@config_options(CheckConfig, table="check")
+def check(config: CheckConfig) -> None:
     """Does the model do the task? Print the task metric on positives and negatives.
 
     A model that does the task has a clearly positive metric on positives and a much lower one
@@ -60,9 +38,9 @@ def check(
     from circuitlab.circuits.tasks import make_task
     from circuitlab.core.lm import load_lm
 
-    lm = load_lm(model)
-    the_task = make_task(task, lm.tokenizer, n=num, seed=seed)
-    score = score_task(lm, the_task, batch_size=batch_size, prepend_bos=prepend_bos)
+    lm = load_lm(config.model)
+    the_task = make_task(config.task, lm.tokenizer, n=config.num, seed=config.seed)
+    score = score_task(lm, the_task, batch_size=config.batch_size, prepend_bos=config.prepend_bos)
     summary = score.summary()
     table = Table(title=f"{the_task.name} on {lm.name}: {the_task.metric}, {len(the_task)} pairs")
     table.add_column("prompts")
@@ -85,32 +63,11 @@ def check(
 
 
 @app.command()
+@config_options(ReferenceConfig, table="reference")
 def reference(
-    task: str = typer.Option("ioi", help=TASK_HELP),
-    model: str = typer.Option("embedded", help=MODEL_HELP),
+    config: ReferenceConfig,
     out: Path = typer.Option(
         None, help="Run directory \\[default: runs/circuits/reference-TASK-MODEL]."
-    ),
-    num: int = typer.Option(64, help="Prompt pairs (the effect of a head is averaged over them)."),
-    seed: int = typer.Option(0, help="Seed of the prompt generator."),
-    ablation: str = typer.Option(
-        "mean", help=f"Ablation defining the circuit: {', '.join(ABLATIONS)}."
-    ),
-    compare: str = typer.Option(
-        "", help="More ablations for the sensitivity table, comma-separated (e.g. resample,zero)."
-    ),
-    threshold: float = typer.Option(
-        0.05,
-        help="A head is in the circuit if |its effect| >= this share of the clean-corrupted gap.",
-    ),
-    batch_size: int = typer.Option(16, help="Prompts per pass (stacked once per head of a layer)."),
-    prepend_bos: bool = typer.Option(False, help="Put the tokenizer's BOS token first."),
-    dtype: str = typer.Option("float32", help="float32, or bfloat16 (faster on CPUs with bf16)."),
-    layers: str = typer.Option("", help="Only patch these layers, e.g. 20-29 or 0,5,9 \\[all]."),
-    threads: int = typer.Option(
-        0,
-        help="Torch CPU threads (0: default). On a CPU shared with other jobs 1 can be "
-        "several times faster than 2.",
     ),
 ) -> None:
     """Patching reference circuit: ablate every head in turn, keep those that move the metric.
@@ -121,26 +78,9 @@ def reference(
 
     Example: circuitlab circuits reference --task ioi --compare resample,zero
     """
-    from circuitlab.circuits.reference import ReferenceConfig, run_reference
-    from circuitlab.core.lm import display_name
+    from circuitlab.circuits.reference import run_reference
 
-    config = ReferenceConfig(
-        task=task,
-        model=model,
-        num=num,
-        seed=seed,
-        ablation=ablation,
-        compare=_kinds(compare),
-        threshold=threshold,
-        batch_size=batch_size,
-        prepend_bos=prepend_bos,
-        dtype=dtype,
-        layers=_layers(layers),
-        threads=threads,
-    )
-    if out is None:
-        name = display_name(None if model == "embedded" else model).replace("/", "_")
-        out = Path("runs/circuits") / f"reference-{Path(task).stem}-{name}"
+    out = out or _default_out("reference", config.task, config.model)
     ref = run_reference(config, out)
     console = Console()
     table = Table(title="sensitivity: circuit size by ablation and threshold")
@@ -194,12 +134,6 @@ def literature(
     Console().print(table)
 
 
-METHODS_HELP = (
-    "Comma-separated: sae, sae-edge, attribution, hisp, activation (exhaustive patching: slow), "
-    "random."
-)
-
-
 def _default_out(kind: str, task: str, model: str) -> Path:
     from circuitlab.core.lm import display_name
 
@@ -208,30 +142,15 @@ def _default_out(kind: str, task: str, model: str) -> Path:
 
 
 @app.command()
+@config_options(DiscoveryConfig, table="discover")
 def discover(
-    task: str = typer.Option("ioi", help=TASK_HELP),
-    model: str = typer.Option("embedded", help=MODEL_HELP),
+    config: DiscoveryConfig,
     reference: str = typer.Option(
         None,
         help="Score against this circuit: a reference.json, a JSON list of layer.head, or "
         "literature:MODEL:TASK[:VARIANT].",
     ),
     out: Path = typer.Option(None, help="Run directory \\[default: runs/circuits/discover-...]."),
-    methods: str = typer.Option("sae,sae-edge,attribution,hisp,random", help=METHODS_HELP),
-    num: int = typer.Option(250, help="Prompt pairs (positives and negatives each)."),
-    seed: int = typer.Option(0, help="Seed of the SAE (training draw, init) and random ranking."),
-    task_seed: int = typer.Option(0, help="Seed of the prompt generator."),
-    n_train: int = typer.Option(10, help="SAE training prompts, drawn from the pooled prompts."),
-    features: int = typer.Option(200, help="SAE features."),
-    l1: float = typer.Option(0.0, help="SAE L1 coefficient [0: 0.05 for docstring, else 0.02]."),
-    epochs: int = typer.Option(500, help="SAE full-batch epochs."),
-    reduction: str = typer.Option("mean", help="Head output over positions: mean or last."),
-    normalised: bool = typer.Option(False, help="Node score |P\\N| / |P u N|."),
-    threshold: float = typer.Option(0.5, help="Circuit: heads scoring >= this x top score."),
-    patch_num: int = typer.Option(8, help="Prompt pairs for the activation-patching baseline."),
-    dtype: str = typer.Option("float32", help="LM weights: float32 or bfloat16."),
-    sae_dtype: str = typer.Option("float32", help="SAE matrix products: float32 or bfloat16."),
-    threads: int = typer.Option(0, help="Torch CPU threads (0: default; 1 on a busy CPU)."),
 ) -> None:
     """Find the task's circuit with the SAE method and baselines, on the same prompts.
 
@@ -241,28 +160,9 @@ def discover(
 
     Example: circuitlab circuits discover --task ioi --reference runs/circuits/ref/reference.json
     """
-    from circuitlab.circuits.methods import DiscoveryConfig, methods_from_text, run_discover
+    from circuitlab.circuits.methods import run_discover
 
-    config = DiscoveryConfig(
-        task=task,
-        model=model,
-        num=num,
-        seed=seed,
-        task_seed=task_seed,
-        methods=methods_from_text(methods),
-        n_train=n_train,
-        n_features=features,
-        l1=l1,
-        epochs=epochs,
-        reduction=reduction,
-        normalised=normalised,
-        threshold=threshold,
-        patch_num=patch_num,
-        dtype=dtype,
-        sae_dtype=sae_dtype,
-        threads=threads,
-    )
-    out = out or _default_out("discover", task, model)
+    out = out or _default_out("discover", config.task, config.model)
     results = run_discover(config, out, reference=reference)
     table = Table(title=f"{results['task']['name']} on {results['model']}")
     for column in ("method", "seconds", "circuit", "top heads", "AUC", "AP", "F1"):
@@ -283,40 +183,11 @@ def discover(
     console.print(f"wrote {out / 'scores.json'}, {out / 'heatmap.png'}, {out / 'report.md'}")
 
 
-def _pairs(items: list[str]) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for item in items:
-        task, sep, spec = item.partition("=")
-        if not sep or not task or not spec:
-            raise CircuitlabError(f"bad --reference {item!r}: use TASK=FILE, e.g. ioi=ref.json")
-        pairs.append((task, spec))
-    return tuple(pairs)
-
-
 @app.command()
+@config_options(EvaluateConfig, table="evaluate")
 def evaluate(
-    reference: list[str] = typer.Option(
-        ...,
-        help="TASK=REFERENCE, repeatable (REFERENCE: reference.json, JSON list of heads, or "
-        "literature:MODEL:TASK).",
-    ),
-    model: str = typer.Option("embedded", help=MODEL_HELP),
+    config: EvaluateConfig,
     out: Path = typer.Option(Path("runs/circuits/evaluate"), help="Run directory."),
-    methods: str = typer.Option(
-        "sae,sae-edge,attribution,hisp,activation,random", help=METHODS_HELP
-    ),
-    seeds: int = typer.Option(10, help="Seeds (SAE and random; the others are deterministic)."),
-    num: int = typer.Option(250, help="Prompt pairs per task."),
-    n_train: int = typer.Option(10, help="SAE training prompts."),
-    epochs: int = typer.Option(500, help="SAE full-batch epochs."),
-    threshold: float = typer.Option(0.5, help="Circuit: heads scoring >= this x top score."),
-    reference_threshold: float = typer.Option(
-        0.0, help="Re-cut reference.json files at this |relative effect| [0: their own]."
-    ),
-    patch_num: int = typer.Option(8, help="Prompt pairs for activation patching."),
-    dtype: str = typer.Option("float32", help="LM weights: float32 or bfloat16."),
-    sae_dtype: str = typer.Option("float32", help="SAE matrix products: float32 or bfloat16."),
-    threads: int = typer.Option(0, help="Torch CPU threads (0: default; 1 on a busy CPU)."),
 ) -> None:
     """Every method on every task, scored against its reference: one table, one ROC plot.
 
@@ -326,24 +197,8 @@ def evaluate(
     Example: circuitlab circuits evaluate --reference ioi=ref-ioi/reference.json
     --reference greater-than=ref-gt/reference.json --seeds 10
     """
-    from circuitlab.circuits.evaluate import EvaluateConfig, run_evaluate
-    from circuitlab.circuits.methods import methods_from_text
+    from circuitlab.circuits.evaluate import run_evaluate
 
-    config = EvaluateConfig(
-        references=_pairs(reference),
-        model=model,
-        methods=methods_from_text(methods),
-        seeds=seeds,
-        num=num,
-        n_train=n_train,
-        epochs=epochs,
-        threshold=threshold,
-        reference_threshold=reference_threshold,
-        patch_num=patch_num,
-        dtype=dtype,
-        sae_dtype=sae_dtype,
-        threads=threads,
-    )
     results = run_evaluate(config, out)
     table = Table(title="methods against reference circuits (mean +- std over runs)")
     for column in ("task", "method", "runs", "ROC AUC", "AP", "F1", "F1@k", "seconds"):
@@ -364,29 +219,11 @@ def evaluate(
     console.print(f"wrote {out / 'report.md'}, {out / 'roc.png'}")
 
 
-def _numbers(text: str, kind: type) -> tuple:
-    try:
-        return tuple(kind(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise CircuitlabError(f"bad list {text!r}: use comma-separated numbers") from None
-
-
 @app.command()
+@config_options(SweepConfig, table="sweep")
 def sweep(
-    reference: str = typer.Option(..., help="The circuit to score against (as in discover)."),
-    task: str = typer.Option("ioi", help=TASK_HELP),
-    model: str = typer.Option("embedded", help=MODEL_HELP),
+    config: SweepConfig,
     out: Path = typer.Option(None, help="Run directory \\[default: runs/circuits/sweep-...]."),
-    seeds: int = typer.Option(3, help="Seeds per point."),
-    num: int = typer.Option(250, help="Prompt pairs."),
-    n_train: str = typer.Option("5,10,25,50,100,250", help="SAE training prompts to try."),
-    features: str = typer.Option("50,100,200,400", help="SAE feature counts to try."),
-    l1: str = typer.Option("0.005,0.01,0.02,0.05,0.1", help="L1 coefficients to try."),
-    reductions: str = typer.Option("mean,last", help="Position reductions to try."),
-    epochs: int = typer.Option(500, help="SAE full-batch epochs."),
-    dtype: str = typer.Option("float32", help="LM weights: float32 or bfloat16."),
-    sae_dtype: str = typer.Option("float32", help="SAE matrix products: float32 or bfloat16."),
-    threads: int = typer.Option(0, help="Torch CPU threads (0: default; 1 on a busy CPU)."),
 ) -> None:
     """Robustness of the SAE method: AUC vs training prompts, features, lambda, reduction.
 
@@ -395,26 +232,11 @@ def sweep(
 
     Example: circuitlab circuits sweep --task ioi --reference ref-ioi/reference.json
     """
-    from circuitlab.circuits.sweep import SweepConfig, run_sweep
+    from circuitlab.circuits.sweep import run_sweep
 
-    config = SweepConfig(
-        task=task,
-        reference=reference,
-        model=model,
-        num=num,
-        seeds=seeds,
-        n_train=_numbers(n_train, int),
-        n_features=_numbers(features, int),
-        l1=_numbers(l1, float),
-        reductions=_kinds(reductions),
-        epochs=epochs,
-        dtype=dtype,
-        sae_dtype=sae_dtype,
-        threads=threads,
-    )
-    out = out or _default_out("sweep", task, model)
+    out = out or _default_out("sweep", config.task, config.model)
     results = run_sweep(config, out)
-    table = Table(title=f"SAE robustness on {task} (ROC AUC, {seeds} seeds)")
+    table = Table(title=f"SAE robustness on {config.task} (ROC AUC, {config.seeds} seeds)")
     for column in ("setting", "value", "node AUC", "edge AUC", "seconds"):
         table.add_column(column, justify="right")
     for r in results["rows"]:

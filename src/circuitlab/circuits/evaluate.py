@@ -25,14 +25,16 @@ import numpy as np
 
 from circuitlab.circuits.discover import Ranking
 from circuitlab.circuits.methods import (
+    METHODS,
     DiscoveryConfig,
     extract,
     load_model,
     run_methods,
     with_threads,
 )
+from circuitlab.circuits.options import reference_pairs
 from circuitlab.circuits.tasks import make_task
-from circuitlab.core.config import config_to_dict, require
+from circuitlab.core.config import config_to_dict, option, option_of, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_bytes, atomic_write_json, read_json
 from circuitlab.core.progress import progress_bar
@@ -158,20 +160,32 @@ def circuit_metrics(scores: np.ndarray, truth: np.ndarray, threshold: float) -> 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    references: tuple[tuple[str, str], ...] = ()  # (task, reference spec) pairs
-    model: str = "embedded"
-    methods: tuple[str, ...] = ("sae", "sae-edge", "attribution", "hisp", "activation", "random")
-    seeds: int = 10
-    num: int = 250
-    task_seed: int = 0
-    threshold: float = 0.5
-    reference_threshold: float = 0.0  # 0: each reference.json's own cut
-    patch_num: int = 8
-    n_train: int = 10
-    sae_dtype: str = "float32"
-    dtype: str = "float32"
-    epochs: int = 500
-    threads: int = 0
+    """Every method on every reference. The method settings are DiscoveryConfig's (their
+    help and flags are defined there); `discovery` builds one run's."""
+
+    references: tuple[tuple[str, str], ...] = option(
+        (),
+        "TASK=REFERENCE, repeatable (REFERENCE: reference.json, JSON list of heads, or "
+        "literature:MODEL:TASK).",
+        flags=("--reference",),
+        parse=reference_pairs,
+        repeat=True,
+    )
+    model: str = option_of(DiscoveryConfig, "model")
+    methods: tuple[str, ...] = option_of(DiscoveryConfig, "methods", METHODS)
+    seeds: int = option(10, "Seeds (SAE and random; the others are deterministic).")
+    num: int = option_of(DiscoveryConfig, "num")
+    task_seed: int = option_of(DiscoveryConfig, "task_seed")
+    threshold: float = option_of(DiscoveryConfig, "threshold")
+    reference_threshold: float = option(
+        0.0, "Re-cut reference.json files at this |relative effect| (0: their own cut)."
+    )
+    patch_num: int = option_of(DiscoveryConfig, "patch_num")
+    n_train: int = option_of(DiscoveryConfig, "n_train")
+    sae_dtype: str = option_of(DiscoveryConfig, "sae_dtype")
+    dtype: str = option_of(DiscoveryConfig, "dtype")
+    epochs: int = option_of(DiscoveryConfig, "epochs")
+    threads: int = option_of(DiscoveryConfig, "threads")
 
     def __post_init__(self) -> None:
         require(bool(self.references), "give at least one TASK=REFERENCE pair")

@@ -22,9 +22,10 @@ import torch
 
 from circuitlab.circuits.discover import Ranking, sae_discover, timed
 from circuitlab.circuits.heads import REDUCTIONS, head_outputs
+from circuitlab.circuits.options import METHODS_HELP, MODEL_HELP, TASK_HELP, THREADS_HELP
 from circuitlab.circuits.sae import SAE_DTYPES, SAEConfig
 from circuitlab.circuits.tasks import Task, make_task
-from circuitlab.core.config import config_to_dict, require
+from circuitlab.core.config import config_to_dict, option, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_json
 from circuitlab.core.lm import LoadedLM, load_lm, torch_dtype
@@ -37,30 +38,39 @@ DEFAULT_METHODS = ("sae", "sae-edge", "attribution", "hisp", "random")
 L1_BY_TASK = {"docstring": 0.05}  # the paper's lambda; 0.02 for every other task
 
 
+def methods_from_text(text: str) -> tuple[str, ...]:
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not methods:
+        raise CircuitlabError(f"no methods in {text!r}: use some of {', '.join(METHODS)}")
+    return methods
+
+
 @dataclass(frozen=True)
 class DiscoveryConfig:
-    task: str = "ioi"
-    model: str = "embedded"
-    num: int = 250  # prompt pairs: 250 positives + 250 negatives, as in the paper
-    seed: int = 0  # SAE training draw and init, random ranking (the prompts use task_seed)
-    task_seed: int = 0
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    n_train: int = 10  # SAE training prompts drawn from the pooled positives and negatives
-    n_features: int = 200
-    l1: float = 0.0  # 0: the paper's value for the task (0.05 docstring, else 0.02)
-    epochs: int = 500
+    task: str = option("ioi", TASK_HELP)
+    model: str = option("embedded", MODEL_HELP)
+    # 250 positives + 250 negatives, as in the paper
+    num: int = option(250, "Prompt pairs (positives and negatives each).")
+    seed: int = option(0, "Seed of the SAE (training draw, init) and random ranking.")
+    task_seed: int = option(0, "Seed of the prompt generator.")
+    methods: tuple[str, ...] = option(DEFAULT_METHODS, METHODS_HELP, parse=methods_from_text)
+    n_train: int = option(10, "SAE training prompts, drawn from the pooled prompts.")
+    n_features: int = option(200, "SAE features.", flags=("--features",))
+    l1: float = option(0.0, "SAE L1 coefficient; 0: 0.05 for docstring, else 0.02.")
+    epochs: int = option(500, "SAE full-batch epochs.")
     lr: float = 1e-3
-    reduction: str = "mean"
-    normalised: bool = False  # node score |P\N| / |P u N| instead of |P\N|
-    sae_dtype: str = "float32"
-    dtype: str = "float32"  # the LM's weights: bfloat16 extracts ~2x faster on AVX-512 CPUs
-    threshold: float = 0.5  # circuit = heads scoring >= threshold x the top score
+    reduction: str = option("mean", "Head output over positions: mean or last.")
+    normalised: bool = option(False, "Node score |P\\N| / |P u N| instead of |P\\N|.")
+    sae_dtype: str = option("float32", "SAE matrix products: float32 or bfloat16.")
+    # bfloat16 extracts ~2x faster on AVX-512 CPUs
+    dtype: str = option("float32", "LM weights: float32 or bfloat16.")
+    threshold: float = option(0.5, "Circuit: heads scoring >= this x top score.")
     batch_size: int = 32
     prepend_bos: bool = False
     attribution_ablation: str = "resample"
-    patch_num: int = 8  # prompt pairs for the activation-patching baseline
+    patch_num: int = option(8, "Prompt pairs for the activation-patching baseline.")
     patch_ablation: str = "mean"
-    threads: int = 0
+    threads: int = option(0, THREADS_HELP)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -293,13 +303,6 @@ def _report(results: dict[str, Any]) -> str:
 
 def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
-
-
-def methods_from_text(text: str) -> tuple[str, ...]:
-    methods = tuple(m.strip() for m in text.split(",") if m.strip())
-    if not methods:
-        raise CircuitlabError(f"no methods in {text!r}: use some of {', '.join(METHODS)}")
-    return methods
 
 
 __all__ = [

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from circuitlab.circuits.options import MODEL_HELP, TASK_HELP
 from circuitlab.circuits.tasks.common import METRICS, Task
 from circuitlab.circuits.tokens import Encoded, batches, encode, last_logits
+from circuitlab.core.config import option, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.lm import LoadedLM
 
@@ -128,6 +130,22 @@ class TaskScore:
             "gap": self.gap,
             "top1_accuracy": self.accuracy,
         }
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """`circuits check`: does the model do the task at all, before a circuit is sought."""
+
+    task: str = option("ioi", TASK_HELP)
+    model: str = option("embedded", MODEL_HELP)
+    num: int = option(250, "Prompt pairs.")
+    seed: int = option(0, "Seed of the prompt generator.")
+    batch_size: int = option(32, "Prompts per forward pass.")
+    prepend_bos: bool = option(False, "Put the tokenizer's BOS token first.")
+
+    def __post_init__(self) -> None:
+        require(self.num >= 1, f"num must be at least 1, got {self.num}")
+        require(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
 
 
 def score_task(

@@ -25,10 +25,11 @@ import torch
 
 from circuitlab.circuits.ablation import ABLATIONS, encode_pairs, mean_z
 from circuitlab.circuits.metrics import TokenSets, score_task, token_sets
+from circuitlab.circuits.options import MODEL_HELP, TASK_HELP, kinds, layer_list
 from circuitlab.circuits.patching import ablated_metrics, residual_inputs
 from circuitlab.circuits.tasks import Task, make_task
 from circuitlab.circuits.tokens import Encoded, batches, encode
-from circuitlab.core.config import config_to_dict, require
+from circuitlab.core.config import config_to_dict, option, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_json, read_json
 from circuitlab.core.lm import LoadedLM, load_lm, torch_dtype
@@ -44,19 +45,33 @@ DTYPES = ("float32", "bfloat16")  # model weights; core.lm.torch_dtype maps the 
 class ReferenceConfig:
     """Settings of one patching reference run (the defaults are the documented ones)."""
 
-    task: str = "ioi"
-    model: str = "embedded"
-    num: int = 64  # prompt pairs; 250 is the paper's task size but ~4x the time
-    seed: int = 0
-    ablation: str = "mean"  # the ablation that defines the circuit
-    compare: tuple[str, ...] = ()  # further ablations, run for the sensitivity table
-    threshold: float = 0.05  # |effect| / (clean - corrupted gap) that puts a head in
+    task: str = option("ioi", TASK_HELP)
+    model: str = option("embedded", MODEL_HELP)
+    # 250 prompt pairs is the paper's task size but ~4x the time
+    num: int = option(64, "Prompt pairs (the effect of a head is averaged over them).")
+    seed: int = option(0, "Seed of the prompt generator.")
+    ablation: str = option("mean", f"Ablation defining the circuit: {', '.join(ABLATIONS)}.")
+    compare: tuple[str, ...] = option(
+        (),
+        "More ablations for the sensitivity table, comma-separated (e.g. resample,zero).",
+        parse=kinds,
+    )
+    threshold: float = option(
+        0.05,
+        "A head is in the circuit if |its effect| >= this share of the clean-corrupted gap.",
+    )
     thresholds: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2)
-    batch_size: int = 16  # prompts per pass (each pass stacks them once per head of a layer)
-    prepend_bos: bool = False
-    dtype: str = "float32"
-    layers: tuple[int, ...] = ()  # only patch these layers' heads (empty: all); for quick looks
-    threads: int = 0  # torch CPU threads (0: torch's default); 1 is much faster on a busy CPU
+    batch_size: int = option(16, "Prompts per pass (stacked once per head of a layer).")
+    prepend_bos: bool = option(False, "Put the tokenizer's BOS token first.")
+    dtype: str = option("float32", "float32, or bfloat16 (faster on CPUs with bf16).")
+    layers: tuple[int, ...] = option(
+        (), "Only patch these layers, e.g. 20-29 or 0,5,9 \\[default: all].", parse=layer_list
+    )
+    threads: int = option(
+        0,
+        "Torch CPU threads (0: default). On a CPU shared with other jobs 1 can be "
+        "several times faster than 2.",
+    )
 
     def __post_init__(self) -> None:
         require(self.num >= 1, f"num must be at least 1, got {self.num}")

@@ -28,7 +28,7 @@ from circuitlab.circuits.methods import (
     with_threads,
 )
 from circuitlab.circuits.tasks import make_task
-from circuitlab.core.config import config_to_dict, require
+from circuitlab.core.config import comma_list, config_to_dict, option, option_of, require
 from circuitlab.core.io import atomic_write_bytes, atomic_write_json, read_json
 from circuitlab.core.progress import progress_bar
 from circuitlab.core.runs import RunDir
@@ -37,19 +37,31 @@ from circuitlab.core.sites import find_sites
 
 @dataclass(frozen=True)
 class SweepConfig:
-    task: str = "ioi"
-    reference: str = ""
-    model: str = "embedded"
-    num: int = 250
-    seeds: int = 3
-    n_train: tuple[int, ...] = (5, 10, 25, 50, 100, 250)
-    n_features: tuple[int, ...] = (50, 100, 200, 400)
-    l1: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1)
-    reductions: tuple[str, ...] = ("mean", "last")
-    epochs: int = 500
-    sae_dtype: str = "float32"
-    dtype: str = "float32"
-    threads: int = 0
+    """One SAE setting varies at a time around DiscoveryConfig's (whose help and flags the
+    shared settings use)."""
+
+    task: str = option_of(DiscoveryConfig, "task")
+    reference: str = option("", "The circuit to score against (as in discover) \\[required].")
+    model: str = option_of(DiscoveryConfig, "model")
+    num: int = option_of(DiscoveryConfig, "num")
+    seeds: int = option(3, "Seeds per point.")
+    n_train: tuple[int, ...] = option(
+        (5, 10, 25, 50, 100, 250), "SAE training prompts to try.", parse=comma_list(int)
+    )
+    n_features: tuple[int, ...] = option(
+        (50, 100, 200, 400), "SAE feature counts to try.", flags=("--features",),
+        parse=comma_list(int),
+    )  # fmt: skip
+    l1: tuple[float, ...] = option(
+        (0.005, 0.01, 0.02, 0.05, 0.1), "L1 coefficients to try.", parse=comma_list(float)
+    )
+    reductions: tuple[str, ...] = option(
+        ("mean", "last"), "Position reductions to try.", parse=comma_list()
+    )
+    epochs: int = option_of(DiscoveryConfig, "epochs")
+    sae_dtype: str = option_of(DiscoveryConfig, "sae_dtype")
+    dtype: str = option_of(DiscoveryConfig, "dtype")
+    threads: int = option_of(DiscoveryConfig, "threads")
 
     def __post_init__(self) -> None:
         require(bool(self.reference), "the sweep needs a --reference circuit to score against")

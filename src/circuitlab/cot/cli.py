@@ -13,9 +13,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from circuitlab.core.commands import config_options
 from circuitlab.core.progress import progress_bar
+from circuitlab.cot.config import SweepSettings, TrainConfig
 from circuitlab.cot.data import DataConfig, output_paths, write_dataset
-from circuitlab.cot.tasks import TASKS
 
 app = typer.Typer(
     help="Chain of thought vs direct answers (Feng et al. 2023): generate the arithmetic, "
@@ -28,27 +29,9 @@ app = typer.Typer(
 
 
 @app.command()
+@config_options(DataConfig, table="data")
 def data(
-    task: str = typer.Option(..., help=f"One of: {', '.join(TASKS)}."),
-    size: int = typer.Option(
-        ...,
-        help="Problem size: operators (arithmetic), variables (equation), sequence length "
-        "(lis), first-string length (ed). Paper: 4-6, 3-5, 50/80/100, 12/16/20.",
-    ),
-    format: str = typer.Option(
-        "cot",
-        help="direct (question -> answer), cot (with chain), or both (the same draw, written "
-        "as OUT.direct.jsonl and OUT.cot.jsonl).",
-    ),
-    num: int = typer.Option(10_000, help="Training examples (the paper uses 1e6)."),
-    test_num: int | None = typer.Option(
-        None, help="Test examples, never sharing a question with training \\[default: num/10]."
-    ),
-    seed: int = typer.Option(0, help="Same seed, same files."),
-    p: int = typer.Option(11, help="Prime modulus for arithmetic and equation."),
-    values: int = typer.Option(
-        250, help="LIS: questions use numbers below this (official 250; at least 2*size+1)."
-    ),
+    config: DataConfig,
     out: Path = typer.Option(..., help="Training JSONL; test and stats files go beside it."),
 ) -> None:
     """Generate a deduplicated train/test split in the official format, with statistics.
@@ -60,10 +43,7 @@ def data(
 
     Example: circuitlab cot data --task arithmetic --size 4 --num 100000 --out data/a4.jsonl
     """
-    config = DataConfig(
-        task=task, size=size, format=format, num=num, test_num=test_num, seed=seed, p=p,
-        values=values,
-    )  # fmt: skip
+    task, size, format = config.task, config.size, config.format
     with progress_bar(f"{task} n={size} {format}", config.num + config.tests) as bar:
         stats = write_dataset(config, out, lambda n: bar.advance(bar.task_ids[0], n))
     table = Table(title=f"{task} size {size}")
@@ -89,37 +69,11 @@ def data(
 
 
 @app.command()
+@config_options(TrainConfig, table="train")
 def train(
-    ctx: typer.Context,
+    config: TrainConfig,
     out: Path = typer.Option(
         ..., help="Run directory (config, metrics.jsonl, checkpoints, results)."
-    ),
-    task: str = typer.Option("arithmetic", help=f"One of: {', '.join(TASKS)}."),
-    size: int = typer.Option(4, help="Problem size (see `cot data --help`)."),
-    format: str = typer.Option("cot", help="cot (train on the chain) or direct (answer only)."),
-    config: Path | None = typer.Option(
-        None,
-        help="TOML file with TrainConfig fields (a \\[train] table or top level); "
-        "command-line options given explicitly override it.",
-    ),
-    num: int | None = typer.Option(
-        None,
-        "--num",
-        "--train-num",
-        help="Training examples \\[default: 10000]; spell it --train-num under torchrun, "
-        "whose own parser reads --num as an abbreviation of its --numa-binding.",
-    ),
-    test_num: int | None = typer.Option(None, help="Test examples \\[default: 1000]."),
-    layers: int | None = typer.Option(None, help="Transformer blocks \\[default: 3]."),
-    d_model: int | None = typer.Option(None, help="Width \\[default: 256]."),
-    heads: int | None = typer.Option(None, help="Attention heads \\[default: 4]."),
-    epochs: int | None = typer.Option(None, help="Passes over the training set \\[default: 10]."),
-    batch_size: int | None = typer.Option(None, help="Sequences per step \\[default: 128]."),
-    lr: float | None = typer.Option(None, help="Peak AdamW learning rate \\[default: 1e-4]."),
-    seed: int | None = typer.Option(None, help="Model init and data order \\[default: 2021]."),
-    device: str | None = typer.Option(None, help="auto, cpu, cuda or mps \\[default: auto]."),
-    values: int | None = typer.Option(
-        None, help="LIS: questions use numbers below this \\[default: 250, the official range]."
     ),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
 ) -> None:
@@ -130,7 +84,7 @@ def train(
     (safetensors + optimizer and RNG state) are written every `checkpoint_every` steps;
     after a kill, the same command with --resume ends in exactly the state an uninterrupted
     run reaches. Every field of TrainConfig (dropout, positions, warmup, schedule, amp,
-    mix_smaller, eval_every, ...) can be set in a --config TOML file.
+    mix_smaller, eval_every, ...) is an option and can be set in a --config TOML file.
 
     Several GPUs: torchrun --nproc_per_node 4 -m circuitlab cot train ... (or accelerate
     launch) runs data-parallel without code changes (write --train-num there, not --num).
@@ -138,24 +92,9 @@ def train(
     Example: circuitlab cot train --task arithmetic --size 3 --layers 3 --d-model 128
     --lr 1e-3 --epochs 6 --num 30000 --out runs/ar3-cot
     """
-    from circuitlab.core.config import config_from_dict, read_toml
-    from circuitlab.cot.train import TrainConfig
     from circuitlab.cot.train import train as run_training
 
-    base = read_toml(config) if config else {}
-    base = dict(base.get("train", base))  # a [train] table or the top level
-    explicit = {
-        "task": task, "size": size, "format": format, "num": num, "test_num": test_num,
-        "layers": layers, "d_model": d_model, "heads": heads, "epochs": epochs,
-        "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "values": values,
-    }  # fmt: skip
-    for key, value in explicit.items():
-        source = ctx.get_parameter_source(key)
-        from_cli = source is not None and source.name != "DEFAULT"
-        if value is not None and (from_cli or key not in base):
-            base[key] = value
-    train_config = config_from_dict(TrainConfig, base)
-    results = run_training(train_config, out, resume=resume)
+    results = run_training(config, out, resume=resume)
     if results:  # data-parallel ranks other than 0 return nothing to report
         _print_eval(results, out)
 
@@ -220,22 +159,10 @@ def _print_eval(results: dict[str, Any], out: Path) -> None:
 
 
 @app.command()
+@config_options(SweepSettings, table="sweep")
 def sweep(
+    config: SweepSettings,
     out: Path = typer.Option(..., help="Sweep directory: one run per point under points/."),
-    profile: str = typer.Option(
-        "quick",
-        help="quick (2-core CPU, < 30 min), demo (its arithmetic slice, a few minutes) "
-        "or paper (the official configuration, a GPU job).",
-    ),
-    task: list[str] = typer.Option([], help="Only these tasks (repeatable)."),
-    executor: str = typer.Option("local", help="local (this machine) or ray (a Ray cluster)."),
-    workers: int = typer.Option(
-        1,
-        help="Local executor: points trained at once, each in a process with an equal share "
-        "of the CPU threads. 2 is faster on a 2-core CPU (small models use one core better "
-        "than two); keep 1 on a GPU.",
-    ),
-    device: str | None = typer.Option(None, help="Override the profile's device (auto)."),
 ) -> None:
     """Reproduce the paper's figure: tasks x sizes x {CoT, direct at several depths} x seeds.
 
@@ -248,14 +175,14 @@ def sweep(
     from circuitlab.cot.sweep import get_profile, run_sweep
 
     summary = run_sweep(
-        get_profile(profile),
+        get_profile(config.profile),
         out,
-        tasks=tuple(task),
-        executor=executor,
-        device=device,
-        workers=workers,
+        tasks=config.tasks,
+        executor=config.executor,
+        device=config.device,
+        workers=config.workers,
     )
-    table = Table(title=f"cot sweep ({profile}): final-answer accuracy")
+    table = Table(title=f"cot sweep ({config.profile}): final-answer accuracy")
     for col in ("task", "size", "variant", "accuracy", "chain acc."):
         table.add_column(col, justify="right" if col not in ("task", "variant") else "left")
     for row in summary["summary"]:

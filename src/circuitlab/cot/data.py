@@ -19,10 +19,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from circuitlab.core.config import require
+from circuitlab.core.config import option, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_open, atomic_write_json
-from circuitlab.cot.tasks import get_task, lis
+from circuitlab.cot.tasks import TASKS, get_task, lis
 from circuitlab.cot.tasks.common import (
     Task,
     TokenBatch,
@@ -34,6 +34,13 @@ from circuitlab.cot.tasks.common import (
 from circuitlab.cot.tasks.modp import check_modulus
 
 FORMATS = ("direct", "cot")
+TASK_HELP = f"One of: {', '.join(TASKS)}."
+SIZE_HELP = (
+    "Problem size: operators (arithmetic), variables (equation), sequence length (lis), "
+    "first-string length (ed). Paper: 4-6, 3-5, 50/80/100, 12/16/20."
+)
+P_HELP = "Prime modulus for arithmetic and equation."
+VALUES_HELP = "LIS: questions use numbers below this (official 250; at least 2*size+1)."
 BOTH = "both"  # one draw written in both formats: the same problems, direct and CoT
 CHUNK = 131_072  # examples drawn per batch: big enough to amortise numpy overheads
 
@@ -47,14 +54,20 @@ class DataConfig:
     ED takes neither. test_num defaults to num // 10, the official 10:1 ratio.
     """
 
-    task: str
-    size: int
-    format: str = "cot"
-    num: int = 10_000
-    test_num: int | None = None
-    seed: int = 0
-    p: int = 11
-    values: int = lis.NUMBER_RANGE
+    task: str = option(help=TASK_HELP)
+    size: int = option(help=SIZE_HELP)
+    format: str = option(
+        "cot",
+        help="direct (question -> answer), cot (with chain), or both (the same draw, written "
+        "as OUT.direct.jsonl and OUT.cot.jsonl).",
+    )
+    num: int = option(10_000, "Training examples (the paper uses 1e6).")
+    test_num: int | None = option(
+        None, "Test examples, never sharing a question with training \\[default: num/10]."
+    )
+    seed: int = option(0, "Same seed, same files.")
+    p: int = option(11, P_HELP)
+    values: int = option(lis.NUMBER_RANGE, VALUES_HELP)
 
     def __post_init__(self) -> None:
         task = get_task(self.task)

@@ -21,38 +21,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from circuitlab.core.config import require
+from circuitlab.cot.config import ModelShape
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(ModelShape):
     """Shape of the decoder. `vocab_size` and `max_len` come from the task's data."""
 
     vocab_size: int
     max_len: int
-    layers: int = 3
-    d_model: int = 256
-    heads: int = 4
-    dropout: float = 0.1
-    positions: str = "sinusoidal"
-    embed_std: float = 1.0
 
     def __post_init__(self) -> None:
         require(self.vocab_size >= 2, "vocab_size must be at least 2")
         require(self.max_len >= 2, "max_len must be at least 2")
-        require(self.layers >= 1, "layers must be at least 1")
-        require(self.heads >= 1, "heads must be at least 1")
-        require(
-            self.d_model % self.heads == 0,
-            f"d_model ({self.d_model}) must be divisible by heads ({self.heads})",
-        )
-        require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
-        require(self.embed_std > 0, "embed_std must be positive")
-        require(
-            self.positions in ("sinusoidal", "learned"),
-            f"positions must be 'sinusoidal' or 'learned', not {self.positions!r}",
-        )
+        super().__post_init__()
 
 
 def sinusoidal_table(max_len: int, d_model: int) -> torch.Tensor:

@@ -32,90 +32,19 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from circuitlab.core.config import config_to_dict, require
+from circuitlab.core.config import config_to_dict
 from circuitlab.core.devices import pick_device
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from circuitlab.core.runs import RunDir
 from circuitlab.cot.batching import epoch_plan, shard
-from circuitlab.cot.data import DataConfig, generate_splits
+from circuitlab.cot.config import TrainConfig
+from circuitlab.cot.data import generate_splits
 from circuitlab.cot.evaluate import EvalResult, evaluate_model
 from circuitlab.cot.model import GPT, ModelConfig
 from circuitlab.cot.sequences import Sequences, build_sequences, loss_labels
 from circuitlab.cot.tasks import get_task
 from circuitlab.cot.tasks.common import TokenBatch
-from circuitlab.cot.tasks.lis import NUMBER_RANGE
-
-SCHEDULES = ("cosine", "linear", "constant")
-AMP = ("auto", "off", "bf16", "fp16")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that determines a training run. Defaults: the official model and optimiser
-    (d_model 256, 4 heads, 3 layers, AdamW 1e-4, weight decay 0.01, 5% warmup) on a small
-    dataset; the sweep profiles set data size and epochs."""
-
-    task: str = "arithmetic"
-    size: int = 4
-    format: str = "cot"
-    p: int = 11
-    values: int = NUMBER_RANGE
-    num: int = 10_000
-    test_num: int = 1_000
-    data_seed: int = 0
-    seed: int = 2021
-    mix_smaller: float = 0.0
-    layers: int = 3
-    d_model: int = 256
-    heads: int = 4
-    dropout: float = 0.1
-    positions: str = "sinusoidal"
-    embed_std: float = 1.0
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup: float = 0.05
-    schedule: str = "cosine"
-    grad_clip: float = 1.0
-    amp: str = "auto"
-    device: str = "auto"
-    eval_every: int = 0
-    eval_examples: int = 500
-    checkpoint_every: int = 200
-    log_every: int = 20
-
-    def __post_init__(self) -> None:
-        require(
-            self.format in ("direct", "cot"), f"format must be direct or cot, not {self.format!r}"
-        )
-        require(self.epochs >= 1, "epochs must be at least 1")
-        require(self.batch_size >= 1, "batch_size must be at least 1")
-        require(self.lr > 0, "lr must be positive")
-        require(0.0 <= self.warmup < 1.0, "warmup is a fraction of all steps, in [0, 1)")
-        require(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}")
-        require(self.amp in AMP, f"amp must be one of {', '.join(AMP)}")
-        require(self.checkpoint_every >= 1, "checkpoint_every must be at least 1")
-        require(self.log_every >= 1, "log_every must be at least 1")
-        require(self.test_num >= 1, "test_num must be at least 1: the run ends with an evaluation")
-        require(
-            0.0 <= self.mix_smaller < 1.0, "mix_smaller is a fraction of training data, in [0, 1)"
-        )
-        self.data  # noqa: B018 - building the DataConfig checks task, size, p and values
-
-    @property
-    def data(self) -> DataConfig:
-        return DataConfig(
-            self.task,
-            self.size,
-            self.format,
-            self.num,
-            self.test_num,
-            self.data_seed,
-            self.p,
-            self.values,
-        )
 
 
 @dataclass

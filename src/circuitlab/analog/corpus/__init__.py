@@ -19,7 +19,7 @@ from typing import Any
 from circuitlab.analog.corpus.clean import paragraphs
 from circuitlab.analog.corpus.dedup import SHINGLE, Deduplicator
 from circuitlab.analog.corpus.readers import FORMATS, RawSection, Unreadable, read_file
-from circuitlab.core.config import require
+from circuitlab.core.config import option, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.paths import files_inside
 
@@ -53,7 +53,9 @@ class CorpusConfig:
         "Acknowledg*",
         "Index",
     )
-    near_duplicate: float = 0.85
+    near_duplicate: float = option(
+        0.85, "MinHash Jaccard similarity at which a paragraph counts as a repeat."
+    )
     min_dedup_words: int = 12
     num_perm: int = 128
 

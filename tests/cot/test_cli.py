@@ -1,0 +1,87 @@
+"""`cot` commands through the real CLI: options come from the config dataclasses."""
+
+import json
+import subprocess
+import sys
+
+from circuitlab.core.config import config_to_dict
+from circuitlab.core.runs import RunDir
+from circuitlab.cot.config import TrainConfig
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "circuitlab", "cot", *args],
+                          capture_output=True, text=True)  # fmt: skip
+
+
+def test_train_takes_flag_over_toml_over_default(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        "[train]\ntask = 'arithmetic'\nsize = 2\nnum = 40\ntest_num = 4\nlayers = 1\n"
+        "d_model = 16\nheads = 2\nepochs = 1\nbatch_size = 8\ndevice = 'cpu'\nlr = 0.5\n"
+    )
+    out = tmp_path / "run"
+    result = run("train", "--config", str(toml), "--heads", "4", "--lr", "1e-4",
+                 "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["heads"] == 4  # flag over TOML
+    assert stored["lr"] == 1e-4  # a flag equal to the default still beats the TOML
+    assert stored["d_model"] == 16 and stored["num"] == 40  # TOML over default
+    assert stored["dropout"] == 0.1 and stored["seed"] == 2021  # defaults
+    assert stored == config_to_dict(TrainConfig(**stored))
+
+
+def test_bad_toml_type_is_one_line_exit_2(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text("[train]\nlayers = 'three'\n")
+    result = run("train", "--config", str(toml), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "layers: expected int, got 'three'" in result.stderr and str(toml) in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_takes_flag_over_toml_over_default(tmp_path):
+    toml = tmp_path / "d.toml"
+    toml.write_text("task = 'lis'\nsize = 8\nnum = 300\nvalues = 40\nseed = 5\n")
+    out = tmp_path / "l.jsonl"
+    result = run("data", "--config", str(toml), "--values", "20", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    stats = json.loads((tmp_path / "l.stats.json").read_text())
+    assert stats["values"] == 20 and stats["num_train"] == 300  # flag; TOML
+    assert len((tmp_path / "l.test.jsonl").read_text().splitlines()) == 30  # default num/10
+    assert run("data", "--out", str(out)).returncode == 2  # task and size are required
+
+
+def test_help_shows_each_default_from_the_dataclass_once():
+    text = run("train", "--help").stdout
+    assert "[default: 2021]" in text and "[default: 0.0001]" in text
+    assert text.count("Peak AdamW learning rate.") == 1 and "--config" in text
+
+
+def test_config_json_of_older_runs_still_reopens(tmp_path):
+    """config.json before ModelShape was factored out: the same flat keys and values."""
+    old = {
+        "task": "arithmetic", "size": 4, "format": "cot", "p": 11, "values": 250,
+        "num": 10000, "test_num": 1000, "data_seed": 0, "seed": 2021, "mix_smaller": 0.0,
+        "layers": 3, "d_model": 256, "heads": 4, "dropout": 0.1, "positions": "sinusoidal",
+        "embed_std": 1.0, "epochs": 10, "batch_size": 128, "lr": 1e-4, "weight_decay": 0.01,
+        "warmup": 0.05, "schedule": "cosine", "grad_clip": 1.0, "amp": "auto",
+        "device": "auto", "eval_every": 0, "eval_examples": 500, "checkpoint_every": 200,
+        "log_every": 20,
+    }  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    RunDir.open(tmp_path, config_to_dict(TrainConfig()), config_to_dict(TrainConfig()))
+    assert config_to_dict(TrainConfig()) == old
+
+
+def test_data_builds_its_options_without_importing_torch():
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom circuitlab.cli import app\n"
+        "result = CliRunner().invoke(app, ['cot', 'data', '--help'])\n"
+        "assert result.exit_code == 0, result.output\nprint('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
