@@ -19,7 +19,9 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from circuitlab.core.commands import config_options
 from circuitlab.core.errors import CircuitlabError
+from circuitlab.demo import DemoSettings
 
 # name -> module whose `app` is that system's Typer app, in the order the help lists them
 SYSTEMS = {
@@ -100,16 +102,11 @@ def _systems() -> None:
 
 
 @app.command()
+@config_options(DemoSettings, table="demo")
 def demo(
+    config: DemoSettings,
     out: Path = typer.Option(Path("runs/demo"), help="Run directory for the demo's outputs."),
-    seed: int = typer.Option(0, help="Seed for everything the demo draws."),
-    num: int = typer.Option(10_000, help="Training examples per dataset in the cot-data stage."),
     stage: list[str] = typer.Option([], help="Run only these stages (repeatable)."),
-    preset: str = typer.Option(
-        "full",
-        help="full: the demo as the README describes it (about 16 min on 2 cores); smoke: "
-        "every stage at a toy size in a few minutes, to check an install (numbers mean nothing).",
-    ),
 ) -> None:
     """Run every system on the embedded defaults and write runs/demo/report.html.
 
@@ -118,11 +115,12 @@ def demo(
     SAE discovery and baselines); the analog pipeline on a textbook slice (nodes, distilled
     QA, SFT and NSC-SFT with LoRA, MCQ accuracy and drift). Each stage is its own run
     directory under OUT; an interrupted demo resumes at the stage it was in. The report
-    (report.html, self-contained, and report.md) combines the stages' reports.
+    (report.html, self-contained, and report.md) opens with the findings per system beside
+    the paper's, then the stages' reports.
     """
-    from circuitlab.demo import DemoSettings, run_demo
+    from circuitlab.demo import run_demo
 
-    report = run_demo(out, DemoSettings(seed=seed, num=num, preset=preset), only=tuple(stage))
+    report = run_demo(out, config, only=tuple(stage))
     typer.echo(f"report: {report}")
 
 

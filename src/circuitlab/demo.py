@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from circuitlab.core.config import require
+from circuitlab.core.config import option, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_json, atomic_write_text, read_json
 from circuitlab.core.progress import listen, stage_bars
@@ -25,11 +25,13 @@ PRESETS = ("full", "smoke")
 
 @dataclass(frozen=True)
 class DemoSettings:
-    seed: int = 0
-    num: int = 10_000  # training examples per cot dataset in the cot-data stage
-    # full: the demo the README describes (about 16 minutes on 2 cores); smoke: every stage
-    # at a toy size (a few minutes), to see that everything runs: its numbers mean nothing
-    preset: str = "full"
+    seed: int = option(0, "Seed for everything the demo draws.")
+    num: int = option(10_000, "Training examples per dataset in the cot-data stage.")
+    preset: str = option(
+        "full",
+        "full: the demo as the README describes it (about 15 min on 2 cores); smoke: every "
+        "stage at a toy size in a few minutes, to check an install (its numbers mean nothing).",
+    )
 
     def __post_init__(self) -> None:
         require(self.preset in PRESETS, f"unknown preset {self.preset!r}: use {', '.join(PRESETS)}")

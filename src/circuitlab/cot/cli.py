@@ -181,6 +181,7 @@ def sweep(
         executor=config.executor,
         device=config.device,
         workers=config.workers,
+        ray_address=config.ray_address,
     )
     table = Table(title=f"cot sweep ({config.profile}): final-answer accuracy")
     for col in ("task", "size", "variant", "accuracy", "chain acc."):

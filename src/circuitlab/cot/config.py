@@ -132,9 +132,14 @@ class SweepSettings:
     executor: str = option("local", "local (this machine) or ray (a Ray cluster).")
     workers: int = option(
         1,
-        "Local executor: points trained at once, each in a process with an equal share "
-        "of the CPU threads. 2 is faster on a 2-core CPU (small models use one core better "
-        "than two); keep 1 on a GPU.",
+        "Points trained at once: local worker processes, each with an equal share of the CPU "
+        "threads (2 is faster on a 2-core CPU: small models use one core better than two; "
+        "keep 1 on a GPU), or the CPUs of a Ray cluster started for the run.",
+    )
+    ray_address: str | None = option(
+        None,
+        "With --executor ray: a running cluster (auto, or HOST:PORT); none: start a local "
+        "one of --workers CPUs for this run.",
     )
     device: str | None = option(None, "Override the profile's device (auto).")
 
