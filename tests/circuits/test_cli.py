@@ -233,3 +233,25 @@ def test_discover_help_shows_the_default_methods_from_the_config() -> None:
     result = CliRunner().invoke(app, ["circuits", "discover", "--help"], env={"COLUMNS": "200"})
     text = " ".join(result.stdout.replace("│", " ").split())  # the text, without the box
     assert f"[default: {','.join(DEFAULT_METHODS)}]" in text and "--config" in text
+
+
+def test_evaluate_units_give_the_same_table_on_every_executor(tmp_path: Path, tiny_dir) -> None:
+    """(task, seed) units in two local worker processes and as Ray tasks on a real local
+    cluster (2 CPUs, started and stopped by the command) give the same numbers; the run
+    directory's identity does not depend on the executor, so a run resumes on another."""
+    heads = str(tiny_dir.parent / "heads.json")
+    args = ["evaluate", "--reference", f"ioi={heads}", "--model", str(tiny_dir), "--methods",
+            "sae,attribution,random", "--seeds", "2", "--num", "6", "--n-train", "4",
+            "--epochs", "20", "--workers", "2"]  # fmt: skip
+    local = run(*args, "--out", str(tmp_path / "local"))
+    assert local.exit_code == 0, local.output
+    ray = run(*args, "--executor", "ray", "--out", str(tmp_path / "ray"))
+    assert ray.exit_code == 0, ray.output
+
+    def table(name: str) -> list:
+        results = json.loads((tmp_path / name / "results.json").read_text())
+        return [(r["task"], r["method"], r["runs"], r["auc"], r["ap"]) for r in results["table"]]
+
+    assert table("ray") == table("local")
+    again = run(*args[:-2], "--out", str(tmp_path / "ray"))  # another executor: resumes
+    assert again.exit_code == 0, again.output

@@ -23,21 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from circuitlab.circuits import shared
 from circuitlab.circuits.discover import Ranking
-from circuitlab.circuits.methods import (
-    METHODS,
-    DiscoveryConfig,
-    extract,
-    load_model,
-    run_methods,
-    with_threads,
-)
+from circuitlab.circuits.methods import METHODS, DiscoveryConfig, run_methods, with_threads
 from circuitlab.circuits.options import reference_pairs
-from circuitlab.circuits.tasks import make_task
 from circuitlab.core.config import config_to_dict, option, option_of, require
 from circuitlab.core.errors import CircuitlabError
+from circuitlab.core.executor import Execution, Unit, identity
 from circuitlab.core.io import atomic_write_bytes, atomic_write_json, read_json
-from circuitlab.core.progress import progress_bar
 from circuitlab.core.runs import RunDir
 
 DETERMINISTIC = ("attribution", "hisp", "activation")
@@ -159,9 +152,10 @@ def circuit_metrics(scores: np.ndarray, truth: np.ndarray, threshold: float) -> 
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(Execution):
     """Every method on every reference. The method settings are DiscoveryConfig's (their
-    help and flags are defined there); `discovery` builds one run's."""
+    help and flags are defined there); `discovery` builds one run's. The units, one per
+    (task, seed), run through core.executor (the Execution settings)."""
 
     references: tuple[tuple[str, str], ...] = option(
         (),
@@ -188,6 +182,7 @@ class EvaluateConfig:
     threads: int = option_of(DiscoveryConfig, "threads")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require(bool(self.references), "give at least one TASK=REFERENCE pair")
         require(self.seeds >= 1, f"seeds must be at least 1, got {self.seeds}")
         require(0 <= self.reference_threshold < 1, "reference_threshold must be in [0, 1)")
@@ -211,34 +206,32 @@ class EvaluateConfig:
 
 
 def run_evaluate(config: EvaluateConfig, out: str | Path) -> dict[str, Any]:
-    run = RunDir.open(out, config_to_dict(config))
-    with with_threads(config.threads):
-        lm = None
-        rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        curves: dict[str, dict[str, Any]] = {}
-        total = len(config.references) * len(config.methods) * config.seeds
-        with progress_bar("evaluate (task x method x seed)", total) as bar:
-            for task_name, spec in config.references:
-                units = _task_units(config, task_name)
-                pending = [u for u in units if not run.is_done(u[2])]
-                bar.advance(bar.task_ids[0], len(units) - len(pending))
-                if pending:
-                    lm = lm or load_model(config.model, config.dtype)
-                    _run_task(run, lm, config, task_name, pending, bar)
-                lay_n = None
-                for method, seed, unit in units:
-                    data = read_json(run.path / "units" / f"{unit}.json")
-                    lay_n = lay_n or (len(data["scores"]), len(data["scores"][0]))
-                    ref = load_reference(spec, *lay_n, threshold=config.reference_threshold or None)
-                    scores = np.array(data["scores"], dtype=np.float64)
-                    metrics = circuit_metrics(scores.ravel(), ref.mask.ravel(), config.threshold)
-                    metrics["seconds"] = data["seconds_total"]
-                    metrics["seed"] = seed
-                    rows.setdefault((task_name, method), []).append(metrics)
-                    if seed == 0:
-                        info = {"reference": ref.name, "size": len(ref.heads)}
-                        curves.setdefault(task_name, info)
-                        curves[task_name][method] = (scores.ravel(), ref.mask.ravel())
+    run = RunDir.open(out, identity(config))
+    units = [
+        Unit(f"{Path(task).stem} seed {seed}", _evaluate_unit, (config, str(run.path), task, seed),
+             cost=len(_unit_methods(config, seed)))
+        for task, _ in config.references
+        for seed in range(config.seeds)
+    ]  # fmt: skip
+    with with_threads(config.threads if config.workers == 1 else 0):
+        config.run(units, title="circuits evaluate")
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    curves: dict[str, dict[str, Any]] = {}
+    for task_name, spec in config.references:
+        shape = None
+        for method, seed, unit in _task_units(config, task_name):
+            data = read_json(run.path / "units" / f"{unit}.json")
+            shape = shape or (len(data["scores"]), len(data["scores"][0]))
+            ref = load_reference(spec, *shape, threshold=config.reference_threshold or None)
+            scores = np.array(data["scores"], dtype=np.float64)
+            metrics = circuit_metrics(scores.ravel(), ref.mask.ravel(), config.threshold)
+            metrics["seconds"] = data["seconds_total"]
+            metrics["seed"] = seed
+            rows.setdefault((task_name, method), []).append(metrics)
+            if seed == 0:
+                info = {"reference": ref.name, "size": len(ref.heads)}
+                curves.setdefault(task_name, info)
+                curves[task_name][method] = (scores.ravel(), ref.mask.ravel())
     table = _table(config, rows)
     results = {
         "settings": config_to_dict(config),
@@ -251,6 +244,11 @@ def run_evaluate(config: EvaluateConfig, out: str | Path) -> dict[str, Any]:
     return results
 
 
+def _unit_methods(config: EvaluateConfig, seed: int) -> list[str]:
+    """The methods one seed runs: the deterministic ones only at seed 0."""
+    return [m for m in config.methods if seed == 0 or m not in DETERMINISTIC]
+
+
 def _task_units(config: EvaluateConfig, task: str) -> list[tuple[str, int, str]]:
     stem = Path(task).stem
     out = []
@@ -260,28 +258,33 @@ def _task_units(config: EvaluateConfig, task: str) -> list[tuple[str, int, str]]
     return out
 
 
-def _run_task(
-    run: RunDir,
-    lm: Any,
-    config: EvaluateConfig,
-    task_name: str,
-    pending: list[tuple[str, int, str]],
-    bar: Any,
-) -> None:
-    base = config.discovery(task_name, 0)
-    task = make_task(task_name, lm.tokenizer, n=config.num, seed=config.task_seed)
-    outputs = None
-    if any(m in ("sae", "sae-edge") for m, _, _ in pending):
-        outputs = extract(lm, task, base)
-    by_seed: dict[int, list[str]] = {}
-    for method, seed, _ in pending:
-        by_seed.setdefault(seed, []).append(method)
-    for seed, methods in sorted(by_seed.items()):
-        cfg = replace(base, seed=seed, methods=tuple(methods))
-        rankings = run_methods(lm, task, cfg, outputs=outputs)
+def _evaluate_unit(
+    config: EvaluateConfig, out: str, task_name: str, seed: int, *, progress: Any
+) -> int:
+    """One (task, seed): every method of that seed not yet done, each saved as it finishes
+    (the SAE node and edge scores come from one SAE, so they run together)."""
+    run = RunDir(Path(out))
+    stem = Path(task_name).stem
+    todo = [m for m in _unit_methods(config, seed) if not run.is_done(f"{stem}-{m}-s{seed}")]
+    groups = [[m] for m in todo if not m.startswith("sae")]
+    if any(m.startswith("sae") for m in todo):
+        groups.insert(0, [m for m in todo if m.startswith("sae")])
+    progress(0, len(todo))
+    if not todo:
+        return 0
+    lm = shared.model(config.model, config.dtype)
+    base = replace(config.discovery(task_name, 0), seed=seed)
+    task_key = (task_name, config.num, config.task_seed)
+    outputs = shared.outputs(lm, task_key, base) if groups[0][0].startswith("sae") else None
+    done = 0
+    for methods in groups:
+        cfg = replace(base, methods=tuple(methods))
+        rankings = run_methods(lm, shared.task(lm, *task_key), cfg, outputs=outputs)
         for method, ranking in rankings.items():
-            _save_unit(run, f"{Path(task_name).stem}-{method}-s{seed}", ranking)
-            bar.advance(bar.task_ids[0], 1)
+            _save_unit(run, f"{stem}-{method}-s{seed}", ranking)
+        done += len(methods)
+        progress(done, len(todo))
+    return done
 
 
 def _save_unit(run: RunDir, unit: str, ranking: Ranking) -> None:

@@ -17,28 +17,25 @@ from typing import Any
 
 import numpy as np
 
+from circuitlab.circuits import shared
 from circuitlab.circuits.discover import sae_discover
 from circuitlab.circuits.evaluate import circuit_metrics, load_reference
 from circuitlab.circuits.heads import REDUCTIONS
 from circuitlab.circuits.methods import (
     DiscoveryConfig,
-    HeadOutputs,
-    extract,
-    load_model,
     with_threads,
 )
-from circuitlab.circuits.tasks import make_task
 from circuitlab.core.config import comma_list, config_to_dict, option, option_of, require
+from circuitlab.core.executor import Execution, Unit, identity
 from circuitlab.core.io import atomic_write_bytes, atomic_write_json, read_json
-from circuitlab.core.progress import progress_bar
 from circuitlab.core.runs import RunDir
 from circuitlab.core.sites import find_sites
 
 
 @dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(Execution):
     """One SAE setting varies at a time around DiscoveryConfig's (whose help and flags the
-    shared settings use)."""
+    shared settings use). Each (setting, value, seed) is a unit of core.executor."""
 
     task: str = option_of(DiscoveryConfig, "task")
     reference: str = option("", "The circuit to score against (as in discover) \\[required].")
@@ -64,6 +61,7 @@ class SweepConfig:
     threads: int = option_of(DiscoveryConfig, "threads")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require(bool(self.reference), "the sweep needs a --reference circuit to score against")
         require(self.seeds >= 1, f"seeds must be at least 1, got {self.seeds}")
         require(all(n >= 1 for n in self.n_train), "n_train values must be >= 1")
@@ -98,41 +96,15 @@ class SweepConfig:
 
 
 def run_sweep(config: SweepConfig, out: str | Path) -> dict[str, Any]:
-    run = RunDir.open(out, config_to_dict(config))
+    run = RunDir.open(out, identity(config))
     points = config.points()
-    units = [(p, v, c, s, f"{p}-{v}-s{s}") for p, v, c in points for s in range(config.seeds)]
-    pending = [u for u in units if not run.is_done(u[4])]
-    with with_threads(config.threads):
-        if pending:
-            lm = load_model(config.model, config.dtype)
-            task = make_task(config.task, lm.tokenizer, n=config.num)
-            sites = find_sites(lm.model)
-            ref = load_reference(config.reference, sites.n_layers, sites.n_heads)
-            outputs: dict[str, HeadOutputs] = {}
-            with progress_bar("sweep (setting x seed)", len(units)) as bar:
-                bar.advance(bar.task_ids[0], len(units) - len(pending))
-                for _, _, cfg, seed, unit in pending:
-                    if cfg.reduction not in outputs:
-                        outputs[cfg.reduction] = extract(lm, task, cfg)
-                    got = outputs[cfg.reduction]
-                    cfg = replace(cfg, seed=seed)
-                    result = sae_discover(
-                        got.positives,
-                        got.negatives,
-                        n_train=cfg.n_train,
-                        sae=cfg.sae_config(),
-                    )
-                    record = {}
-                    for name, ranking in (("node", result.node), ("edge", result.edge)):
-                        assert ranking is not None
-                        metrics = circuit_metrics(
-                            ranking.scores.flatten().numpy(), ref.mask.ravel(), cfg.threshold
-                        )
-                        record[name] = metrics["auc"]
-                    record["seconds"] = result.node.total_seconds  # training + scoring
-                    atomic_write_json(run.path / "units" / f"{unit}.json", record)
-                    run.mark_done(unit)
-                    bar.advance(bar.task_ids[0], 1)
+    units = [
+        Unit(f"{param}={value} seed {seed}", _sweep_unit, (config, str(run.path), index, seed))
+        for index, (param, value, _) in enumerate(points)
+        for seed in range(config.seeds)
+    ]
+    with with_threads(config.threads if config.workers == 1 else 0):
+        config.run(units, title="circuits sweep")
     rows = []
     for param, value, _ in points:
         records = [
@@ -150,6 +122,33 @@ def run_sweep(config: SweepConfig, out: str | Path) -> dict[str, Any]:
     _plot(run.path / "sweep.png", rows, config)
     run.write_report(_report(results))
     return results
+
+
+def _sweep_unit(config: SweepConfig, out: str, index: int, seed: int, *, progress: Any) -> bool:
+    """One (setting, value, seed): train the SAE on the shared head outputs, score it."""
+    run = RunDir(Path(out))
+    param, value, cfg = config.points()[index]
+    unit = f"{param}-{value}-s{seed}"
+    progress(0, 1)
+    if run.is_done(unit):
+        return False
+    lm = shared.model(config.model, config.dtype)
+    got = shared.outputs(lm, (config.task, config.num, 0), cfg)
+    sites = find_sites(lm.model)
+    ref = load_reference(config.reference, sites.n_layers, sites.n_heads)
+    cfg = replace(cfg, seed=seed)
+    result = sae_discover(got.positives, got.negatives, n_train=cfg.n_train, sae=cfg.sae_config())
+    record = {}
+    for name, ranking in (("node", result.node), ("edge", result.edge)):
+        assert ranking is not None
+        metrics = circuit_metrics(ranking.scores.flatten().numpy(), ref.mask.ravel(),
+                                  cfg.threshold)  # fmt: skip
+        record[name] = metrics["auc"]
+    record["seconds"] = result.node.total_seconds  # training + scoring
+    atomic_write_json(run.path / "units" / f"{unit}.json", record)
+    run.mark_done(unit)
+    progress(1, 1)
+    return True
 
 
 def _report(results: dict[str, Any]) -> str:

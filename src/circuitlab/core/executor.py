@@ -27,7 +27,7 @@ from typing import Any
 
 from rich.progress import Progress, TaskID
 
-from circuitlab.core.config import require
+from circuitlab.core.config import config_to_dict, option, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.progress import new_progress
 
@@ -44,6 +44,41 @@ class Unit:
 
 
 Summarize = Callable[[Unit, Any], str]
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a command's units run, for configs to inherit. These settings change where the
+    work happens, never its results, so they are not part of a run's identity (`identity`):
+    a run started with one executor resumes with another."""
+
+    executor: str = option("local", "local (this machine) or ray (a Ray cluster).")
+    workers: int = option(
+        1,
+        "Units run at once: local worker processes with an equal share of the CPU threads "
+        "each (2 is faster on a 2-core CPU for small models; keep 1 on a GPU), or the CPUs of "
+        "the Ray cluster started for the run.",
+    )
+    ray_address: str | None = option(
+        None,
+        "With --executor ray: a running cluster (auto, or HOST:PORT); none: a local one of "
+        "--workers CPUs, started for this run and stopped after it.",
+    )
+
+    def __post_init__(self) -> None:
+        check_executor(self.executor, self.workers, self.ray_address)
+
+    def run(self, units: Sequence[Unit], **kwargs: Any) -> list[Any]:
+        return run_units(units, executor=self.executor, workers=self.workers,
+                         ray_address=self.ray_address, **kwargs)  # fmt: skip
+
+
+EXECUTION_FIELDS = ("executor", "workers", "ray_address")
+
+
+def identity(config: Any) -> dict[str, Any]:
+    """`config` as a run directory records it: without the settings of its Execution."""
+    return {k: v for k, v in config_to_dict(config).items() if k not in EXECUTION_FIELDS}
 
 
 def run_units(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from circuitlab.core.config import option, require
+from circuitlab.core.executor import Execution
 from circuitlab.cot.data import P_HELP, SIZE_HELP, TASK_HELP, VALUES_HELP, DataConfig
 from circuitlab.cot.tasks.lis import NUMBER_RANGE
 
@@ -120,7 +121,7 @@ class TrainConfig(ModelShape):
 
 
 @dataclass(frozen=True)
-class SweepSettings:
+class SweepSettings(Execution):
     """How `cot sweep` runs a profile (the profile itself fixes what is trained)."""
 
     profile: str = option(
@@ -129,18 +130,6 @@ class SweepSettings:
         "or paper (the official configuration, a GPU job).",
     )
     tasks: tuple[str, ...] = option((), "Only these tasks (repeatable).", flags=("--task",))
-    executor: str = option("local", "local (this machine) or ray (a Ray cluster).")
-    workers: int = option(
-        1,
-        "Points trained at once: local worker processes, each with an equal share of the CPU "
-        "threads (2 is faster on a 2-core CPU: small models use one core better than two; "
-        "keep 1 on a GPU), or the CPUs of a Ray cluster started for the run.",
-    )
-    ray_address: str | None = option(
-        None,
-        "With --executor ray: a running cluster (auto, or HOST:PORT); none: start a local "
-        "one of --workers CPUs for this run.",
-    )
     device: str | None = option(None, "Override the profile's device (auto).")
 
 
