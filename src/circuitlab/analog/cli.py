@@ -395,12 +395,11 @@ def evaluate(
     Example: circuitlab analog eval --model runs/nsc-32b --device cuda --dtype bfloat16
     --mcq amsbench_tqa.jsonl
     """
-    import torch
-
     from circuitlab.analog.evaluate import evaluate_model
     from circuitlab.analog.mcq import MCQConfig, load_mcq
     from circuitlab.core.devices import pick_device
     from circuitlab.core.lm import torch_dtype
+    from circuitlab.core.threads import torch_threads
 
     torch_dtype(dtype)  # a bad name or device fails before the questions are read
     where = pick_device(device)
@@ -409,9 +408,7 @@ def evaluate(
         mode=mode, scoring=scoring, normalize=normalize, batch_size=batch_size, limit=limit
     )
     count = len(load_mcq(mcq))
-    if threads:
-        torch.set_num_threads(threads)
-    with progress_bar("questions", min(count, limit or count)) as bar:
+    with torch_threads(threads), progress_bar("questions", min(count, limit or count)) as bar:
         result = evaluate_model(
             model,
             mcq=mcq,

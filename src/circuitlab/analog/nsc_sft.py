@@ -70,6 +70,7 @@ from circuitlab.core.io import atomic_write_json, atomic_write_text, read_json, 
 from circuitlab.core.lm import DTYPES, LoadedLM, load_lm, torch_dtype
 from circuitlab.core.runs import RunDir
 from circuitlab.core.seeding import seed_everything
+from circuitlab.core.threads import torch_threads
 
 REFERENCES = ("live", "cached", "hidden")
 PRECOMPUTED = ("cached", "hidden")  # references filled before the first step
@@ -421,11 +422,8 @@ def train(
     run = RunDir.open(out, {**config_to_dict(config), "data_sha256": digest})
     if run.is_done("train"):
         return run.results()
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
     reuse_freed_memory()
-    try:
+    with torch_threads(config.threads):
         accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
             cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
@@ -445,8 +443,6 @@ def train(
             lm.model.to(accelerator.device)
         trainer = Trainer(config, run, lm, data, accelerator)
         return _train_loop(trainer, progress, stop_after, on_step)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train_loop(
@@ -633,7 +629,3 @@ def load_model(spec: str | None, *, dtype: str = "float32", device: str = "cpu")
                 LoadedLM(loaded.model, loaded.tokenizer, name, str(path)), meta["base"], False
             )
     return TrainedLM(load_lm(spec, dtype=weights, device=device), None, False)
-
-
-def is_trained_run(path: str | Path) -> bool:
-    return (Path(path) / "model" / MODEL_META).is_file() or (Path(path) / MODEL_META).is_file()

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from circuitlab.analog.distill import DistillConfig, distill
 from circuitlab.analog.evaluate import evaluate_model
 from circuitlab.analog.mcq import MCQConfig
@@ -35,6 +33,7 @@ from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_bytes, read_json
 from circuitlab.core.lm import load_lm
 from circuitlab.core.runs import RunDir
+from circuitlab.core.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -129,18 +128,15 @@ def run_pipeline(
     run = RunDir.open(out, config_to_dict(config))
     root = run.path
     stage = stage or (lambda name, total: lambda n: None)
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
     timings = read_json(root / "timings.json") if (root / "timings.json").exists() else {}
     try:
-        _nodes(run, timings, stage, log)
-        qa = _distill(run, config, timings, stage, log)
-        for value in config.lambdas:
-            _train(run, config, qa, value, timings, stage, log)
-        _evaluate(run, config, timings, stage, log)
+        with torch_threads(config.threads):
+            _nodes(run, timings, stage, log)
+            qa = _distill(run, config, timings, stage, log)
+            for value in config.lambdas:
+                _train(run, config, qa, value, timings, stage, log)
+            _evaluate(run, config, timings, stage, log)
     finally:
-        torch.set_num_threads(threads)
         from circuitlab.core.io import atomic_write_json
 
         atomic_write_json(root / "timings.json", timings)

@@ -29,7 +29,6 @@ from circuitlab.circuits.methods import (
     extract,
     load_model,
     run_methods,
-    with_threads,
 )
 from circuitlab.circuits.tasks import make_task
 from circuitlab.core.config import config_to_dict, require
@@ -37,6 +36,7 @@ from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_bytes, atomic_write_json, read_json
 from circuitlab.core.progress import progress_bar
 from circuitlab.core.runs import RunDir
+from circuitlab.core.threads import torch_threads
 
 DETERMINISTIC = ("attribution", "hisp", "activation")
 
@@ -198,7 +198,7 @@ class EvaluateConfig:
 
 def run_evaluate(config: EvaluateConfig, out: str | Path) -> dict[str, Any]:
     run = RunDir.open(out, config_to_dict(config))
-    with with_threads(config.threads):
+    with torch_threads(config.threads):
         lm = None
         rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
         curves: dict[str, dict[str, Any]] = {}

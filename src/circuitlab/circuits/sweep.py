@@ -26,13 +26,13 @@ from circuitlab.circuits.methods import (
     HeadOutputs,
     extract,
     load_model,
-    with_threads,
 )
 from circuitlab.circuits.tasks import make_task
 from circuitlab.core.config import config_to_dict, require
 from circuitlab.core.io import atomic_write_bytes, atomic_write_json, read_json
 from circuitlab.core.progress import progress_bar
 from circuitlab.core.runs import RunDir
+from circuitlab.core.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def run_sweep(config: SweepConfig, out: str | Path) -> dict[str, Any]:
     points = config.points()
     units = [(p, v, c, s, f"{p}-{v}-s{s}") for p, v, c in points for s in range(config.seeds)]
     pending = [u for u in units if not run.is_done(u[4])]
-    with with_threads(config.threads):
+    with torch_threads(config.threads):
         if pending:
             lm = load_model(config.model, config.dtype)
             task = make_task(config.task, lm.tokenizer, n=config.num)

@@ -215,10 +215,10 @@ def run_sweep(
 
 
 def _train_point(config: TrainConfig, path: str, threads: int) -> dict[str, Any]:
-    import torch
+    from circuitlab.core.threads import torch_threads
 
-    torch.set_num_threads(threads)
-    return train(config, path, resume=True, quiet=True)
+    with torch_threads(threads):
+        return train(config, path, resume=True, quiet=True)
 
 
 def _run_processes(
