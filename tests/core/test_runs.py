@@ -35,3 +35,15 @@ def test_results_and_report_round_trip(tmp_path):
     run.write_results({"acc": 0.5})
     assert run.results() == {"acc": 0.5}
     assert run.write_report("# hi\n").read_text() == "# hi\n"
+
+
+def test_trim_metrics_drops_the_steps_a_resumed_run_logs_again(tmp_path):
+    run = RunDir.open(tmp_path / "r", {"lr": 0.1})
+    for step in (10, 20, 30):
+        run.log_metrics(step=step, loss=1.0)
+    run.log_metrics(step=20, eval_accuracy=0.5)  # an eval point at the checkpoint step stays
+    run.trim_metrics(20)
+    assert [(r["step"], "loss" in r) for r in run.metrics()] == [
+        (10, True), (20, True), (20, False)
+    ]
+    RunDir(tmp_path / "empty").trim_metrics(5)  # no metrics yet: nothing to do

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.cot.train import TrainConfig, lr_at, prepare, train
+from circuitlab.core.schedule import lr_at
+from circuitlab.cot.train import TrainConfig, prepare, train
 
 TINY = dict(
     task="arithmetic", size=2, format="cot", num=2000, test_num=20, layers=1, d_model=32,
@@ -83,16 +84,15 @@ def test_a_finished_run_is_not_retrained(tmp_path: Path) -> None:
     assert train(config, tmp_path, quiet=True) == first
 
 
-def test_learning_rate_warms_up_then_decays() -> None:
-    config = TrainConfig(lr=1e-3, warmup=0.1, schedule="cosine")
-    lrs = [lr_at(s, 100, config) for s in range(100)]
-    assert lrs[0] == pytest.approx(1e-4)
-    assert max(lrs) == pytest.approx(1e-3)
-    assert lrs.index(max(lrs)) == 9
-    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
-    assert lrs[-1] < 1e-5
-    linear = TrainConfig(lr=1e-3, warmup=0.0, schedule="linear")
-    assert lr_at(50, 100, linear) == pytest.approx(5e-4)
+def test_each_step_trains_at_the_configured_schedules_rate(tmp_path: Path) -> None:
+    config = TrainConfig(**{**TINY, "num": 400, "epochs": 2, "warmup": 0.2, "log_every": 1})
+    train(config, tmp_path, quiet=True)
+    logged = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").open()) if "lr" in r]
+    total = len(logged)
+    assert total == 2 * -(-400 // 16)
+    want = [lr_at(s, total, peak=2e-3, warmup=0.2, schedule="cosine") for s in range(total)]
+    assert [r["lr"] for r in logged] == pytest.approx(want, rel=1e-12)
+    assert max(want) == pytest.approx(2e-3) and want[-1] < want[0]
 
 
 def test_mix_smaller_adds_shorter_problems_to_training_only() -> None:
@@ -130,8 +130,11 @@ def test_torchrun_data_parallel_on_cpu(tmp_path: Path) -> None:
     (tmp_path / "tiny.toml").write_text(
         "[train]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items())
     )
+    with socket.socket() as probe:  # a free port: a fixed one collides with a parallel run
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_port", "29517"]  # fmt: skip
+                "--master_port", str(port)]  # fmt: skip
     train_cmd = ["-m", "circuitlab", "cot", "train", "--config", str(tmp_path / "tiny.toml"),
                  "--out", str(tmp_path / "ddp"), "--epochs", "1",
                  # torchrun's parser would take --num for its --numa-binding

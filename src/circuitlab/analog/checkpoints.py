@@ -12,16 +12,14 @@ pickled, so loading one cannot run code.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from circuitlab.core.io import read_json
+from circuitlab.core.io import atomic_dir, read_json
 
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
@@ -59,20 +57,12 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> d
 def save_checkpoint(
     directory: Path, step: int, model: Any, optimizer: Any, *, keep: int, extra: dict[str, Any]
 ) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"step-{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", dir=directory))
-    try:
+    with atomic_dir(target) as tmp:
         save_file(trainable_state(model), str(tmp / "weights.safetensors"))
         tensors, meta = _split_optimizer(optimizer.state_dict())
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"step": step, **extra, "optimizer": meta}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_checkpoints(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target

@@ -35,11 +35,7 @@ steps of lr 1e-5, so there keep float32.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -66,15 +62,15 @@ from circuitlab.analog.sft_data import SFTData, collate, load_sft_data
 from circuitlab.core.config import config_to_dict, require
 from circuitlab.core.devices import reuse_freed_memory
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.core.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from circuitlab.core.io import atomic_dir, atomic_write_json, read_json
 from circuitlab.core.lm import DTYPES, LoadedLM, load_lm, torch_dtype
 from circuitlab.core.runs import RunDir
+from circuitlab.core.schedule import SCHEDULES, lr_at
 from circuitlab.core.seeding import seed_everything
 from circuitlab.core.threads import torch_threads
 
 REFERENCES = ("live", "cached", "hidden")
 PRECOMPUTED = ("cached", "hidden")  # references filled before the first step
-SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
 MODEL_META = "circuitlab.json"
 # accelerate distributed types that shard the weights and place them in prepare()
@@ -170,20 +166,6 @@ class NSCConfig:
         if self.lr is not None:
             return self.lr
         return 2e-4 if self.lora else 1e-5
-
-
-def lr_at(step: int, total: int, config: NSCConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, then the decay."""
-    peak = config.learning_rate
-    warm = int(config.warmup * total)
-    if step < warm:
-        return peak * (step + 1) / warm
-    if config.schedule == "constant" or total <= warm:
-        return peak
-    frac = (step - warm) / max(total - warm, 1)
-    if config.schedule == "linear":
-        return peak * (1.0 - frac)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 def step_examples(step: int, n: int, per_step: int, seed: int) -> list[int]:
@@ -312,7 +294,7 @@ class Trainer:
 
     def step(self, step: int) -> dict[str, Any]:
         c, device = self.config, self.accelerator.device
-        lr = lr_at(step, self.total, c)
+        lr = lr_at(step, self.total, peak=c.learning_rate, warmup=c.warmup, schedule=c.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro = self.micro_batches(step)
@@ -458,7 +440,7 @@ def _train_loop(
     if latest:
         start = load_checkpoint(latest[-1], trainer.unwrapped, trainer.optimizer)["step"]
     if main:
-        _trim_metrics(run, start)
+        run.trim_metrics(start)
     if config.kl_lambda > 0 and config.reference in PRECOMPUTED:
         cache = run.path / "reference"
         # the hidden-state cache also needs the original head, saved before the first step
@@ -512,15 +494,6 @@ def _train_loop(
     return summary
 
 
-def _trim_metrics(run: RunDir, step: int) -> None:
-    """Drop metric lines past the checkpoint a resumed run restarts from (they are redone)."""
-    path = run.path / "metrics.jsonl"
-    if not path.exists():
-        return
-    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
 def _summary(
     trainer: Trainer, metrics: list[dict[str, Any]], step: int, seconds: float
 ) -> dict[str, Any]:
@@ -569,9 +542,7 @@ def kl_summary(result: dict[str, Any], digits: int = 4) -> str:
 def save_model(trainer: Trainer, target: Path) -> None:
     """Final weights (safetensors) + tokenizer + circuitlab.json, renamed into place at once."""
     c = trainer.config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         model = trainer.accelerator.unwrap_model(trainer.model)
         model.save_pretrained(tmp, safe_serialization=True)
         trainer.lm.tokenizer.save_pretrained(tmp)
@@ -584,12 +555,6 @@ def save_model(trainer: Trainer, target: Path) -> None:
                 "kl_lambda": c.kl_lambda,
             },
         )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 @dataclass(frozen=True)

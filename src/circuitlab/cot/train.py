@@ -15,8 +15,6 @@ rank 0 writes the run directory.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import shutil
 import time
@@ -35,8 +33,9 @@ from tqdm import tqdm
 from circuitlab.core.config import config_to_dict, require
 from circuitlab.core.devices import pick_device
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.core.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from circuitlab.core.io import atomic_dir, atomic_write_json, read_json
 from circuitlab.core.runs import RunDir
+from circuitlab.core.schedule import SCHEDULES, lr_at
 from circuitlab.cot.batching import epoch_plan, shard
 from circuitlab.cot.data import DataConfig, generate_splits
 from circuitlab.cot.evaluate import EvalResult, evaluate_model
@@ -46,7 +45,6 @@ from circuitlab.cot.tasks import get_task
 from circuitlab.cot.tasks.common import TokenBatch
 from circuitlab.cot.tasks.lis import NUMBER_RANGE
 
-SCHEDULES = ("cosine", "linear", "constant")
 AMP = ("auto", "off", "bf16", "fp16")
 
 
@@ -194,19 +192,6 @@ def _mix_in_smaller(batch: TokenBatch, config: TrainConfig) -> TokenBatch:
     return TokenBatch.concat(parts)
 
 
-def lr_at(step: int, total: int, config: TrainConfig) -> float:
-    """Learning rate at optimizer step `step` (linear warmup, then the chosen decay)."""
-    warm = int(config.warmup * total)
-    if step < warm:
-        return config.lr * (step + 1) / warm
-    if config.schedule == "constant" or total <= warm:
-        return config.lr
-    frac = (step - warm) / max(total - warm, 1)
-    if config.schedule == "linear":
-        return config.lr * (1.0 - frac)
-    return config.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
-
-
 # ------------------------------------------------------------------ distributed set-up
 
 
@@ -255,20 +240,16 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoints/step-N atomically (temp dir + rename); keep the newest `keep`."""
     final = run.checkpoints / f"step-{position['step']:08d}"
-    tmp = run.checkpoints / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-        tmp / "model.safetensors",
-    )
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    torch.save({"optimizer": optimizer.state_dict(), "rng": rng}, tmp / "state.pt")
-    atomic_write_json(tmp / "trainer.json", position)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            tmp / "model.safetensors",
+        )
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        torch.save({"optimizer": optimizer.state_dict(), "rng": rng}, tmp / "state.pt")
+        atomic_write_json(tmp / "trainer.json", position)
     for old in _checkpoint_dirs(run)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -286,14 +267,6 @@ def restore_checkpoint(path: Path, model: GPT, optimizer: torch.optim.Optimizer)
     if "cuda" in state["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["rng"]["cuda"])
     return read_json(path / "trainer.json")
-
-
-def _trim_metrics(run: RunDir, step: int) -> None:
-    """Drop metric lines logged after the checkpoint we resume from (they will be redone)."""
-    path = run.path / "metrics.jsonl"
-    if path.exists():
-        kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 # ------------------------------------------------------------------ the loop
@@ -358,7 +331,7 @@ def train(
     if existing:
         position = restore_checkpoint(existing[-1], model, optimizer)
         if world.main:
-            _trim_metrics(run, position["step"])
+            run.trim_metrics(position["step"])
     ddp_model: torch.nn.Module = model
     if world.size > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -403,7 +376,10 @@ def train(
             ids = ids_all[rows, :width].to(device, non_blocking=True)
             labels = labels_all[rows, first:width].to(device, non_blocking=True)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(position["step"], total, config)
+                group["lr"] = lr_at(
+                    position["step"], total,
+                    peak=config.lr, warmup=config.warmup, schedule=config.schedule,
+                )  # fmt: skip
             with _autocast(device, config.amp):
                 logits, _ = ddp_model(ids, logits_from=first)
                 loss = F.cross_entropy(
