@@ -259,7 +259,7 @@ def test_resume_after_a_kill_reaches_the_uninterrupted_weights(tiny_model_dir, q
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while not (out / "checkpoints" / "step-4").is_dir() and time.time() < deadline:
+    while not (out / "checkpoints" / "step-00000004").is_dir() and time.time() < deadline:
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from circuitlab.core.checkpoint import list_checkpoints
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.schedule import lr_at
 from circuitlab.cot.train import TrainConfig, prepare, train
@@ -67,6 +69,53 @@ def test_resume_after_kill_reaches_the_uninterrupted_state(tmp_path: Path) -> No
     assert {k: v for k, v in a.items() if k not in timing} == {
         k: v for k, v in b.items() if k not in timing
     }
+
+
+def test_a_truncated_latest_checkpoint_resumes_from_the_previous_one(tmp_path: Path) -> None:
+    """Through the real CLI: the damaged newest checkpoint is skipped with a warning, the
+    run resumes from the one before and still ends exactly where an unbroken run does."""
+    (tmp_path / "tiny.toml").write_text(
+        "[train]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items())
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def command(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "circuitlab", "cot", "train", "--config",
+                str(tmp_path / "tiny.toml"), "--out", str(out), *extra]  # fmt: skip
+
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(command(reference), env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list_checkpoints(killed / "checkpoints")) < 2:
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    *_, previous, latest = list_checkpoints(killed / "checkpoints")
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+    # with every checkpoint damaged, resuming is a one-line error, not a silent restart
+    broken = tmp_path / "broken"
+    shutil.copytree(killed, broken)
+    for path in list_checkpoints(broken / "checkpoints"):
+        (path / "optimizer.safetensors").write_bytes(b"")
+    refused = subprocess.run(command(broken, "--resume"), env=env, capture_output=True,
+                             text=True)  # fmt: skip
+    assert refused.returncode == 2 and "every checkpoint" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    resumed = subprocess.run(command(killed, "--resume"), env=env, capture_output=True,
+                             text=True, check=True)  # fmt: skip
+    assert f"damaged checkpoint {latest.name}" in resumed.stderr
+    assert f"previous intact one, {previous.name}" in resumed.stderr
+    want, got = final_weights(reference), final_weights(killed)
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").open()]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))
 
 
 def test_a_finished_run_is_not_retrained(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ import torch
 from tqdm import tqdm
 
 from circuitlab.analog import nsc_loss
-from circuitlab.analog.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
+from circuitlab.analog.checkpoints import restore_trainable, trainable_state
 from circuitlab.analog.nsc_loss import DIRECTIONS, KL_TOKENS
 from circuitlab.analog.reference import (
     HEAD_FILE,
@@ -59,6 +59,7 @@ from circuitlab.analog.reference import (
     precompute_reference,
 )
 from circuitlab.analog.sft_data import SFTData, collate, load_sft_data
+from circuitlab.core import checkpoint
 from circuitlab.core.config import config_to_dict, require
 from circuitlab.core.devices import reuse_freed_memory
 from circuitlab.core.errors import CircuitlabError
@@ -436,9 +437,13 @@ def _train_loop(
     config, run, accelerator = trainer.config, trainer.run, trainer.accelerator
     main = accelerator.is_main_process
     start = 0
-    latest = list_checkpoints(run.checkpoints)
-    if latest:
-        start = load_checkpoint(latest[-1], trainer.unwrapped, trainer.optimizer)["step"]
+    # the newest intact checkpoint: a damaged newest one is skipped with a warning
+    found = checkpoint.load_latest(run.checkpoints)
+    if found is not None:
+        restore_trainable(trainer.unwrapped, found.weights, found.path)
+        trainer.optimizer.load_state_dict(found.optimizer)
+        found.restore_rng()
+        start = found.step
     if main:
         run.trim_metrics(start)
     if config.kl_lambda > 0 and config.reference in PRECOMPUTED:
@@ -478,9 +483,9 @@ def _train_loop(
             if step % config.save_every == 0 or step == trainer.total:
                 accelerator.wait_for_everyone()
                 if main:
-                    save_checkpoint(
-                        run.checkpoints, step, trainer.unwrapped, trainer.optimizer,
-                        keep=config.keep_checkpoints, extra={"total": trainer.total},
+                    checkpoint.save_checkpoint(
+                        run.checkpoints, trainable_state(trainer.unwrapped), trainer.optimizer,
+                        {"step": step, "total": trainer.total}, keep=config.keep_checkpoints,
                     )  # fmt: skip
     seconds = time.perf_counter() - started
     metrics = run.metrics()

@@ -1,8 +1,8 @@
 """Training one model on one task, size and format, resumable after a kill.
 
 A run directory holds everything: config.json, metrics.jsonl (loss, lr, tokens/s; eval
-points), checkpoints/step-N/ (model weights in safetensors; optimizer, scheduler position
-and RNG states) and results.json with the final evaluation. Resuming rebuilds the data
+points), checkpoints/step-N/ (core/checkpoint.py: weights, optimizer, position and RNG
+states, checksummed) and results.json with the final evaluation. Resuming rebuilds the data
 (generation is deterministic and takes seconds), restores the latest checkpoint and skips
 the batches already seen in the current epoch, so a killed and resumed run ends in exactly
 the state an uninterrupted run reaches.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -27,13 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
+from circuitlab.core import checkpoint
+from circuitlab.core.checkpoint import list_checkpoints
 from circuitlab.core.config import config_to_dict, require
 from circuitlab.core.devices import pick_device
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.core.io import atomic_dir, atomic_write_json, read_json
 from circuitlab.core.runs import RunDir
 from circuitlab.core.schedule import SCHEDULES, lr_at
 from circuitlab.cot.batching import epoch_plan, shard
@@ -224,49 +224,37 @@ def init_world() -> World:
 # ------------------------------------------------------------------ checkpoints
 
 
-def _checkpoint_dirs(run: RunDir) -> list[Path]:
-    if not run.checkpoints.exists():
-        return []
-    found = [p for p in run.checkpoints.glob("step-*") if (p / "trainer.json").exists()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+def _checkpoints(run: RunDir) -> list[Path]:
+    """The run's checkpoints, oldest first; one written before checkpoints had checksums
+    (trainer.json, a pickled state.pt) cannot be resumed, and saying so beats retraining."""
+    found = list_checkpoints(run.checkpoints)
+    if not found and (old := sorted(run.checkpoints.glob("step-*/trainer.json"))):
+        raise CircuitlabError(
+            f"{old[-1].parent} was written by an older circuitlab and cannot be resumed; "
+            "delete its checkpoints/ to train the run again"
+        )
+    return found
 
 
 def save_checkpoint(
-    run: RunDir,
-    model: GPT,
-    optimizer: torch.optim.Optimizer,
-    position: dict[str, Any],
+    run: RunDir, model: GPT, optimizer: torch.optim.Optimizer, position: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write checkpoints/step-N atomically (temp dir + rename); keep the newest `keep`."""
-    final = run.checkpoints / f"step-{position['step']:08d}"
-    with atomic_dir(final) as tmp:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-            tmp / "model.safetensors",
-        )
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        torch.save({"optimizer": optimizer.state_dict(), "rng": rng}, tmp / "state.pt")
-        atomic_write_json(tmp / "trainer.json", position)
-    for old in _checkpoint_dirs(run)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    """checkpoints/step-N: weights, optimizer, RNG states and `position`; keep the newest."""
+    return checkpoint.save_checkpoint(
+        run.checkpoints, model.state_dict(), optimizer, position, keep=keep
+    )
 
 
-def load_weights(path: Path, model: GPT) -> None:
-    model.load_state_dict(load_file(path / "model.safetensors"))
-
-
-def restore_checkpoint(path: Path, model: GPT, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    load_weights(path, model)
-    state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["cpu"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["rng"]["cuda"])
-    return read_json(path / "trainer.json")
+def restore_checkpoint(run: RunDir, model: GPT, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore the newest intact checkpoint (a damaged newest one is skipped with a
+    warning); returns its position."""
+    found = checkpoint.load_latest(run.checkpoints)
+    assert found is not None, "called with checkpoints present"
+    model.load_state_dict(found.weights)
+    optimizer.load_state_dict(found.optimizer)
+    found.restore_rng()
+    return found.state
 
 
 # ------------------------------------------------------------------ the loop
@@ -304,7 +292,7 @@ def train(
     run = RunDir.open(out, fields, defaults) if world.main else RunDir(Path(out))
     if run.is_done("train") and (run.path / "results.json").exists():
         return run.results()
-    existing = _checkpoint_dirs(run)
+    existing = _checkpoints(run)
     if existing and not resume:
         raise CircuitlabError(
             f"{run.path} holds an unfinished run (checkpoint {existing[-1].name}); "
@@ -329,7 +317,7 @@ def train(
     )
     position = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "seconds": 0.0}
     if existing:
-        position = restore_checkpoint(existing[-1], model, optimizer)
+        position = restore_checkpoint(run, model, optimizer)
         if world.main:
             run.trim_metrics(position["step"])
     ddp_model: torch.nn.Module = model
@@ -484,10 +472,20 @@ def load_run(out: str | Path) -> tuple[TrainConfig, GPT, Prepared]:
     from circuitlab.core.config import config_from_dict
 
     config = config_from_dict(TrainConfig, run.config)
-    checkpoints = _checkpoint_dirs(run)
-    if not checkpoints:
-        raise CircuitlabError(f"{run.path} has no checkpoint yet: train it first")
     prepared = prepare(config)
     model = GPT(prepared.model_config)
-    load_weights(checkpoints[-1], model)
+    model.load_state_dict(_latest_weights(run))
     return config, model, prepared
+
+
+def _latest_weights(run: RunDir) -> dict[str, torch.Tensor]:
+    """The newest intact weights; a run finished before checkpoints had checksums has its
+    weights in the same file, unverified, and still loads."""
+    if list_checkpoints(run.checkpoints):
+        found = checkpoint.load_latest(run.checkpoints)
+        assert found is not None
+        return found.weights
+    old = sorted(run.checkpoints.glob("step-*/trainer.json"))
+    if not old:
+        raise CircuitlabError(f"{run.path} has no checkpoint yet: train it first")
+    return load_file(old[-1].parent / "model.safetensors")
