@@ -9,13 +9,12 @@ Like the CLI, this module sits above the systems and may import all of them.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.core.io import atomic_write_json, atomic_write_text, read_json
+from circuitlab.core.io import atomic_write_text
 from circuitlab.core.runs import RunDir
 
 
@@ -93,23 +92,17 @@ def run_demo(
             f"unknown demo stage(s) {', '.join(unknown)}: use {', '.join(STAGES)}"
         )
     run = RunDir.open(root, {"demo": "all", **dataclasses.asdict(settings)})
-    timings: dict[str, float] = {}
     for name, stage in STAGES.items():
         if only and name not in only:
             continue
         target = root / name
         if not run.is_done(name):
             print(f"== demo stage {name} -> {target}", flush=True)
-            start = time.perf_counter()
-            stage(target, settings)
-            timings[name] = time.perf_counter() - start
-            run.mark_done(name)
-    # the report covers every finished stage, also those of earlier `--stage` runs
+        run.run_stage(name, lambda stage=stage, target=target: stage(target, settings))
+    # the report covers every finished stage, also those of earlier `--stage` runs, and
+    # timings.json keeps their times
     stage_dirs = [root / name for name in STAGES if run.is_done(name)]
-    timings_file = root / "timings.json"
-    if timings_file.exists():  # a resumed demo keeps the times of stages run before
-        timings = {**read_json(timings_file), **timings}
-    atomic_write_json(timings_file, timings)
+    timings = run.timings()
     summary = _write_summary(root / "summary", timings)
     report = root / "report.html"
     build_report([summary, *stage_dirs], report, title="circuitlab demo", command="make demo")

@@ -47,3 +47,18 @@ def test_trim_metrics_drops_the_steps_a_resumed_run_logs_again(tmp_path):
         (10, True), (20, True), (20, False)
     ]
     RunDir(tmp_path / "empty").trim_metrics(5)  # no metrics yet: nothing to do
+
+
+def test_stages_run_once_and_keep_the_times_of_earlier_invocations(tmp_path):
+    ran = []
+    run = RunDir.open(tmp_path / "r", {"lr": 0.1})
+    assert run.run_stage("a", lambda: ran.append("a"))
+    with pytest.raises(RuntimeError):  # a failed stage records no time and is not done
+        run.run_stage("b", lambda: (_ for _ in ()).throw(RuntimeError("killed")))
+    assert set(run.timings()) == {"a"} and not run.is_done("b")
+    again = RunDir.open(tmp_path / "r", {"lr": 0.1})  # the next invocation
+    assert not again.run_stage("a", lambda: ran.append("a again"))
+    assert again.run_stage("b", lambda: ran.append("b"))
+    assert ran == ["a", "b"]
+    assert list(again.timings()) == ["a", "b"]
+    assert all(isinstance(s, float) and s >= 0 for s in again.timings().values())
