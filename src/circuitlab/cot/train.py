@@ -8,8 +8,9 @@ the batches already seen in the current epoch, so a killed and resumed run ends 
 the state an uninterrupted run reaches.
 
 Several GPUs: launch the same command under `torchrun --nproc_per_node N` or
-`accelerate launch`; each rank trains on its share of every epoch's batches (DDP) and
-rank 0 writes the run directory.
+`accelerate launch`; accelerate joins the process group and wraps the model for DDP (as
+in analog), each rank trains on its share of every epoch's batches and rank 0 writes the
+run directory.
 """
 
 from __future__ import annotations
@@ -207,18 +208,24 @@ class World:
 
 
 def init_world() -> World:
-    """Join the process group when launched by torchrun / accelerate (WORLD_SIZE > 1)."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size == 1:
+    """Join the process group when launched by torchrun / accelerate launch (WORLD_SIZE > 1)
+    through accelerate, as analog does (backend, device per rank); one process needs
+    neither the group nor accelerate's import."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return World()
-    import torch.distributed as dist
+    from accelerate import PartialState
 
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local)
-    return World(dist.get_rank(), size, local)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return World(state.process_index, state.num_processes, state.local_process_index)
+
+
+def _data_parallel(model: GPT, device: torch.device) -> torch.nn.Module:
+    """`model` wrapped for DDP by accelerate. Mixed precision stays ours (`amp`), so an
+    accelerate config's setting cannot add a second autocast around the forward."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")
+    return accelerator.prepare_model(model, device_placement=False)
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -320,13 +327,7 @@ def train(
         position = restore_checkpoint(run, model, optimizer)
         if world.main:
             run.trim_metrics(position["step"])
-    ddp_model: torch.nn.Module = model
-    if world.size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    ddp_model = _data_parallel(model, device) if world.size > 1 else model
 
     per_epoch = steps_per_epoch(prepared.train, config, world)
     total = per_epoch * config.epochs
