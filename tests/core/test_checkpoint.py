@@ -92,3 +92,10 @@ def test_no_checkpoint_yet_is_none_without_a_warning(tmp_path: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_latest(tmp_path / "nothing") is None
+
+
+def test_checkpoints_from_before_manifests_are_refused_not_silently_ignored(tmp_path: Path):
+    (tmp_path / "step-4").mkdir()  # what analog wrote before: no manifest
+    (tmp_path / "step-4" / "state.json").write_text('{"step": 4}')
+    with pytest.raises(CircuitlabError, match="older circuitlab"):
+        load_latest(tmp_path)

@@ -111,9 +111,16 @@ def load_latest(directory: Path) -> Checkpoint | None:
 
     A damaged one (a checksum that does not match, a file missing, truncated or unreadable)
     is skipped with a warning naming it and the checkpoint used instead; if every one is
-    damaged that is an error, since resuming from nothing would silently restart the run.
+    damaged, or all are in the format before checksums, that is an error, since resuming
+    from nothing would silently restart the run.
     """
     found = list_checkpoints(directory)
+    if not found and directory.is_dir() and any(directory.glob("step-*")):
+        # only a checkpoint from before manifests has a step-N directory without one
+        raise CircuitlabError(
+            f"the checkpoints in {directory} were written by an older circuitlab, without "
+            "checksums, and cannot be resumed; delete that directory to train again"
+        )
     damaged: list[str] = []
     for path in reversed(found):
         try:
