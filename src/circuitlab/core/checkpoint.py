@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.core.io import atomic_dir, atomic_write_json
+from circuitlab.core.io import atomic_dir
 
 MANIFEST = "manifest.json"
 FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json")
@@ -99,8 +99,11 @@ def save_checkpoint(
         rng_tensors, rng_meta = _rng_state()
         save_file(rng_tensors, tmp / "rng.safetensors")
         saved = {"state": dict(state), "optimizer": meta, "rng": rng_meta}
-        atomic_write_json(tmp / "state.json", saved)
-        atomic_write_json(tmp / MANIFEST, {"files": {name: _digest(tmp / name) for name in FILES}})
+        # plain writes: the directory as a whole is renamed into place, and a file the disk
+        # lost after that fails its checksum, so no per-file fsync is needed
+        (tmp / "state.json").write_text(json.dumps(saved), encoding="utf-8")
+        manifest = {"files": {name: _digest(tmp / name) for name in FILES}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     for old in list_checkpoints(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return step_dir(directory, step)
