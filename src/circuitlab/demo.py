@@ -135,8 +135,6 @@ def run_demo(
         )
     defaults = dataclasses.asdict(DemoSettings())  # a demo run before `preset` existed
     run = RunDir.open(root, {"demo": "all", **dataclasses.asdict(settings)}, defaults)
-    timings: dict[str, float] = {}
-    silences: dict[str, float] = {}
     for name, stage in STAGES.items():
         if only and name not in only:
             continue
@@ -145,21 +143,20 @@ def run_demo(
             print(f"== demo stage {name} -> {target}", flush=True)
             watch = _Silence()
             with listen(watch):
-                stage(target, settings)
-            timings[name] = watch.elapsed()
-            silences[name] = watch.longest()
-            run.mark_done(name)
-    # the report covers every finished stage, also those of earlier `--stage` runs
+                run.run_stage(name, lambda stage=stage, target=target: stage(target, settings))
+            _merged(root / "silences.json", {name: watch.longest()})
+    # the report covers every finished stage, also those of earlier `--stage` runs, and
+    # timings.json keeps their times
     stage_dirs = [root / name for name in STAGES if run.is_done(name)]
-    timings = _merged(root / "timings.json", timings)  # a resumed demo keeps earlier times
-    silences = _merged(root / "silences.json", silences)
-    summary = _write_summary(root / "summary", root, timings, silences, settings)
+    silences = _merged(root / "silences.json", {})
+    summary = _write_summary(root / "summary", root, run.timings(), silences, settings)
     report = root / "report.html"
     build_report([summary, *stage_dirs], report, title="circuitlab demo", command="make demo")
     return report
 
 
 def _merged(path: Path, new: dict[str, float]) -> dict[str, float]:
+    """The stage values in `path`, updated with `new` (a resumed demo keeps earlier ones)."""
     merged = {**(read_json(path) if path.exists() else {}), **new}
     atomic_write_json(path, merged)
     return merged
@@ -170,16 +167,13 @@ class _Silence:
     (start to first update, between updates, last update to the end)."""
 
     def __init__(self) -> None:
-        self.start = self.last = time.perf_counter()
+        self.last = time.perf_counter()
         self.gap = 0.0
 
     def __call__(self, description: str, completed: float, total: float | None) -> None:
         now = time.perf_counter()
         self.gap = max(self.gap, now - self.last)
         self.last = now
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
 
     def longest(self) -> float:
         return max(self.gap, time.perf_counter() - self.last)

@@ -64,7 +64,6 @@ def shipped_nodes(tmp_path_factory) -> Path:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random-init 2-layer Llama with the embedded model's tokenizer (and chat template),
     saved as a model directory: fast enough to train for real in a test."""
-    import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from circuitlab.core.lm import _gguf_cache, embedded_gguf_path
@@ -105,12 +104,3 @@ def qa_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("qa") / "qa.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """torch on one thread for the test, restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -18,10 +18,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from circuitlab.analog import nsc_loss
-from circuitlab.analog.nsc_sft import NSCConfig, kl_summary, lr_at, step_examples, train
+from circuitlab.analog.nsc_sft import NSCConfig, kl_summary, step_examples, train
 from circuitlab.analog.sft_data import IGNORE, chat_response, collate, load_sft_data
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.lm import LoadedLM, load_lm
+from circuitlab.core.schedule import lr_at
 
 # one torch thread: on a small shared CPU a second thread mostly waits
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -104,8 +105,9 @@ def test_lambda_zero_is_plain_sft_exactly(tiny_model_dir, qa_file, tmp_path, mon
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     model.train()
     for step in range(4):
+        lr = lr_at(step, 4, peak=cfg.learning_rate, warmup=cfg.warmup, schedule=cfg.schedule)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, 4, cfg)
+            group["lr"] = lr
         picks = step_examples(step, len(examples), 4, 0)
         batch = collate([examples[i] for i in picks], tokenizer.pad_token_id)
         loss = model(**batch).loss
@@ -257,7 +259,7 @@ def test_resume_after_a_kill_reaches_the_uninterrupted_weights(tiny_model_dir, q
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while not (out / "checkpoints" / "step-4").is_dir() and time.time() < deadline:
+    while not (out / "checkpoints" / "step-00000004").is_dir() and time.time() < deadline:
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()

@@ -48,10 +48,13 @@ def test_pipeline_trains_evaluates_and_reports_then_resumes_for_free(
     assert "| SFT | 0 |" in text and "| NSC-SFT | 1 |" in text and "tradeoff.png" in text
     assert (out / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
     stamp = (out / "eval" / "l1.json").stat().st_mtime_ns
+    timed = ["train-l0", "train-l1", "eval-base", "eval-l0", "eval-l1"]  # not the handed-in
+    assert list(json.loads((out / "timings.json").read_text())) == timed
     stages.clear()
     run_pipeline(out, config, stage=lambda name, total: stages.append(name) or (lambda n: None),
                  log=lambda line: None)  # fmt: skip
     assert stages == [] and (out / "eval" / "l1.json").stat().st_mtime_ns == stamp
+    assert list(json.loads((out / "timings.json").read_text())) == timed  # times kept
 
 
 def test_bad_pipeline_settings_fail_before_any_work(tmp_path):

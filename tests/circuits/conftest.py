@@ -22,11 +22,5 @@ def tiny(request: pytest.FixtureRequest, tokenizer: Any) -> LoadedLM:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def one_torch_thread() -> Any:
-    """Tiny models on a shared 2-core CPU: one thread avoids spin-waiting (often 10x faster)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _every_circuits_test_on_one_thread(one_thread: None) -> None:
+    """Every circuits test runs tiny models: see `one_thread` in tests/conftest.py."""

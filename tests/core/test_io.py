@@ -5,6 +5,7 @@ import pytest
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import (
     append_jsonl,
+    atomic_dir,
     atomic_open,
     atomic_write_json,
     read_json,
@@ -42,3 +43,29 @@ def test_jsonl_reader_rejects_corruption_in_the_middle(tmp_path):
     path.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
     with pytest.raises(CircuitlabError, match=":2"):
         read_jsonl(path)
+
+
+def test_atomic_dir_replaces_the_whole_directory_or_leaves_it_untouched(tmp_path):
+    target = tmp_path / "ckpt"
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("1")
+        (tmp / "b").write_text("1")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "a").write_text("2")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in target.iterdir()) == ["a", "b"]
+    assert (target / "a").read_text() == "1"
+    with atomic_dir(target) as tmp:
+        (tmp / "c").write_text("3")
+    assert [p.name for p in target.iterdir()] == ["c"]  # replaced, not merged
+    assert os.listdir(tmp_path) == ["ckpt"]  # no temporary or set-aside copy is left
+
+
+def test_atomic_dir_without_replace_keeps_what_another_process_wrote_first(tmp_path):
+    target = tmp_path / "cache"
+    with atomic_dir(target, replace=False) as tmp:
+        (tmp / "first").write_text("")
+    with atomic_dir(target, replace=False) as tmp:
+        (tmp / "second").write_text("")
+    assert [p.name for p in target.iterdir()] == ["first"]
+    assert os.listdir(tmp_path) == ["cache"]

@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from circuitlab.core.errors import CircuitlabError
+from circuitlab.core.threads import torch_threads
 from circuitlab.cot import sweep
 from circuitlab.cot.train import TrainConfig
 
@@ -63,12 +63,8 @@ def test_sweep_writes_results_csv_plot_and_report(tmp_path: Path) -> None:
 
 def test_worker_processes_give_the_same_results_as_one_after_another(tmp_path: Path) -> None:
     profile = tiny_profile()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))  # what each worker gets
-    try:
+    with torch_threads(max(1, (os.cpu_count() or 1) // 2)):  # what each worker gets
         serial = sweep.run_sweep(profile, tmp_path / "serial", tasks=("lis",), quiet=True)
-    finally:
-        torch.set_num_threads(threads)
     parallel = sweep.run_sweep(profile, tmp_path / "parallel", tasks=("lis",), quiet=True,
                                workers=2)  # fmt: skip
     keys = ("name", "answer_accuracy", "chain_accuracy", "steps", "train_tokens")

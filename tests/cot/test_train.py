@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-import itertools
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,8 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from circuitlab.core.checkpoint import list_checkpoints
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.cot.train import TrainConfig, lr_at, prepare, train
+from circuitlab.core.schedule import lr_at
+from circuitlab.cot.train import TrainConfig, prepare, train
 
 TINY = dict(
     task="arithmetic", size=2, format="cot", num=2000, test_num=20, layers=1, d_model=32,
@@ -68,6 +71,53 @@ def test_resume_after_kill_reaches_the_uninterrupted_state(tmp_path: Path) -> No
     }
 
 
+def test_a_truncated_latest_checkpoint_resumes_from_the_previous_one(tmp_path: Path) -> None:
+    """Through the real CLI: the damaged newest checkpoint is skipped with a warning, the
+    run resumes from the one before and still ends exactly where an unbroken run does."""
+    (tmp_path / "tiny.toml").write_text(
+        "[train]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items())
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def command(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "circuitlab", "cot", "train", "--config",
+                str(tmp_path / "tiny.toml"), "--out", str(out), *extra]  # fmt: skip
+
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(command(reference), env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list_checkpoints(killed / "checkpoints")) < 2:
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    *_, previous, latest = list_checkpoints(killed / "checkpoints")
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+    # with every checkpoint damaged, resuming is a one-line error, not a silent restart
+    broken = tmp_path / "broken"
+    shutil.copytree(killed, broken)
+    for path in list_checkpoints(broken / "checkpoints"):
+        (path / "optimizer.safetensors").write_bytes(b"")
+    refused = subprocess.run(command(broken, "--resume"), env=env, capture_output=True,
+                             text=True)  # fmt: skip
+    assert refused.returncode == 2 and "every checkpoint" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    resumed = subprocess.run(command(killed, "--resume"), env=env, capture_output=True,
+                             text=True, check=True)  # fmt: skip
+    assert f"damaged checkpoint {latest.name}" in resumed.stderr
+    assert f"previous intact one, {previous.name}" in resumed.stderr
+    want, got = final_weights(reference), final_weights(killed)
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").open()]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))
+
+
 def test_a_finished_run_is_not_retrained(tmp_path: Path) -> None:
     config = TrainConfig(**{**TINY, "epochs": 1})
     first = train(config, tmp_path, quiet=True)
@@ -83,16 +133,15 @@ def test_a_finished_run_is_not_retrained(tmp_path: Path) -> None:
     assert train(config, tmp_path, quiet=True) == first
 
 
-def test_learning_rate_warms_up_then_decays() -> None:
-    config = TrainConfig(lr=1e-3, warmup=0.1, schedule="cosine")
-    lrs = [lr_at(s, 100, config) for s in range(100)]
-    assert lrs[0] == pytest.approx(1e-4)
-    assert max(lrs) == pytest.approx(1e-3)
-    assert lrs.index(max(lrs)) == 9
-    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
-    assert lrs[-1] < 1e-5
-    linear = TrainConfig(lr=1e-3, warmup=0.0, schedule="linear")
-    assert lr_at(50, 100, linear) == pytest.approx(5e-4)
+def test_each_step_trains_at_the_configured_schedules_rate(tmp_path: Path) -> None:
+    config = TrainConfig(**{**TINY, "num": 400, "epochs": 2, "warmup": 0.2, "log_every": 1})
+    train(config, tmp_path, quiet=True)
+    logged = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").open()) if "lr" in r]
+    total = len(logged)
+    assert total == 2 * -(-400 // 16)
+    want = [lr_at(s, total, peak=2e-3, warmup=0.2, schedule="cosine") for s in range(total)]
+    assert [r["lr"] for r in logged] == pytest.approx(want, rel=1e-12)
+    assert max(want) == pytest.approx(2e-3) and want[-1] < want[0]
 
 
 def test_mix_smaller_adds_shorter_problems_to_training_only() -> None:
@@ -130,8 +179,11 @@ def test_torchrun_data_parallel_on_cpu(tmp_path: Path) -> None:
     (tmp_path / "tiny.toml").write_text(
         "[train]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items())
     )
+    with socket.socket() as probe:  # a free port: a fixed one collides with a parallel run
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_port", "29517"]  # fmt: skip
+                "--master_port", str(port)]  # fmt: skip
     train_cmd = ["-m", "circuitlab", "cot", "train", "--config", str(tmp_path / "tiny.toml"),
                  "--out", str(tmp_path / "ddp"), "--epochs", "1",
                  # torchrun's parser would take --num for its --numa-binding

@@ -1,27 +1,16 @@
-"""Training checkpoints in safetensors only: trainable weights, optimizer state, position.
+"""What an analog training checkpoint holds of the model: its trainable parameters only.
 
-    checkpoints/step-N/weights.safetensors    the trainable parameters (LoRA: the adapters)
-    checkpoints/step-N/optimizer.safetensors  every tensor of the optimizer state
-    checkpoints/step-N/state.json             step, the optimizer's non-tensor state
-
-A checkpoint is written into a temporary directory and renamed into place, so a kill
-leaves either the whole checkpoint or none; the newest `keep` are kept. Nothing is
-pickled, so loading one cannot run code.
+With LoRA those are the adapters (megabytes, not the base model's gigabytes); the frozen
+rest is reloaded from the base model on resume. How checkpoints are written, verified and
+rotated is core/checkpoint.py's business.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
-
-from circuitlab.core.io import read_json
 
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
@@ -32,64 +21,8 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
     }
 
 
-def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for pid, values in state["state"].items():
-        for key, value in values.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{key}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for flat, value in [*tensors.items(), *meta["scalars"].items()]:
-        pid, key = flat.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    groups = meta["param_groups"]
-    for group in groups:
-        if "betas" in group:
-            group["betas"] = tuple(group["betas"])
-    return {"state": state, "param_groups": groups}
-
-
-def save_checkpoint(
-    directory: Path, step: int, model: Any, optimizer: Any, *, keep: int, extra: dict[str, Any]
-) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"step-{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", dir=directory))
-    try:
-        save_file(trainable_state(model), str(tmp / "weights.safetensors"))
-        tensors, meta = _split_optimizer(optimizer.state_dict())
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({"step": step, **extra, "optimizer": meta}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for old in list_checkpoints(directory)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-def list_checkpoints(directory: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    if not directory.is_dir():
-        return []
-    found = [p for p in directory.glob("step-*") if (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def load_checkpoint(path: Path, model: Any, optimizer: Any) -> dict[str, Any]:
-    """Restore weights and optimizer state in place; returns state.json (without optimizer)."""
-    state = read_json(path / "state.json")
-    weights = load_file(str(path / "weights.safetensors"))
+def restore_trainable(model: Any, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy checkpointed trainable weights into `model` in place (device and dtype kept)."""
     params = dict(model.named_parameters())
     missing = sorted(set(weights) - set(params))
     if missing:
@@ -97,6 +30,3 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any) -> dict[str, Any]:
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value.to(params[name].device, params[name].dtype))
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    optimizer.load_state_dict(_join_optimizer(tensors, state.pop("optimizer")))
-    return state

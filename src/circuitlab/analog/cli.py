@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from circuitlab.core.commands import lazy_app, lazy_command
-from circuitlab.core.progress import progress_bar
+from circuitlab.core.progress import progress_bar, stage_bars
 
 if TYPE_CHECKING:  # each command imports its config when it is built (see lazy_command)
     from circuitlab.analog.distill import DistillConfig
@@ -226,21 +226,21 @@ def evaluate(
     Example: circuitlab analog eval --model runs/nsc-32b --device cuda --dtype bfloat16
     --mcq amsbench_tqa.jsonl
     """
-    import torch
-
     from circuitlab.analog.evaluate import evaluate_model
     from circuitlab.analog.mcq import load_mcq
     from circuitlab.core.devices import pick_device
     from circuitlab.core.lm import torch_dtype
+    from circuitlab.core.threads import torch_threads
 
     torch_dtype(config.dtype)  # a bad name or device fails before the questions are read
     where = pick_device(config.device)
 
     count = len(load_mcq(config.mcq))
     limit = config.questions.limit
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    with progress_bar("questions", min(count, limit or count)) as bar:
+    with (
+        torch_threads(config.threads),
+        progress_bar("questions", min(count, limit or count)) as bar,
+    ):
         result = evaluate_model(
             config.model,
             mcq=config.mcq,
@@ -293,19 +293,6 @@ def run_all(
     """
     from circuitlab.analog.pipeline import run_pipeline
 
-    bars: list[Any] = []
-
-    def stage(name: str, total: int) -> Any:
-        if bars:
-            bars.pop().__exit__(None, None, None)
-        context = progress_bar(name, total)
-        bar = context.__enter__()
-        bars.append(context)
-        return lambda n: bar.advance(bar.task_ids[0], n)
-
-    try:
+    with stage_bars() as stage:
         report = run_pipeline(out, config, stage=stage, log=console.print)
-    finally:
-        if bars:
-            bars.pop().__exit__(None, None, None)
     console.print(f"report: {report}")

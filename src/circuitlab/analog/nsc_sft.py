@@ -35,11 +35,7 @@ steps of lr 1e-5, so there keep float32.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -52,7 +48,7 @@ import torch
 from tqdm import tqdm
 
 from circuitlab.analog import nsc_loss
-from circuitlab.analog.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
+from circuitlab.analog.checkpoints import restore_trainable, trainable_state
 from circuitlab.analog.nsc_loss import DIRECTIONS, KL_TOKENS
 from circuitlab.analog.reference import (
     HEAD_FILE,
@@ -63,17 +59,19 @@ from circuitlab.analog.reference import (
     precompute_reference,
 )
 from circuitlab.analog.sft_data import SFTData, collate, load_sft_data
+from circuitlab.core import checkpoint
 from circuitlab.core.config import comma_list, config_to_dict, option, require
 from circuitlab.core.devices import reuse_freed_memory
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.core.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from circuitlab.core.io import atomic_dir, atomic_write_json, read_json
 from circuitlab.core.lm import DTYPES, LoadedLM, load_lm, torch_dtype
 from circuitlab.core.runs import RunDir
+from circuitlab.core.schedule import SCHEDULES, lr_at
 from circuitlab.core.seeding import seed_everything
+from circuitlab.core.threads import torch_threads
 
 REFERENCES = ("live", "cached", "hidden")
 PRECOMPUTED = ("cached", "hidden")  # references filled before the first step
-SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
 MODEL_META = "circuitlab.json"
 # accelerate distributed types that shard the weights and place them in prepare()
@@ -188,20 +186,6 @@ class NSCConfig:
         if self.lr is not None:
             return self.lr
         return 2e-4 if self.lora else 1e-5
-
-
-def lr_at(step: int, total: int, config: NSCConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, then the decay."""
-    peak = config.learning_rate
-    warm = int(config.warmup * total)
-    if step < warm:
-        return peak * (step + 1) / warm
-    if config.schedule == "constant" or total <= warm:
-        return peak
-    frac = (step - warm) / max(total - warm, 1)
-    if config.schedule == "linear":
-        return peak * (1.0 - frac)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 def step_examples(step: int, n: int, per_step: int, seed: int) -> list[int]:
@@ -330,7 +314,7 @@ class Trainer:
 
     def step(self, step: int) -> dict[str, Any]:
         c, device = self.config, self.accelerator.device
-        lr = lr_at(step, self.total, c)
+        lr = lr_at(step, self.total, peak=c.learning_rate, warmup=c.warmup, schedule=c.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro = self.micro_batches(step)
@@ -440,11 +424,8 @@ def train(
     run = RunDir.open(out, {**config_to_dict(config), "data_sha256": digest})
     if run.is_done("train"):
         return run.results()
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
     reuse_freed_memory()
-    try:
+    with torch_threads(config.threads):
         accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
             cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
@@ -464,8 +445,6 @@ def train(
             lm.model.to(accelerator.device)
         trainer = Trainer(config, run, lm, data, accelerator)
         return _train_loop(trainer, progress, stop_after, on_step)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train_loop(
@@ -477,11 +456,15 @@ def _train_loop(
     config, run, accelerator = trainer.config, trainer.run, trainer.accelerator
     main = accelerator.is_main_process
     start = 0
-    latest = list_checkpoints(run.checkpoints)
-    if latest:
-        start = load_checkpoint(latest[-1], trainer.unwrapped, trainer.optimizer)["step"]
+    # the newest intact checkpoint: a damaged newest one is skipped with a warning
+    found = checkpoint.load_latest(run.checkpoints)
+    if found is not None:
+        restore_trainable(trainer.unwrapped, found.weights, found.path)
+        trainer.optimizer.load_state_dict(found.optimizer)
+        found.restore_rng()
+        start = found.step
     if main:
-        _trim_metrics(run, start)
+        run.trim_metrics(start)
     if config.kl_lambda > 0 and config.reference in PRECOMPUTED:
         cache = run.path / "reference"
         # the hidden-state cache also needs the original head, saved before the first step
@@ -519,9 +502,9 @@ def _train_loop(
             if step % config.save_every == 0 or step == trainer.total:
                 accelerator.wait_for_everyone()
                 if main:
-                    save_checkpoint(
-                        run.checkpoints, step, trainer.unwrapped, trainer.optimizer,
-                        keep=config.keep_checkpoints, extra={"total": trainer.total},
+                    checkpoint.save_checkpoint(
+                        run.checkpoints, trainable_state(trainer.unwrapped), trainer.optimizer,
+                        {"step": step, "total": trainer.total}, keep=config.keep_checkpoints,
                     )  # fmt: skip
     seconds = time.perf_counter() - started
     metrics = run.metrics()
@@ -533,15 +516,6 @@ def _train_loop(
             run.write_results(summary)
             run.mark_done("train")
     return summary
-
-
-def _trim_metrics(run: RunDir, step: int) -> None:
-    """Drop metric lines past the checkpoint a resumed run restarts from (they are redone)."""
-    path = run.path / "metrics.jsonl"
-    if not path.exists():
-        return
-    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _summary(
@@ -592,9 +566,7 @@ def kl_summary(result: dict[str, Any], digits: int = 4) -> str:
 def save_model(trainer: Trainer, target: Path) -> None:
     """Final weights (safetensors) + tokenizer + circuitlab.json, renamed into place at once."""
     c = trainer.config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         model = trainer.accelerator.unwrap_model(trainer.model)
         model.save_pretrained(tmp, safe_serialization=True)
         trainer.lm.tokenizer.save_pretrained(tmp)
@@ -607,12 +579,6 @@ def save_model(trainer: Trainer, target: Path) -> None:
                 "kl_lambda": c.kl_lambda,
             },
         )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -652,7 +618,3 @@ def load_model(spec: str | None, *, dtype: str = "float32", device: str = "cpu")
                 LoadedLM(loaded.model, loaded.tokenizer, name, str(path)), meta["base"], False
             )
     return TrainedLM(load_lm(spec, dtype=weights, device=device), None, False)
-
-
-def is_trained_run(path: str | Path) -> bool:
-    return (Path(path) / "model" / MODEL_META).is_file() or (Path(path) / MODEL_META).is_file()

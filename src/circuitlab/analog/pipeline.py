@@ -18,13 +18,10 @@ see the report's notes.
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from circuitlab.analog.distill import DistillConfig, distill
 from circuitlab.analog.evaluate import evaluate_model
@@ -35,6 +32,7 @@ from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_bytes, read_json
 from circuitlab.core.lm import load_lm
 from circuitlab.core.runs import RunDir
+from circuitlab.core.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -133,38 +131,17 @@ def run_pipeline(
     """
     config = config or PipelineConfig()
     run = RunDir.open(out, config_to_dict(config))
-    root = run.path
     stage = stage or (lambda name, total: lambda n: None)
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    timings = read_json(root / "timings.json") if (root / "timings.json").exists() else {}
-    try:
-        _nodes(run, timings, stage, log)
-        qa = _distill(run, config, timings, stage, log)
+    with torch_threads(config.threads):
+        _nodes(run, stage, log)
+        qa = _distill(run, config, stage, log)
         for value in config.lambdas:
-            _train(run, config, qa, value, timings, stage, log)
-        _evaluate(run, config, timings, stage, log)
-    finally:
-        torch.set_num_threads(threads)
-        from circuitlab.core.io import atomic_write_json
-
-        atomic_write_json(root / "timings.json", timings)
-    return write_report(run, config, timings)
+            _train(run, config, qa, value, stage, log)
+        _evaluate(run, config, stage, log)
+    return write_report(run, config, run.timings())
 
 
-def _timed(run: RunDir, name: str, timings: dict[str, float], work: Callable[[], Any]) -> None:
-    if run.is_done(name):
-        return
-    started = time.perf_counter()
-    work()
-    timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - started, 1)
-    run.mark_done(name)
-
-
-def _nodes(
-    run: RunDir, timings: dict[str, float], stage: Stage, log: Callable[[str], None]
-) -> None:
+def _nodes(run: RunDir, stage: Stage, log: Callable[[str], None]) -> None:
     from circuitlab.analog.corpus import SHIPPED, CorpusConfig, list_files
     from circuitlab.analog.nodes import run_nodes
 
@@ -174,13 +151,12 @@ def _nodes(
         summary = run_nodes(SHIPPED, run.path / "nodes", on_file=lambda _: advance(1))
         log(f"nodes: {summary['nodes']} from {summary['documents']} textbook chapters")
 
-    _timed(run, "nodes", timings, work)
+    run.run_stage("nodes", work)
 
 
 def _distill(
     run: RunDir,
     config: PipelineConfig,
-    timings: dict[str, float],
     stage: Stage,
     log: Callable[[str], None],
 ) -> Path:
@@ -221,7 +197,7 @@ def _distill(
                 "raise max_nodes or the token limits and rerun"
             )
 
-    _timed(run, "distill", timings, work)
+    run.run_stage("distill", work)
     return qa
 
 
@@ -230,7 +206,6 @@ def _train(
     config: PipelineConfig,
     qa: Path,
     value: float,
-    timings: dict[str, float],
     stage: Stage,
     log: Callable[[str], None],
 ) -> None:
@@ -249,13 +224,12 @@ def _train(
             f"{result['first_ce']:.3f} -> {result['final_ce']:.3f}, {kl_summary(result)}"
         )
 
-    _timed(run, name, timings, work)
+    run.run_stage(name, work)
 
 
 def _evaluate(
     run: RunDir,
     config: PipelineConfig,
-    timings: dict[str, float],
     stage: Stage,
     log: Callable[[str], None],
 ) -> None:
@@ -277,7 +251,7 @@ def _evaluate(
                 f"general KL {result['drift']['kl']:.5f}"
             )
 
-        _timed(run, f"eval-{name}", timings, work)
+        run.run_stage(f"eval-{name}", work)
 
 
 def _count(mcq: str | None) -> int:

@@ -25,13 +25,14 @@ import numpy as np
 
 from circuitlab.circuits import shared
 from circuitlab.circuits.discover import Ranking
-from circuitlab.circuits.methods import METHODS, DiscoveryConfig, run_methods, with_threads
+from circuitlab.circuits.methods import METHODS, DiscoveryConfig, run_methods
 from circuitlab.circuits.options import reference_pairs
 from circuitlab.core.config import config_to_dict, option, option_of, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.executor import Execution, Unit, identity
 from circuitlab.core.io import atomic_write_bytes, atomic_write_json, read_json
 from circuitlab.core.runs import RunDir
+from circuitlab.core.threads import torch_threads
 
 DETERMINISTIC = ("attribution", "hisp", "activation")
 
@@ -213,7 +214,7 @@ def run_evaluate(config: EvaluateConfig, out: str | Path) -> dict[str, Any]:
         for task, _ in config.references
         for seed in range(config.seeds)
     ]  # fmt: skip
-    with with_threads(config.threads if config.workers == 1 else 0):
+    with torch_threads(config.threads if config.workers == 1 else 0):
         config.run(units, title="circuits evaluate")
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     curves: dict[str, dict[str, Any]] = {}

@@ -32,6 +32,7 @@ from circuitlab.core.lm import LoadedLM, load_lm, torch_dtype
 from circuitlab.core.plotting import save_heatmaps
 from circuitlab.core.runs import RunDir
 from circuitlab.core.sites import find_sites
+from circuitlab.core.threads import torch_threads
 
 METHODS = ("sae", "sae-edge", "attribution", "hisp", "activation", "random")
 DEFAULT_METHODS = ("sae", "sae-edge", "attribution", "hisp", "random")
@@ -195,21 +196,6 @@ def load_model(model: str, dtype: str = "float32") -> LoadedLM:
     return load_lm(model, dtype=torch_dtype(dtype))
 
 
-def with_threads(threads: int) -> Any:
-    """Context manager: torch CPU threads set to `threads` (0: leave as is) inside."""
-
-    class _Threads:
-        def __enter__(self) -> None:
-            self.old = torch.get_num_threads()
-            if threads:
-                torch.set_num_threads(threads)
-
-        def __exit__(self, *args: object) -> None:
-            torch.set_num_threads(self.old)
-
-    return _Threads()
-
-
 def run_discover(
     config: DiscoveryConfig,
     out: str | Path,
@@ -221,7 +207,7 @@ def run_discover(
     from circuitlab.circuits.evaluate import circuit_metrics, load_reference
 
     run = RunDir.open(out, {**config_to_dict(config), "reference": reference or ""})
-    with with_threads(config.threads):
+    with torch_threads(config.threads):
         seconds: dict[str, float] = {}
         with timed(seconds, "load_model"):
             lm = lm or load_model(config.model, config.dtype)

@@ -37,6 +37,7 @@ from circuitlab.core.plotting import save_heatmaps
 from circuitlab.core.progress import progress_bar
 from circuitlab.core.runs import RunDir
 from circuitlab.core.sites import Sites, find_sites
+from circuitlab.core.threads import torch_threads
 
 DTYPES = ("float32", "bfloat16")  # model weights; core.lm.torch_dtype maps the names
 
@@ -163,13 +164,8 @@ def run_reference(
     config: ReferenceConfig, out: str | Path, *, lm: LoadedLM | None = None
 ) -> dict[str, Any]:
     """Compute (or resume) a patching reference into run directory `out`; return reference.json."""
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         return _run(config, out, lm)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(config: ReferenceConfig, out: str | Path, lm: LoadedLM | None) -> dict[str, Any]:

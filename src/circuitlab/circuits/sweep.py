@@ -21,15 +21,13 @@ from circuitlab.circuits import shared
 from circuitlab.circuits.discover import sae_discover
 from circuitlab.circuits.evaluate import circuit_metrics, load_reference
 from circuitlab.circuits.heads import REDUCTIONS
-from circuitlab.circuits.methods import (
-    DiscoveryConfig,
-    with_threads,
-)
+from circuitlab.circuits.methods import DiscoveryConfig
 from circuitlab.core.config import comma_list, config_to_dict, option, option_of, require
 from circuitlab.core.executor import Execution, Unit, identity
 from circuitlab.core.io import atomic_write_bytes, atomic_write_json, read_json
 from circuitlab.core.runs import RunDir
 from circuitlab.core.sites import find_sites
+from circuitlab.core.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -103,7 +101,7 @@ def run_sweep(config: SweepConfig, out: str | Path) -> dict[str, Any]:
         for index, (param, value, _) in enumerate(points)
         for seed in range(config.seeds)
     ]
-    with with_threads(config.threads if config.workers == 1 else 0):
+    with torch_threads(config.threads if config.workers == 1 else 0):
         config.run(units, title="circuits sweep")
     rows = []
     for param, value, _ in points:

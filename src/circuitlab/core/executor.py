@@ -175,16 +175,21 @@ class _Throttled:
 _queue: Any = None  # a local worker process's channel to the parent
 
 
-def _init_local_worker(queue: Any, threads: int) -> None:
+def _init_local_worker(queue: Any) -> None:
     global _queue
     _queue = queue
-    import torch
-
-    torch.set_num_threads(threads)
 
 
-def _call_local(unit: Unit, index: int) -> Any:
-    return unit.function(*unit.args, progress=_Throttled(_queue, index))
+def _call(unit: Unit, index: int, threads: int, queue: Any) -> Any:
+    """A unit in a worker (a local process or a Ray task), on its share of the CPU."""
+    from circuitlab.core.threads import torch_threads
+
+    with torch_threads(threads):
+        return unit.function(*unit.args, progress=_Throttled(queue, index))
+
+
+def _call_local(unit: Unit, index: int, threads: int) -> Any:
+    return _call(unit, index, threads, _queue)
 
 
 def _drain(queue: Any, display: _Display, get: Callable[[Any], Any]) -> None:
@@ -203,8 +208,8 @@ def _run_processes(
     queue = context.Queue()
     with ProcessPoolExecutor(max_workers=workers, mp_context=context,
                              initializer=_init_local_worker,
-                             initargs=(queue, threads)) as pool:  # fmt: skip
-        futures = {pool.submit(_call_local, units[i], i): i for i in order}
+                             initargs=(queue,)) as pool:  # fmt: skip
+        futures = {pool.submit(_call_local, units[i], i, threads): i for i in order}
         pending = set(futures)
         while pending:
             finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -237,16 +242,13 @@ def _run_ray(
     try:
         queue = RayQueue()
 
-        @ray.remote(num_cpus=threads)
-        def call(unit: Unit, index: int) -> Any:
-            import torch
-
-            torch.set_num_threads(threads)
-            return unit.function(*unit.args, progress=_Throttled(queue, index))
+        call = ray.remote(num_cpus=threads)(_call)
 
         has_gpus = bool(ray.cluster_resources().get("GPU"))
         refs = {
-            call.options(num_gpus=units[i].gpus if has_gpus else 0).remote(units[i], i): i
+            call.options(num_gpus=units[i].gpus if has_gpus else 0).remote(
+                units[i], i, threads, queue
+            ): i
             for i in order
         }
         pending = list(refs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -39,6 +40,47 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(target: str | Path, *, replace: bool = True) -> Iterator[Path]:
+    """A fresh temporary directory next to `target`, renamed onto `target` only if the block
+    succeeds, so a kill leaves the whole directory or none of it (a failed block leaves none).
+
+    An existing `target` is replaced (`replace`) or, when another process may have written
+    the same content first (a cache), kept and the new copy dropped.
+    """
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as e:
+        raise CircuitlabError(f"cannot write {target}: {e.strerror or e}") from None
+    try:
+        yield tmp
+        if target.exists() and not replace:
+            shutil.rmtree(tmp)
+            return
+        if target.exists():
+            # rename the old copy aside first: the gap without `target` is two renames long
+            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, aside / target.name)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                os.replace(aside / target.name, target)
+                raise
+            finally:
+                shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if replace or not target.exists():  # not lost to a process that finished first
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

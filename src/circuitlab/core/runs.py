@@ -4,6 +4,7 @@
     metrics.jsonl   one line per logged step, appended as the job goes
     results.json    the final numbers, written atomically
     done/           one empty marker per finished unit of work, so a rerun skips it
+    timings.json    wall seconds per finished stage (`run_stage`)
     checkpoints/    model and optimizer state
     report.md       what a human reads
 
@@ -13,7 +14,8 @@ Reopening a directory with the same config resumes it: finished units stay finis
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,14 @@ class RunDir:
         path = self.path / "metrics.jsonl"
         return read_jsonl(path) if path.exists() else []
 
+    def trim_metrics(self, step: int) -> None:
+        """Drop metric lines logged after `step`, the step a resumed run restarts from: it
+        logs those steps again, and a reader must not see them twice."""
+        path = self.path / "metrics.jsonl"
+        if path.exists():
+            kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
     def write_results(self, results: Mapping[str, Any]) -> None:
         atomic_write_json(self.path / "results.json", dict(results))
 
@@ -103,3 +113,26 @@ class RunDir:
         marker = self.path / "done" / unit
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
+
+    def run_stage(self, name: str, work: Callable[[], object]) -> bool:
+        """Run `work` as stage `name` unless an earlier invocation finished it; returns
+        whether it ran.
+
+        The stage's wall time goes into timings.json the moment it finishes, beside the
+        times of the stages earlier invocations finished. One rule for every caller: a
+        stage's time is that of the invocation that finished it (a failed or killed attempt
+        records nothing), rounded to 0.1 s.
+        """
+        if self.is_done(name):
+            return False
+        started = time.perf_counter()
+        work()
+        seconds = round(time.perf_counter() - started, 1)
+        atomic_write_json(self.path / "timings.json", {**self.timings(), name: seconds})
+        self.mark_done(name)
+        return True
+
+    def timings(self) -> dict[str, float]:
+        """Seconds per finished stage (see `run_stage`), in the order they finished."""
+        path = self.path / "timings.json"
+        return read_json(path) if path.exists() else {}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from circuitlab.core.config import option, require
 from circuitlab.core.executor import Execution
+from circuitlab.core.schedule import SCHEDULES
 from circuitlab.cot.data import P_HELP, SIZE_HELP, TASK_HELP, VALUES_HELP, DataConfig
 from circuitlab.cot.tasks.lis import NUMBER_RANGE
 
@@ -43,7 +44,6 @@ class ModelShape:
 
 
 
-SCHEDULES = ("cosine", "linear", "constant")
 AMP = ("auto", "off", "bf16", "fp16")
 
 

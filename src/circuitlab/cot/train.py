@@ -1,24 +1,22 @@
 """Training one model on one task, size and format, resumable after a kill.
 
 A run directory holds everything: config.json, metrics.jsonl (loss, lr, tokens/s; eval
-points), checkpoints/step-N/ (model weights in safetensors; optimizer, scheduler position
-and RNG states) and results.json with the final evaluation. Resuming rebuilds the data
+points), checkpoints/step-N/ (core/checkpoint.py: weights, optimizer, position and RNG
+states, checksummed) and results.json with the final evaluation. Resuming rebuilds the data
 (generation is deterministic and takes seconds), restores the latest checkpoint and skips
 the batches already seen in the current epoch, so a killed and resumed run ends in exactly
 the state an uninterrupted run reaches.
 
 Several GPUs: launch the same command under `torchrun --nproc_per_node N` or
-`accelerate launch`; each rank trains on its share of every epoch's batches (DDP) and
-rank 0 writes the run directory.
+`accelerate launch`; accelerate joins the process group and wraps the model for DDP (as
+in analog), each rank trains on its share of every epoch's batches and rank 0 writes the
+run directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -29,14 +27,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
+from circuitlab.core import checkpoint
+from circuitlab.core.checkpoint import list_checkpoints
 from circuitlab.core.config import config_to_dict
 from circuitlab.core.devices import pick_device
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.core.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from circuitlab.core.runs import RunDir
+from circuitlab.core.schedule import lr_at
 from circuitlab.cot.batching import epoch_plan, shard
 from circuitlab.cot.config import TrainConfig
 from circuitlab.cot.data import generate_splits
@@ -123,19 +123,6 @@ def _mix_in_smaller(batch: TokenBatch, config: TrainConfig) -> TokenBatch:
     return TokenBatch.concat(parts)
 
 
-def lr_at(step: int, total: int, config: TrainConfig) -> float:
-    """Learning rate at optimizer step `step` (linear warmup, then the chosen decay)."""
-    warm = int(config.warmup * total)
-    if step < warm:
-        return config.lr * (step + 1) / warm
-    if config.schedule == "constant" or total <= warm:
-        return config.lr
-    frac = (step - warm) / max(total - warm, 1)
-    if config.schedule == "linear":
-        return config.lr * (1.0 - frac)
-    return config.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
-
-
 # ------------------------------------------------------------------ distributed set-up
 
 
@@ -151,78 +138,60 @@ class World:
 
 
 def init_world() -> World:
-    """Join the process group when launched by torchrun / accelerate (WORLD_SIZE > 1)."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size == 1:
+    """Join the process group when launched by torchrun / accelerate launch (WORLD_SIZE > 1)
+    through accelerate, as analog does (backend, device per rank); one process needs
+    neither the group nor accelerate's import."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return World()
-    import torch.distributed as dist
+    from accelerate import PartialState
 
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local)
-    return World(dist.get_rank(), size, local)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return World(state.process_index, state.num_processes, state.local_process_index)
+
+
+def _data_parallel(model: GPT, device: torch.device) -> torch.nn.Module:
+    """`model` wrapped for DDP by accelerate. Mixed precision stays ours (`amp`), so an
+    accelerate config's setting cannot add a second autocast around the forward."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")
+    return accelerator.prepare_model(model, device_placement=False)
 
 
 # ------------------------------------------------------------------ checkpoints
 
 
-def _checkpoint_dirs(run: RunDir) -> list[Path]:
-    if not run.checkpoints.exists():
-        return []
-    found = [p for p in run.checkpoints.glob("step-*") if (p / "trainer.json").exists()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+def _checkpoints(run: RunDir) -> list[Path]:
+    """The run's checkpoints, oldest first; one written before checkpoints had checksums
+    (trainer.json, a pickled state.pt) cannot be resumed, and saying so beats retraining."""
+    found = list_checkpoints(run.checkpoints)
+    if not found and (old := sorted(run.checkpoints.glob("step-*/trainer.json"))):
+        raise CircuitlabError(
+            f"{old[-1].parent} was written by an older circuitlab and cannot be resumed; "
+            "delete its checkpoints/ to train the run again"
+        )
+    return found
 
 
 def save_checkpoint(
-    run: RunDir,
-    model: GPT,
-    optimizer: torch.optim.Optimizer,
-    position: dict[str, Any],
+    run: RunDir, model: GPT, optimizer: torch.optim.Optimizer, position: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write checkpoints/step-N atomically (temp dir + rename); keep the newest `keep`."""
-    final = run.checkpoints / f"step-{position['step']:08d}"
-    tmp = run.checkpoints / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-        tmp / "model.safetensors",
+    """checkpoints/step-N: weights, optimizer, RNG states and `position`; keep the newest."""
+    return checkpoint.save_checkpoint(
+        run.checkpoints, model.state_dict(), optimizer, position, keep=keep
     )
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    torch.save({"optimizer": optimizer.state_dict(), "rng": rng}, tmp / "state.pt")
-    atomic_write_json(tmp / "trainer.json", position)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in _checkpoint_dirs(run)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
-def load_weights(path: Path, model: GPT) -> None:
-    model.load_state_dict(load_file(path / "model.safetensors"))
-
-
-def restore_checkpoint(path: Path, model: GPT, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    load_weights(path, model)
-    state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["cpu"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["rng"]["cuda"])
-    return read_json(path / "trainer.json")
-
-
-def _trim_metrics(run: RunDir, step: int) -> None:
-    """Drop metric lines logged after the checkpoint we resume from (they will be redone)."""
-    path = run.path / "metrics.jsonl"
-    if path.exists():
-        kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+def restore_checkpoint(run: RunDir, model: GPT, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore the newest intact checkpoint (a damaged newest one is skipped with a
+    warning); returns its position."""
+    found = checkpoint.load_latest(run.checkpoints)
+    assert found is not None, "called with checkpoints present"
+    model.load_state_dict(found.weights)
+    optimizer.load_state_dict(found.optimizer)
+    found.restore_rng()
+    return found.state
 
 
 # ------------------------------------------------------------------ the loop
@@ -269,7 +238,7 @@ def train(
     run = RunDir.open(out, fields, defaults) if world.main else RunDir(Path(out))
     if run.is_done("train") and (run.path / "results.json").exists():
         return run.results()
-    existing = _checkpoint_dirs(run)
+    existing = _checkpoints(run)
     if existing and not resume:
         raise CircuitlabError(
             f"{run.path} holds an unfinished run (checkpoint {existing[-1].name}); "
@@ -294,16 +263,10 @@ def train(
     )
     position = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "seconds": 0.0}
     if existing:
-        position = restore_checkpoint(existing[-1], model, optimizer)
+        position = restore_checkpoint(run, model, optimizer)
         if world.main:
-            _trim_metrics(run, position["step"])
-    ddp_model: torch.nn.Module = model
-    if world.size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+            run.trim_metrics(position["step"])
+    ddp_model = _data_parallel(model, device) if world.size > 1 else model
 
     per_epoch = steps_per_epoch(prepared.train, config, world)
     total = per_epoch * config.epochs
@@ -341,7 +304,10 @@ def train(
             ids = ids_all[rows, :width].to(device, non_blocking=True)
             labels = labels_all[rows, first:width].to(device, non_blocking=True)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(position["step"], total, config)
+                group["lr"] = lr_at(
+                    position["step"], total,
+                    peak=config.lr, warmup=config.warmup, schedule=config.schedule,
+                )  # fmt: skip
             with _autocast(device, config.amp):
                 logits, _ = ddp_model(ids, logits_from=first)
                 loss = F.cross_entropy(
@@ -448,10 +414,20 @@ def load_run(out: str | Path) -> tuple[TrainConfig, GPT, Prepared]:
     from circuitlab.core.config import config_from_dict
 
     config = config_from_dict(TrainConfig, run.config)
-    checkpoints = _checkpoint_dirs(run)
-    if not checkpoints:
-        raise CircuitlabError(f"{run.path} has no checkpoint yet: train it first")
     prepared = prepare(config)
     model = GPT(prepared.model_config)
-    load_weights(checkpoints[-1], model)
+    model.load_state_dict(_latest_weights(run))
     return config, model, prepared
+
+
+def _latest_weights(run: RunDir) -> dict[str, torch.Tensor]:
+    """The newest intact weights; a run finished before checkpoints had checksums has its
+    weights in the same file, unverified, and still loads."""
+    if list_checkpoints(run.checkpoints):
+        found = checkpoint.load_latest(run.checkpoints)
+        assert found is not None
+        return found.weights
+    old = sorted(run.checkpoints.glob("step-*/trainer.json"))
+    if not old:
+        raise CircuitlabError(f"{run.path} has no checkpoint yet: train it first")
+    return load_file(old[-1].parent / "model.safetensors")

@@ -85,6 +85,8 @@ class EmbeddedBackend:
     ) -> tuple[list[str], float]:
         import torch
 
+        from circuitlab.core.threads import torch_threads
+
         tokenizer, model = self.lm.tokenizer, self.lm.model
         tokenizer.padding_side = "left"
         encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -99,14 +101,8 @@ class EmbeddedBackend:
         if as_json:
             options.update(stop_strings=["}"], tokenizer=tokenizer)
         started = time.perf_counter()
-        threads = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        try:
-            with torch.inference_mode():
-                output = model.generate(**encoded.to(model.device), **options)
-        finally:
-            torch.set_num_threads(threads)
+        with torch_threads(self.threads), torch.inference_mode():
+            output = model.generate(**encoded.to(model.device), **options)
         seconds = time.perf_counter() - started
         new = output[:, encoded["input_ids"].shape[1] :]
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)

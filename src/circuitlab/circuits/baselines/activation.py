@@ -7,6 +7,8 @@ upper bound: on the reference's own prompts and settings it reproduces the refer
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from circuitlab.circuits.ablation import check_kind, encode_pairs, mean_z
@@ -47,7 +49,7 @@ def activation_scores(
         clean = metric_values(prompt_logits(lm, pos), sets, task.metric)
         ablated = torch.empty(len(pos), sites.n_layers, sites.n_heads)
         total = len(pos) * sites.n_total_heads
-        with progress_bar("activation patching", total) if progress else _null() as bar:
+        with progress_bar("activation patching", total) if progress else nullcontext() as bar:
             for index, sub in batches(pos, batch_size):
                 ablated[index] = ablated_metrics(
                     lm,
@@ -64,11 +66,3 @@ def activation_scores(
     effect = clean.mean() - ablated.mean(0)
     info = {"ablation": ablation, "prompts": len(pos)}
     return Ranking("activation", effect.abs(), seconds, info)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None

@@ -195,10 +195,6 @@ class TokenBatch:
             _concat_padded([b.answer for b in batches]),
         )
 
-    def question_keys(self) -> np.ndarray:
-        """One opaque value per example that identifies its question (for deduplication)."""
-        return row_keys(compact(self.question))
-
     def step_presence(self) -> np.ndarray:
         """[B, S] bool: which steps each example has."""
         return tokens_per_row(self.steps) > 0
