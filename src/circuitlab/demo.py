@@ -180,8 +180,9 @@ class _Silence:
 
 
 CAVEATS = """\
-- cot: the quick profile's arithmetic slice (d_model 128, 16 heads, 25k problems, one seed,
-  sizes 2 and 3), not the paper's sizes 4-6 or its d_model 256 / 1e6 problems / 100 epochs.
+- cot: the quick profile's arithmetic slice (d_model 128, 16 heads, 25k problems, 10
+  epochs, one seed, sizes 2 and 3), not the paper's sizes 4-6 or its d_model 256 / 1e6
+  problems / 100 epochs.
 - circuits: the patching reference uses 16 prompt pairs and a 5% effect threshold; it is an
   ablation-importance circuit, not a hand-found one, and it rewards early heads whose removal
   breaks any prompt, which the SAE method (reading positive-vs-negative differences) does not

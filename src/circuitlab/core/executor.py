@@ -140,12 +140,20 @@ class _Display:
         self.bars.stop()
 
     def step(self, i: int, done: float, total: float) -> None:
+        if i in self._results:  # a late message from a unit that has finished
+            return
         if i not in self.running:
             self.running[i] = self.bars.add_task(f"  {self.units[i].name}", total=total)
         self.bars.update(self.running[i], completed=done, total=total)
 
     def reporter(self, i: int) -> Callable[[float, float], None]:
         return lambda done, total: self.step(i, done, total)
+
+    def finished_remote(self, i: int, returned: tuple[Any, Any]) -> None:
+        result, final = returned
+        if final is not None:
+            self.step(i, *final)
+        self.finished(i, result)
 
     def finished(self, i: int, result: Any) -> None:
         self._results[i] = result
@@ -164,8 +172,10 @@ class _Throttled:
 
     def __init__(self, queue: Any, index: int) -> None:
         self.queue, self.index, self.last = queue, index, 0.0
+        self.final: tuple[float, float] | None = None  # returned with the result
 
     def __call__(self, done: float, total: float) -> None:
+        self.final = (done, total)
         now = time.monotonic()
         if done >= total or now - self.last >= 0.5:
             self.last = now
@@ -180,12 +190,14 @@ def _init_local_worker(queue: Any) -> None:
     _queue = queue
 
 
-def _call(unit: Unit, index: int, threads: int, queue: Any) -> Any:
-    """A unit in a worker (a local process or a Ray task), on its share of the CPU."""
+def _call(unit: Unit, index: int, threads: int, queue: Any) -> tuple[Any, Any]:
+    """A unit in a worker (a local process or a Ray task), on its share of the CPU; returns
+    its result and its last progress, which the queue need not have delivered yet."""
     from circuitlab.core.threads import torch_threads
 
+    progress = _Throttled(queue, index)
     with torch_threads(threads):
-        return unit.function(*unit.args, progress=_Throttled(queue, index))
+        return unit.function(*unit.args, progress=progress), progress.final
 
 
 def _call_local(unit: Unit, index: int, threads: int) -> Any:
@@ -215,7 +227,7 @@ def _run_processes(
             finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             _drain(queue, display, lambda q: q.get_nowait())
             for future in finished:
-                display.finished(futures[future], future.result())
+                display.finished_remote(futures[future], future.result())
 
 
 def _run_ray(
@@ -256,7 +268,7 @@ def _run_ray(
             finished, pending = ray.wait(pending, num_returns=1, timeout=0.5)
             _drain(queue, display, lambda q: q.get_nowait())
             for ref in finished:
-                display.finished(refs[ref], ray.get(ref))
+                display.finished_remote(refs[ref], ray.get(ref))
         _drain(queue, display, lambda q: q.get_nowait())
         return display.results()
     finally:
