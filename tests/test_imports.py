@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import circuitlab
 
 ROOT = Path(circuitlab.__file__).parent
@@ -87,3 +89,36 @@ def test_find_cycle_reports_one() -> None:
 
 def test_no_import_cycles_in_circuitlab() -> None:
     assert find_cycle(import_graph()) is None
+
+
+def _definitions() -> dict[str, set[str]]:
+    """Public top-level name -> the systems (cot, circuits, analog, core) defining it."""
+    found: dict[str, set[str]] = {}
+    for name, path in _modules().items():
+        parts = name.split(".")
+        system = parts[1] if len(parts) > 2 else "top"
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                found.setdefault(node.name, set()).add(system)
+    return found
+
+
+@pytest.mark.parametrize("name", ["Task", "load_model", "evaluate_model"])
+def test_an_ambiguous_name_means_one_thing_across_the_package(name: str) -> None:
+    systems = _definitions().get(name, set())
+    assert len(systems) <= 1, f"{name} is defined in {sorted(systems)}"
+
+
+# being reworked on another branch (trackers); remove once its docstring gives the reason
+LONG_PENDING = {"analog/nsc_sft.py"}
+
+
+def test_no_source_file_over_500_lines_without_a_reason_in_its_docstring() -> None:
+    unexplained = []
+    for path in sorted(ROOT.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if len(text.splitlines()) <= 500 or str(path.relative_to(ROOT)) in LONG_PENDING:
+            continue
+        if "over 500 lines" not in (ast.get_docstring(ast.parse(text)) or "").lower():
+            unexplained.append(str(path.relative_to(ROOT)))
+    assert not unexplained, f"over 500 lines with no reason given: {unexplained}"
