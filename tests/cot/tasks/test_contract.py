@@ -36,6 +36,12 @@ def examples(task: Task, size: int, seed: int, param: int, count: int = 20) -> l
     return task.to_examples(batch, size, param)
 
 
+def drawn(name: str, data) -> tuple[Task, int, int]:
+    """The task `name`, one of its sizes drawn by hypothesis, and its parameter."""
+    sizes, param = CASES[name]
+    return TASKS[name], data.draw(st.sampled_from(sizes)), param
+
+
 def test_every_registered_task_has_a_case() -> None:
     assert set(CASES) == set(TASKS)
 
@@ -44,8 +50,7 @@ def test_every_registered_task_has_a_case() -> None:
 @fast
 @given(data=st.data(), seed=seeds)
 def test_generated_chains_verify_and_match_the_solver(name: str, data, seed: int) -> None:
-    task, (sizes, param) = TASKS[name], CASES[name]
-    size = data.draw(st.sampled_from(sizes))
+    task, size, param = drawn(name, data)
     for ex in examples(task, size, seed, param):
         assert task.verify(ex.question, ex.chain, ex.answer, param) == Verdict.ok()
         assert ex.answer == task.solve(ex.question, param)
@@ -55,8 +60,7 @@ def test_generated_chains_verify_and_match_the_solver(name: str, data, seed: int
 @fast
 @given(data=st.data(), seed=seeds)
 def test_direct_and_cot_texts_agree_and_round_trip(name: str, data, seed: int) -> None:
-    task, (sizes, param) = TASKS[name], CASES[name]
-    size = data.draw(st.sampled_from(sizes))
+    task, size, param = drawn(name, data)
     vocab = task.vocab(size, param)
     for ex in examples(task, size, seed, param, 5):
         direct, cot = task.text(ex, "direct"), task.text(ex, "cot")
