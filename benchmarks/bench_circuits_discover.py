@@ -22,8 +22,9 @@ import warnings
 import torch
 
 from circuitlab.circuits.baselines.activation import activation_scores
-from circuitlab.circuits.discover import sae_discover
-from circuitlab.circuits.methods import DiscoveryConfig, extract, load_model
+from circuitlab.circuits.methods import DiscoveryConfig, extract
+from circuitlab.circuits.sae_method import sae_discover
+from circuitlab.circuits.shared import load_causal_lm
 from circuitlab.circuits.tasks import make_task
 
 
@@ -48,7 +49,7 @@ def main() -> None:
         sae_dtype=args.sae_dtype,
         methods=("sae", "sae-edge"),
     )
-    lm = load_model("embedded", args.dtype)
+    lm = load_causal_lm("embedded", args.dtype)
     task = make_task(args.task, lm.tokenizer, n=args.num)
 
     outputs = extract(lm, task, config)
@@ -63,7 +64,7 @@ def main() -> None:
     assert result.edge is not None
     edge_extra = result.edge.seconds["scoring"]
 
-    patch_lm = lm if args.dtype == "float32" else load_model("embedded", "float32")
+    patch_lm = lm if args.dtype == "float32" else load_causal_lm("embedded", "float32")
     patch = activation_scores(patch_lm, task, num=args.patch_num, batch_size=8)
     patch_seconds = patch.seconds["patching"]
     per_pair_patch = patch_seconds / args.patch_num

@@ -75,7 +75,7 @@ def _circuits_reference(out: Path, settings: DemoSettings) -> None:
 
 def _circuits_discover(out: Path, settings: DemoSettings) -> None:
     """SAE method and baselines on 100 IOI pairs, scored against the reference above."""
-    from circuitlab.circuits.methods import DiscoveryConfig, run_discover
+    from circuitlab.circuits.discover import DiscoveryConfig, run_discover
 
     size = {"num": 6, "epochs": 20} if settings.smoke else {"num": 100}
     config = DiscoveryConfig(task="ioi", seed=settings.seed, **size)

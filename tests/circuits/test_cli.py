@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from reference_files import documents
 from typer.testing import CliRunner
 
 from circuitlab.cli import app
@@ -63,6 +66,9 @@ def test_reference_on_a_model_directory(tmp_path: Path, tokenizer) -> None:
         (["check", "--task", "sorting"], "unknown task"),
         (["reference", "--ablation", "noise"], "unknown ablation"),
         (["reference", "--layers", "a-b"], "bad --layers"),
+        (["reference", "--layers", "5-2"], "5-2 runs backwards"),
+        (["reference", "--layers", "0,9-3"], "9-3 runs backwards"),
+        (["reference", "--layers", ","], "no layers given"),
         (["discover", "--methods", "sae,acdc"], "unknown method"),
         (["discover", "--num", "3", "--n-train", "10"], "exceeds"),
         (["evaluate", "--reference", "ioi"], "TASK=FILE"),
@@ -130,6 +136,35 @@ def test_discover_writes_scores_timings_and_a_heatmap(tmp_path: Path, tiny_dir: 
     assert {"activations", "sae_training", "scoring"} <= set(sae["seconds"])
     assert 0 <= sae["evaluation"]["auc"] <= 1 and len(sae["ranking"]) == 12
     assert (out / "heatmap.png").exists() and (out / "report.md").exists()
+
+
+def test_a_malformed_reference_json_exits_2_with_one_line(tmp_path: Path, tiny_dir) -> None:
+    bad = tmp_path / "reference.json"
+    bad.write_text('{"heads": 5}')
+    result = subprocess.run(
+        [sys.executable, "-m", "circuitlab", "circuits", "discover", "--reference", str(bad),
+         "--model", str(tiny_dir), "--methods", "random", "--num", "2", "--n-train", "2",
+         "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert str(bad) in result.stderr and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # above it: the weights' loading bar
+    assert last.startswith("error: ") and "heads must be a list" in last
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(content=documents)
+def test_discover_on_any_reference_file_runs_or_fails_in_one_line(tiny_dir: Path, content) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "reference.json"
+        path.write_bytes(content)
+        result = run("discover", "--model", str(tiny_dir), "--task", "ioi", "--num", "2",
+                     "--n-train", "2", "--methods", "random", "--reference", str(path),
+                     "--out", str(Path(folder) / "run"))  # fmt: skip
+    if result.exception is not None:
+        assert isinstance(result.exception, CircuitlabError), repr(result.exception)
+        assert "\n" not in str(result.exception)
 
 
 def test_evaluate_and_sweep_write_a_table_and_plots(tmp_path: Path, tiny_dir: Path) -> None:

@@ -100,9 +100,9 @@ def test_literature_circuits_and_variants() -> None:
 
 
 def test_metrics_on_hand_made_logits() -> None:
-    from circuitlab.circuits.tasks.common import Task
+    from circuitlab.circuits.tasks.common import CircuitTask
 
-    task = Task("t", "logit_diff", ("a", "b"), ("c", "d"), ((1,), (2,)), ((2, 3), (0,)))
+    task = CircuitTask("t", "logit_diff", ("a", "b"), ("c", "d"), ((1,), (2,)), ((2, 3), (0,)))
     logits = torch.tensor([[0.0, 5.0, 1.0, 3.0], [2.0, 0.0, 1.0, 0.0]])
     sets = token_sets(task)
     torch.testing.assert_close(metric_values(logits, sets, "logit_diff"), torch.tensor([2.0, -1.0]))

@@ -8,15 +8,15 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from circuitlab.circuits.discover import (
+from circuitlab.circuits.heads import head_outputs
+from circuitlab.circuits.sae import SAEConfig, discrete_codes, train_sae
+from circuitlab.circuits.sae_method import (
     edge_scores,
     node_scores,
     pair_scores,
     sae_discover,
     training_indices,
 )
-from circuitlab.circuits.heads import head_outputs
-from circuitlab.circuits.sae import SAEConfig, discrete_codes, train_sae
 from circuitlab.circuits.tokens import pad
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.lm import LoadedLM

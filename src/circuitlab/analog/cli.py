@@ -226,7 +226,7 @@ def evaluate(
     Example: circuitlab analog eval --model runs/nsc-32b --device cuda --dtype bfloat16
     --mcq amsbench_tqa.jsonl
     """
-    from circuitlab.analog.evaluate import evaluate_model
+    from circuitlab.analog.evaluate import evaluate_mcq_and_drift
     from circuitlab.analog.mcq import load_mcq
     from circuitlab.core.devices import pick_device
     from circuitlab.core.lm import torch_dtype
@@ -241,7 +241,7 @@ def evaluate(
         torch_threads(config.threads),
         progress_bar("questions", min(count, limit or count)) as bar,
     ):
-        result = evaluate_model(
+        result = evaluate_mcq_and_drift(
             config.model,
             mcq=config.mcq,
             config=config.questions,

@@ -14,6 +14,9 @@ Outputs in the run directory:
 A node's single line in qa.jsonl or failures.jsonl is its done marker: a killed run leaves
 at most a cut-off last line, which the rerun drops before it continues, so no record is
 duplicated or lost, and the cache makes redoing the interrupted batch free.
+
+Over 500 lines: the three agents' stages, their revision loop and the done markers share one
+batch state (`Distiller`), which a split would pass between modules.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class EvalConfig:
     threads: int = option(0, "torch CPU threads; 0: torch default.")
 
 
-def evaluate_model(
+def evaluate_mcq_and_drift(
     model: str | TrainedLM | None,
     *,
     mcq: str | Path | None = None,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from circuitlab.analog.distill import DistillConfig, distill
-from circuitlab.analog.evaluate import evaluate_model
+from circuitlab.analog.evaluate import evaluate_mcq_and_drift
 from circuitlab.analog.mcq import MCQConfig
 from circuitlab.analog.nsc_sft import NSCConfig, kl_summary, load_model, train
 from circuitlab.core.config import comma_list, config_to_dict, option, option_of, require
@@ -243,7 +243,7 @@ def _evaluate(
             # the base is evaluated as a plain model: its drift is 0 by definition
             mcq = config.mcq_config()
             advance = stage(f"evaluate {name}", mcq.limit or _count(config.mcq))
-            result = evaluate_model(
+            result = evaluate_mcq_and_drift(
                 load_model(spec), mcq=config.mcq, config=mcq, out=path, on_batch=advance
             )
             log(

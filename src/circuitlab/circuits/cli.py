@@ -160,7 +160,7 @@ def discover(
 
     Example: circuitlab circuits discover --task ioi --reference runs/circuits/ref/reference.json
     """
-    from circuitlab.circuits.methods import run_discover
+    from circuitlab.circuits.discover import run_discover
 
     out = out or _default_out("discover", config.task, config.model)
     results = run_discover(config, out, reference=reference)

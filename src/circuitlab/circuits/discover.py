@@ -1,209 +1,119 @@
-"""Circuit discovery with the discrete SAE (O'Neill & Bui 2024), node and edge scoring.
+"""`circuitlab circuits discover`: every requested method on one task, into a run directory.
 
-1. Head outputs of all positives and negatives: [n, n_layers, n_heads, d_model].
-2. An SAE (`sae`) trained on the outputs of a few prompts (10 by default) drawn from the
-   pooled positives and negatives. The draw depends only on the seed and the prompts' own
-   head outputs (a seeded hash of each), never on their order, so scores are invariant under
-   any reordering of the prompts.
-3. codes[prompt, head] = argmax over SAE features of the head's output on that prompt.
-4. Node score of head h: |P_h minus N_h|, the number of codes seen on positives and never on
-   negatives (`normalised`: divided by |P_h union N_h|).
-   Edge score: for each head pair, U = the number of code pairs (c1, c2) seen together on a
-   positive and never on a negative; the top half of all head pairs by U (the paper's
-   n_heads^2 / 2 of the n_heads^2 ordered pairs; pairs with U = 0 never count) vote for
-   both of their heads, and a head scores the number of its votes.
-
-Every method here and in `baselines` returns a `Ranking`: one score per head, larger is more
-important, and a circuit at a threshold relative to the top score.
+`run_discover` loads the model and the task, runs the methods (`methods.run_methods`) on the
+same prompts, scores each against an optional reference (`references`) and writes
+scores.json, heatmap.png and report.md.
 """
 
 from __future__ import annotations
 
-import hashlib
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from circuitlab.circuits.sae import SAEConfig, discrete_codes, train_sae
-from circuitlab.core.errors import CircuitlabError
+from circuitlab.circuits.methods import DiscoveryConfig, run_methods
+from circuitlab.circuits.ranking import timed
+from circuitlab.circuits.references import circuit_metrics, load_reference
+from circuitlab.circuits.shared import load_causal_lm
+from circuitlab.circuits.tasks import make_task
+from circuitlab.core.config import config_to_dict
+from circuitlab.core.io import atomic_write_json
+from circuitlab.core.lm import LoadedLM
+from circuitlab.core.plotting import save_heatmaps
+from circuitlab.core.runs import RunDir
+from circuitlab.core.sites import find_sites
+from circuitlab.core.threads import torch_threads
 
 
-@dataclass(frozen=True)
-class Ranking:
-    """One score per head, [n_layers, n_heads], larger = more likely in the circuit."""
-
-    method: str
-    scores: torch.Tensor
-    seconds: dict[str, float] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def total_seconds(self) -> float:
-        return float(sum(self.seconds.values()))
-
-    def ranked(self) -> list[tuple[int, int]]:
-        """All heads, best first (ties broken by position: layer, then head)."""
-        flat = self.scores.flatten()
-        order = sorted(range(len(flat)), key=lambda i: (-float(flat[i]), i))
-        n_heads = self.scores.shape[1]
-        return [(i // n_heads, i % n_heads) for i in order]
-
-    def circuit(self, threshold: float) -> list[tuple[int, int]]:
-        """Heads scoring at least `threshold` x the top score (nothing if no head scores > 0)."""
-        top = float(self.scores.max())
-        if top <= 0:
-            return []
-        return [lh for lh in self.ranked() if float(self.scores[lh]) >= threshold * top]
-
-    def to_json(self, threshold: float) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "scores": np.round(self.scores.double().numpy(), 6).tolist(),
-            "ranking": [f"{layer}.{head}" for layer, head in self.ranked()],
-            "threshold": threshold,
-            "circuit": [f"{layer}.{head}" for layer, head in self.circuit(threshold)],
-            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
-            "info": self.info,
-        }
-
-
-@contextmanager
-def timed(seconds: dict[str, float], key: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
-
-
-def training_indices(outputs: torch.Tensor, n_train: int, seed: int) -> torch.Tensor:
-    """`n_train` prompts of `outputs` [n, ...], chosen by a seeded hash of their content.
-
-    Returned in hash order, so the SAE sees the same rows in the same order however the
-    prompts were ordered (bit-for-bit the same training).
-    """
-    if n_train < 1:
-        raise CircuitlabError(f"need at least 1 SAE training prompt, got {n_train}")
-    if n_train > len(outputs):
-        raise CircuitlabError(
-            f"{n_train} SAE training prompts asked for, but there are only {len(outputs)} prompts"
-        )
-    first = outputs.reshape(len(outputs), -1)[:, : min(64, outputs[0].numel())].float()
-    salt = str(seed).encode()
-    keys = [hashlib.blake2b(salt + row.numpy().tobytes(), digest_size=8).digest() for row in first]
-    order = sorted(range(len(keys)), key=lambda i: keys[i])
-    return torch.tensor(order[:n_train], dtype=torch.long)
-
-
-def node_scores(
-    pos_codes: torch.Tensor, neg_codes: torch.Tensor, n_codes: int, *, normalised: bool = False
-) -> torch.Tensor:
-    """codes [n, n_layers, n_heads] -> score per head: codes only on positives (|P \\ N|)."""
-    shape = pos_codes.shape[1:]
-    seen_pos = _seen(pos_codes.reshape(len(pos_codes), -1), n_codes)
-    seen_neg = _seen(neg_codes.reshape(len(neg_codes), -1), n_codes)
-    only_pos = (seen_pos & ~seen_neg).sum(1).float()
-    if normalised:
-        union = (seen_pos | seen_neg).sum(1).float()
-        only_pos = only_pos / union.clamp_min(1)
-    return only_pos.view(shape)
-
-
-def _seen(codes: torch.Tensor, n_codes: int) -> torch.Tensor:
-    """codes [n, n_nodes] -> [n_nodes, n_codes] bool: which codes occur at each node."""
-    n_nodes = codes.shape[1]
-    seen = torch.zeros(n_nodes * n_codes, dtype=torch.bool)
-    seen[(torch.arange(n_nodes) * n_codes + codes).flatten()] = True
-    return seen.view(n_nodes, n_codes)
-
-
-def pair_scores(pos_codes: torch.Tensor, neg_codes: torch.Tensor, n_codes: int) -> np.ndarray:
-    """U[h1, h2]: code pairs seen together on positives and never on negatives, [N, N]."""
-    pos = pos_codes.reshape(len(pos_codes), -1).numpy().astype(np.int64)
-    neg = neg_codes.reshape(len(neg_codes), -1).numpy().astype(np.int64)
-    n_nodes = pos.shape[1]
-    out = np.zeros((n_nodes, n_nodes), dtype=np.int64)
-    column = np.arange(n_nodes, dtype=np.int64) * n_codes * n_codes
-    for h1 in range(n_nodes):
-        pos_keys = np.unique((column + pos[:, h1 : h1 + 1] * n_codes + pos).ravel())
-        neg_keys = np.unique((column + neg[:, h1 : h1 + 1] * n_codes + neg).ravel())
-        only = pos_keys[~np.isin(pos_keys, neg_keys, assume_unique=True)]
-        out[h1] = np.bincount(only // (n_codes * n_codes), minlength=n_nodes)
-    np.fill_diagonal(out, 0)
-    return out
-
-
-def edge_scores(pos_codes: torch.Tensor, neg_codes: torch.Tensor, n_codes: int) -> torch.Tensor:
-    """Heads scored by their votes among the top half of head pairs by U (see module doc)."""
-    shape = pos_codes.shape[1:]
-    u = pair_scores(pos_codes, neg_codes, n_codes)
-    n = u.shape[0]
-    rows, cols = np.triu_indices(n, k=1)
-    values = u[rows, cols]
-    keep = min(len(values) // 2, int((values > 0).sum()))
-    order = np.lexsort((np.arange(len(values)), -values))[:keep]
-    votes = np.bincount(rows[order], minlength=n) + np.bincount(cols[order], minlength=n)
-    return torch.from_numpy(votes.astype(np.float32)).view(shape)
-
-
-@dataclass(frozen=True)
-class SAEResult:
-    node: Ranking
-    edge: Ranking | None
-    train_index: torch.Tensor
-    mse: float
-    l0: float
-
-
-def sae_discover(
-    pos_outputs: torch.Tensor,
-    neg_outputs: torch.Tensor,
+def run_discover(
+    config: DiscoveryConfig,
+    out: str | Path,
     *,
-    n_train: int = 10,
-    sae: SAEConfig | None = None,
-    normalised: bool = False,
-    edges: bool = True,
-    seconds: dict[str, float] | None = None,
-) -> SAEResult:
-    """The SAE method on head outputs [n, n_layers, n_heads, d_model] of positives/negatives.
-
-    seconds: time already spent (e.g. extracting the outputs), carried into the rankings.
-    """
-    sae = sae or SAEConfig()
-    if pos_outputs.shape[1:] != neg_outputs.shape[1:]:
-        raise CircuitlabError("positive and negative head outputs differ in shape")
-    spent = dict(seconds or {})
-    pooled = torch.cat([pos_outputs, neg_outputs])
-    index = training_indices(pooled, n_train, sae.seed)
-    d_model = pooled.shape[-1]
-    with timed(spent, "sae_training"):
-        trained = train_sae(pooled[index].reshape(-1, d_model), sae)
-    node_time = dict(spent)
-    with timed(node_time, "scoring"):
-        pos_codes = discrete_codes(trained.sae, pos_outputs)
-        neg_codes = discrete_codes(trained.sae, neg_outputs)
-        node = node_scores(pos_codes, neg_codes, sae.n_features, normalised=normalised)
-    info = {
-        "n_train": n_train,
-        "sae": {"n_features": sae.n_features, "l1": sae.l1, "epochs": sae.epochs},
-        "sae_seed": sae.seed,
-        "final_mse": trained.mse,
-        "final_l0": trained.l0,
-        "codes_used": int(torch.cat([pos_codes.flatten(), neg_codes.flatten()]).unique().numel()),
+    reference: str | None = None,
+    lm: LoadedLM | None = None,
+) -> dict[str, Any]:
+    """Discover circuits with every method of `config` into run directory `out`."""
+    run = RunDir.open(out, {**config_to_dict(config), "reference": reference or ""})
+    with torch_threads(config.threads):
+        seconds: dict[str, float] = {}
+        with timed(seconds, "load_model"):
+            lm = lm or load_causal_lm(config.model, config.dtype)
+        sites = find_sites(lm.model)
+        ref = load_reference(reference, sites.n_layers, sites.n_heads) if reference else None
+        task = make_task(config.task, lm.tokenizer, n=config.num, seed=config.task_seed)
+        rankings = run_methods(lm, task, config, progress=True)
+    results: dict[str, Any] = {
+        "model": lm.name,
+        "task": task.summary(),
+        "settings": {**config_to_dict(config), "l1_used": config.task_l1},
+        "load_model_seconds": round(seconds["load_model"], 2),
+        "methods": {},
     }
-    name = "sae-node-normalised" if normalised else "sae-node"
-    node_rank = Ranking(name, node, node_time, info)
-    edge_rank = None
-    if edges:
-        edge_time = dict(spent)
-        with timed(edge_time, "scoring"):
-            pos_codes = discrete_codes(trained.sae, pos_outputs)
-            neg_codes = discrete_codes(trained.sae, neg_outputs)
-            edge = edge_scores(pos_codes, neg_codes, sae.n_features)
-        edge_rank = Ranking("sae-edge", edge, edge_time, info)
-    return SAEResult(node_rank, edge_rank, index, trained.mse, trained.l0)
+    for name, ranking in rankings.items():
+        entry = ranking.to_json(config.threshold)
+        entry["seconds_total"] = round(ranking.total_seconds, 3)
+        if ref is not None:
+            entry["evaluation"] = circuit_metrics(
+                ranking.scores.flatten().numpy(), ref.mask.flatten(), config.threshold
+            )
+        results["methods"][name] = entry
+    if ref is not None:
+        results["reference"] = {"name": ref.name, "heads": ref.names}
+    atomic_write_json(run.path / "scores.json", results)
+    panels = [(name, _scaled(r.scores)) for name, r in rankings.items()]
+    save_heatmaps(
+        run.path / "heatmap.png",
+        panels,
+        xlabel="head",
+        ylabel="layer",
+        colorbar="score / top score",
+        marked=ref.heads
+        if ref is not None
+        else rankings[config.methods[0]].circuit(config.threshold),
+        title=f"{lm.name}, {task.name}: head scores (outlined: "
+        + (f"reference {ref.name})" if ref is not None else f"{config.methods[0]} circuit)"),
+    )
+    run.write_results(
+        {k: v for k, v in results.items() if k != "methods"}
+        | {
+            "circuits": {m: e["circuit"] for m, e in results["methods"].items()},
+            "seconds": {m: e["seconds_total"] for m, e in results["methods"].items()},
+        }
+    )
+    run.write_report(_report(results))
+    return results
+
+
+def _scaled(scores: torch.Tensor) -> Any:
+    top = float(scores.abs().max())
+    return (scores / top if top > 0 else scores).numpy()
+
+
+def _report(results: dict[str, Any]) -> str:
+    task = results["task"]
+    lines = [
+        f"# Circuit discovery: {task['name']} on {results['model']}",
+        "",
+        f"{task['pairs']} prompt pairs. Circuit = heads scoring >= "
+        f"{results['settings']['threshold']} x the top score.",
+        "",
+        "| method | seconds | circuit size | top 10 heads | AUC | AP | F1 |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for name, entry in results["methods"].items():
+        ev = entry.get("evaluation", {})
+        lines.append(
+            f"| {name} | {entry['seconds_total']:.1f} | {len(entry['circuit'])} | "
+            f"{' '.join(entry['ranking'][:10])} | {_num(ev.get('auc'))} | "
+            f"{_num(ev.get('ap'))} | {_num(ev.get('f1'))} |"
+        )
+    if "reference" in results:
+        ref = results["reference"]
+        lines += ["", f"Reference: {ref['name']} ({len(ref['heads'])} heads)."]
+    lines += ["", "Timings (s) per step: see scores.json `seconds`. Heatmap: heatmap.png.", ""]
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"

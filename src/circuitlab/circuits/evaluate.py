@@ -1,17 +1,10 @@
-"""Scoring head rankings against a reference circuit, and the method x task table.
-
-Metrics (scikit-learn) over all heads, the reference circuit's heads being the positives:
-- auc: ROC AUC of the scores; ap: average precision (area under the precision/recall curve);
-- precision, recall, f1: of the circuit at the threshold (heads >= threshold x top score);
-- f1_at_k: F1 of the top-k heads, k = the reference's size (threshold-free, fair across
-  methods whose scores live on different scales);
-- tpr_tnr_hmean: the harmonic mean of TPR and TNR at the threshold: what the SAE paper calls
-  "F1". It is not precision/recall F1 and is reported under its own name.
+"""The method x task table: every method on every (task, reference), over several seeds.
 
 `run_evaluate` runs every method on every (task, reference) for several seeds (the SAE's
-training draw and initialisation, and the random ranking; the gradient and patching
-baselines are deterministic on fixed prompts and run once), writes one table (results.json,
-report.md) and ROC curves in one plot (roc.png). Work is saved per (task, method, seed).
+training draw and initialisation, and the random ranking; the baselines that are
+deterministic on fixed prompts run once), writes one table (results.json, report.md) and ROC
+curves in one plot (roc.png). Work is saved per (task, method, seed). The metrics are
+`references.circuit_metrics`.
 """
 
 from __future__ import annotations
@@ -24,132 +17,21 @@ from typing import Any
 import numpy as np
 
 from circuitlab.circuits import shared
-from circuitlab.circuits.discover import Ranking
-from circuitlab.circuits.methods import METHODS, DiscoveryConfig, run_methods
+from circuitlab.circuits.methods import (
+    METHODS,
+    REGISTRY,
+    DiscoveryConfig,
+    method_groups,
+    run_methods,
+)
 from circuitlab.circuits.options import reference_pairs
+from circuitlab.circuits.ranking import Ranking
+from circuitlab.circuits.references import circuit_metrics, load_reference
 from circuitlab.core.config import config_to_dict, option, option_of, require
-from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.executor import Execution, Unit, identity
 from circuitlab.core.io import atomic_write_bytes, atomic_write_json, read_json
 from circuitlab.core.runs import RunDir
 from circuitlab.core.threads import torch_threads
-
-DETERMINISTIC = ("attribution", "hisp", "activation")
-
-
-@dataclass(frozen=True)
-class Reference:
-    name: str
-    heads: tuple[tuple[int, int], ...]
-    n_layers: int
-    n_heads: int
-
-    @property
-    def names(self) -> list[str]:
-        return [f"{layer}.{head}" for layer, head in self.heads]
-
-    @property
-    def mask(self) -> np.ndarray:
-        out = np.zeros((self.n_layers, self.n_heads), dtype=bool)
-        for layer, head in self.heads:
-            out[layer, head] = True
-        return out
-
-
-def _parse_heads(items: list[Any], where: str) -> list[tuple[int, int]]:
-    heads = []
-    for item in items:
-        try:
-            layer, head = (int(x) for x in str(item).split("."))
-        except ValueError:
-            raise CircuitlabError(f"{where}: {item!r} is not a head (use layer.head)") from None
-        heads.append((layer, head))
-    return heads
-
-
-def load_reference(
-    spec: str, n_layers: int, n_heads: int, *, threshold: float | None = None
-) -> Reference:
-    """A reference circuit from a reference.json (`circuits reference`), a JSON list of
-    "layer.head" names, or `literature:MODEL:TASK[:VARIANT]` (e.g. literature:gpt2:ioi).
-
-    threshold: re-cut a reference.json at another |relative effect| (its own by default).
-    """
-    if spec.startswith("literature:"):
-        from circuitlab.circuits.literature import literature_circuit
-
-        parts = spec.split(":")[1:]
-        if len(parts) not in (2, 3):
-            raise CircuitlabError(f"bad reference {spec!r}: use literature:MODEL:TASK[:VARIANT]")
-        circuit = literature_circuit(*parts)
-        heads, name = list(circuit.heads), f"{circuit.model}/{circuit.task}/{circuit.variant}"
-    else:
-        data = read_json(spec)
-        if isinstance(data, list):
-            heads, name = _parse_heads(data, spec), Path(spec).name
-        elif isinstance(data, dict) and "heads" in data:
-            if threshold is not None:
-                kind = data["settings"]["ablation"]
-                rel = np.array(data["effects"][kind]["relative"], dtype=np.float64)
-                picked = np.argwhere(np.abs(np.nan_to_num(rel)) >= threshold)
-                heads = [(int(a), int(b)) for a, b in picked]
-            else:
-                heads = _parse_heads(data["heads"], spec)
-            settings = data.get("settings", {})
-            name = (
-                f"patching reference ({settings.get('ablation', '?')} ablation, "
-                f"{settings.get('num', '?')} pairs, |effect| >= "
-                f"{threshold if threshold is not None else settings.get('threshold', '?')})"
-            )
-        else:
-            raise CircuitlabError(
-                f"{spec} is neither a reference.json (with 'heads') nor a list of heads"
-            )
-    bad = [f"{a}.{b}" for a, b in heads if not (0 <= a < n_layers and 0 <= b < n_heads)]
-    if bad:
-        raise CircuitlabError(
-            f"reference {spec} names heads the model does not have ({n_layers} layers x "
-            f"{n_heads} heads): {', '.join(bad[:5])}. Is it for another model?"
-        )
-    if not heads:
-        raise CircuitlabError(f"reference {spec} has no heads: nothing to score against")
-    if len(set(heads)) == n_layers * n_heads:
-        raise CircuitlabError(f"reference {spec} contains every head: nothing to score against")
-    return Reference(name, tuple(dict.fromkeys(heads)), n_layers, n_heads)
-
-
-def circuit_metrics(scores: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, float]:
-    """All metrics of one ranking (flat scores) against a boolean reference (flat)."""
-    from sklearn.metrics import (
-        average_precision_score,
-        f1_score,
-        precision_score,
-        recall_score,
-        roc_auc_score,
-    )
-
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    truth = np.asarray(truth, dtype=bool).ravel()
-    require(scores.shape == truth.shape, "scores and reference differ in size")
-    require(0 < truth.sum() < len(truth), "the reference must hold some heads but not all")
-    top = scores.max()
-    predicted = scores >= threshold * top if top > 0 else np.zeros_like(truth)
-    k = int(truth.sum())
-    order = np.lexsort((np.arange(len(scores)), -scores))
-    top_k = np.zeros_like(truth)
-    top_k[order[:k]] = True
-    tpr = recall_score(truth, predicted, zero_division=0)
-    tnr = float((~predicted & ~truth).sum() / (~truth).sum())
-    return {
-        "auc": float(roc_auc_score(truth, scores)),
-        "ap": float(average_precision_score(truth, scores)),
-        "precision": float(precision_score(truth, predicted, zero_division=0)),
-        "recall": float(tpr),
-        "f1": float(f1_score(truth, predicted, zero_division=0)),
-        "f1_at_k": float(f1_score(truth, top_k, zero_division=0)),
-        "tpr_tnr_hmean": float(2 * tpr * tnr / (tpr + tnr)) if tpr + tnr > 0 else 0.0,
-        "circuit_size": int(predicted.sum()),
-    }
 
 
 @dataclass(frozen=True)
@@ -247,14 +129,14 @@ def run_evaluate(config: EvaluateConfig, out: str | Path) -> dict[str, Any]:
 
 def _unit_methods(config: EvaluateConfig, seed: int) -> list[str]:
     """The methods one seed runs: the deterministic ones only at seed 0."""
-    return [m for m in config.methods if seed == 0 or m not in DETERMINISTIC]
+    return [m for m in config.methods if seed == 0 or REGISTRY[m].seeded]
 
 
 def _task_units(config: EvaluateConfig, task: str) -> list[tuple[str, int, str]]:
     stem = Path(task).stem
     out = []
     for method in config.methods:
-        seeds = 1 if method in DETERMINISTIC else config.seeds
+        seeds = config.seeds if REGISTRY[method].seeded else 1
         out += [(method, s, f"{stem}-{method}-s{s}") for s in range(seeds)]
     return out
 
@@ -263,20 +145,19 @@ def _evaluate_unit(
     config: EvaluateConfig, out: str, task_name: str, seed: int, *, progress: Any
 ) -> int:
     """One (task, seed): every method of that seed not yet done, each saved as it finishes
-    (the SAE node and edge scores come from one SAE, so they run together)."""
+    (methods that share a computation, `methods.method_groups`, run together)."""
     run = RunDir(Path(out))
     stem = Path(task_name).stem
     todo = [m for m in _unit_methods(config, seed) if not run.is_done(f"{stem}-{m}-s{seed}")]
-    groups = [[m] for m in todo if not m.startswith("sae")]
-    if any(m.startswith("sae") for m in todo):
-        groups.insert(0, [m for m in todo if m.startswith("sae")])
+    groups = method_groups(todo)
     progress(0, len(todo))
     if not todo:
         return 0
     lm = shared.model(config.model, config.dtype)
     base = replace(config.discovery(task_name, 0), seed=seed)
     task_key = (task_name, config.num, config.task_seed)
-    outputs = shared.outputs(lm, task_key, base) if groups[0][0].startswith("sae") else None
+    needs_outputs = any(REGISTRY[m].head_outputs for m in todo)
+    outputs = shared.outputs(lm, task_key, base) if needs_outputs else None
     done = 0
     for methods in groups:
         cfg = replace(base, methods=tuple(methods))

@@ -1,42 +1,144 @@
-"""Running discovery methods side by side on one task's prompts: `circuitlab circuits discover`.
+"""The discovery methods, registered once, and the settings they run with.
 
-`DiscoveryConfig` holds every setting (one source of defaults). `run_methods` computes the
-head outputs once and runs each requested method on the same prompts:
+`REGISTRY` maps each method name to how it runs; `METHODS`, `DEFAULT_METHODS`, the help
+text and which methods evaluate repeats over seeds all derive from it, so adding a method
+is one entry here. Methods that share a computation share a runner, called once for all of
+them (the SAE node and edge scores come from one SAE; attribution and HISP from one
+backward pass). `run_methods` runs the requested ones on the same prompts and head outputs:
     sae            the SAE node method (O'Neill & Bui 2024)
     sae-edge       the SAE edge method, aggregated to heads (same SAE and codes as `sae`)
     attribution    attribution patching: one forward + backward per batch
     hisp           gradient-magnitude head importance (from the same backward pass)
     activation     single-head activation patching on `patch_num` pairs (the reference method)
     random         a seeded random ranking
-`run_discover` writes scores.json, heatmap.png and report.md into a run directory.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from circuitlab.circuits.discover import Ranking, sae_discover, timed
 from circuitlab.circuits.heads import REDUCTIONS, head_outputs
-from circuitlab.circuits.options import METHODS_HELP, MODEL_HELP, TASK_HELP, THREADS_HELP
+from circuitlab.circuits.options import MODEL_HELP, TASK_HELP, THREADS_HELP
+from circuitlab.circuits.ranking import Ranking
 from circuitlab.circuits.sae import SAE_DTYPES, SAEConfig
-from circuitlab.circuits.tasks import Task, make_task
-from circuitlab.core.config import config_to_dict, option, require
+from circuitlab.circuits.tasks import CircuitTask
+from circuitlab.core.config import option, require
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.core.io import atomic_write_json
-from circuitlab.core.lm import LoadedLM, load_lm, torch_dtype
-from circuitlab.core.plotting import save_heatmaps
-from circuitlab.core.runs import RunDir
-from circuitlab.core.sites import find_sites
-from circuitlab.core.threads import torch_threads
+from circuitlab.core.lm import LoadedLM
 
-METHODS = ("sae", "sae-edge", "attribution", "hisp", "activation", "random")
-DEFAULT_METHODS = ("sae", "sae-edge", "attribution", "hisp", "random")
 L1_BY_TASK = {"docstring": 0.05}  # the paper's lambda; 0.02 for every other task
+
+
+@dataclass(frozen=True)
+class MethodInputs:
+    """What a runner gets: the model, the prompts, the settings and the wanted methods."""
+
+    lm: LoadedLM
+    task: CircuitTask
+    config: DiscoveryConfig
+    wanted: frozenset[str]
+    outputs: HeadOutputs | None
+    progress: bool
+
+
+Runner = Callable[[MethodInputs], dict[str, Ranking]]
+
+
+@dataclass(frozen=True)
+class Method:
+    run: Runner  # returns the rankings of every wanted method it computes
+    help: str
+    default: bool = True  # run when no --methods is given
+    seeded: bool = True  # False: deterministic on fixed prompts, evaluate runs it once
+    head_outputs: bool = False  # runs on the extracted head outputs (HeadOutputs)
+
+
+def _sae(inputs: MethodInputs) -> dict[str, Ranking]:
+    from circuitlab.circuits.sae_method import sae_discover
+
+    config, outputs = inputs.config, inputs.outputs
+    if outputs is None:
+        outputs = extract(inputs.lm, inputs.task, config)
+    result = sae_discover(
+        outputs.positives,
+        outputs.negatives,
+        n_train=config.n_train,
+        sae=config.sae_config(),
+        normalised=config.normalised,
+        edges="sae-edge" in inputs.wanted,
+        seconds={"activations": outputs.seconds},
+    )
+    found = {"sae": result.node}
+    if result.edge is not None:
+        found["sae-edge"] = result.edge
+    return found
+
+
+def _gradients(inputs: MethodInputs) -> dict[str, Ranking]:
+    from circuitlab.circuits.baselines.attribution import gradient_scores
+
+    config = inputs.config
+    attribution, hisp = gradient_scores(
+        inputs.lm,
+        inputs.task,
+        ablation=config.attribution_ablation,
+        batch_size=max(1, config.batch_size // 2),
+        prepend_bos=config.prepend_bos,
+        progress=inputs.progress,
+    )
+    return {"attribution": attribution, "hisp": hisp}
+
+
+def _activation(inputs: MethodInputs) -> dict[str, Ranking]:
+    from circuitlab.circuits.baselines.activation import activation_scores
+
+    config = inputs.config
+    ranking = activation_scores(
+        inputs.lm,
+        inputs.task,
+        num=config.patch_num,
+        ablation=config.patch_ablation,
+        prepend_bos=config.prepend_bos,
+        progress=inputs.progress,
+    )
+    return {"activation": ranking}
+
+
+def _random(inputs: MethodInputs) -> dict[str, Ranking]:
+    from circuitlab.circuits.baselines.random import random_scores
+    from circuitlab.core.sites import find_sites
+
+    sites = find_sites(inputs.lm.model)
+    return {"random": random_scores(sites.n_layers, sites.n_heads, inputs.config.seed)}
+
+
+REGISTRY: dict[str, Method] = {
+    "sae": Method(_sae, "sae", head_outputs=True),
+    "sae-edge": Method(_sae, "sae-edge", head_outputs=True),
+    "attribution": Method(_gradients, "attribution", seeded=False),
+    "hisp": Method(_gradients, "hisp", seeded=False),
+    "activation": Method(
+        _activation, "activation (exhaustive patching: slow)", default=False, seeded=False
+    ),
+    "random": Method(_random, "random"),
+}
+METHODS = tuple(REGISTRY)
+DEFAULT_METHODS = tuple(name for name, method in REGISTRY.items() if method.default)
+METHODS_HELP = "Comma-separated: " + ", ".join(m.help for m in REGISTRY.values()) + "."
+
+
+def method_groups(methods: list[str] | tuple[str, ...]) -> list[list[str]]:
+    """`methods` grouped by shared runner, in order of first appearance."""
+    groups: dict[Runner, list[str]] = {}
+    for name in methods:
+        groups.setdefault(REGISTRY[name].run, []).append(name)
+    return list(groups.values())
 
 
 def methods_from_text(text: str) -> tuple[str, ...]:
@@ -119,7 +221,7 @@ class HeadOutputs:
     seconds: float
 
 
-def extract(lm: LoadedLM, task: Task, config: DiscoveryConfig) -> HeadOutputs:
+def extract(lm: LoadedLM, task: CircuitTask, config: DiscoveryConfig) -> HeadOutputs:
     start = time.perf_counter()
     kwargs: dict[str, Any] = {
         "reduction": config.reduction,
@@ -133,172 +235,15 @@ def extract(lm: LoadedLM, task: Task, config: DiscoveryConfig) -> HeadOutputs:
 
 def run_methods(
     lm: LoadedLM,
-    task: Task,
+    task: CircuitTask,
     config: DiscoveryConfig,
     *,
     outputs: HeadOutputs | None = None,
     progress: bool = False,
 ) -> dict[str, Ranking]:
     """Every method of `config.methods` on `task`: method name -> Ranking."""
-    sites = find_sites(lm.model)
     found: dict[str, Ranking] = {}
-    wanted = set(config.methods)
-    if wanted & {"sae", "sae-edge"}:
-        if outputs is None:
-            outputs = extract(lm, task, config)
-        result = sae_discover(
-            outputs.positives,
-            outputs.negatives,
-            n_train=config.n_train,
-            sae=config.sae_config(),
-            normalised=config.normalised,
-            edges="sae-edge" in wanted,
-            seconds={"activations": outputs.seconds},
-        )
-        if "sae" in wanted:
-            found["sae"] = result.node
-        if result.edge is not None:
-            found["sae-edge"] = result.edge
-    if wanted & {"attribution", "hisp"}:
-        from circuitlab.circuits.baselines.attribution import gradient_scores
-
-        attribution, hisp = gradient_scores(
-            lm,
-            task,
-            ablation=config.attribution_ablation,
-            batch_size=max(1, config.batch_size // 2),
-            prepend_bos=config.prepend_bos,
-            progress=progress,
-        )
-        if "attribution" in wanted:
-            found["attribution"] = attribution
-        if "hisp" in wanted:
-            found["hisp"] = hisp
-    if "activation" in wanted:
-        from circuitlab.circuits.baselines.activation import activation_scores
-
-        found["activation"] = activation_scores(
-            lm,
-            task,
-            num=config.patch_num,
-            ablation=config.patch_ablation,
-            prepend_bos=config.prepend_bos,
-            progress=progress,
-        )
-    if "random" in wanted:
-        from circuitlab.circuits.baselines.random import random_scores
-
-        found["random"] = random_scores(sites.n_layers, sites.n_heads, config.seed)
+    for group in method_groups(config.methods):
+        inputs = MethodInputs(lm, task, config, frozenset(group), outputs, progress)
+        found |= REGISTRY[group[0]].run(inputs)
     return {m: found[m] for m in config.methods}
-
-
-def load_model(model: str, dtype: str = "float32") -> LoadedLM:
-    return load_lm(model, dtype=torch_dtype(dtype))
-
-
-def run_discover(
-    config: DiscoveryConfig,
-    out: str | Path,
-    *,
-    reference: str | None = None,
-    lm: LoadedLM | None = None,
-) -> dict[str, Any]:
-    """Discover circuits with every method of `config` into run directory `out`."""
-    from circuitlab.circuits.evaluate import circuit_metrics, load_reference
-
-    run = RunDir.open(out, {**config_to_dict(config), "reference": reference or ""})
-    with torch_threads(config.threads):
-        seconds: dict[str, float] = {}
-        with timed(seconds, "load_model"):
-            lm = lm or load_model(config.model, config.dtype)
-        sites = find_sites(lm.model)
-        ref = load_reference(reference, sites.n_layers, sites.n_heads) if reference else None
-        task = make_task(config.task, lm.tokenizer, n=config.num, seed=config.task_seed)
-        rankings = run_methods(lm, task, config, progress=True)
-    results: dict[str, Any] = {
-        "model": lm.name,
-        "task": task.summary(),
-        "settings": {**config_to_dict(config), "l1_used": config.task_l1},
-        "load_model_seconds": round(seconds["load_model"], 2),
-        "methods": {},
-    }
-    for name, ranking in rankings.items():
-        entry = ranking.to_json(config.threshold)
-        entry["seconds_total"] = round(ranking.total_seconds, 3)
-        if ref is not None:
-            entry["evaluation"] = circuit_metrics(
-                ranking.scores.flatten().numpy(), ref.mask.flatten(), config.threshold
-            )
-        results["methods"][name] = entry
-    if ref is not None:
-        results["reference"] = {"name": ref.name, "heads": ref.names}
-    atomic_write_json(run.path / "scores.json", results)
-    panels = [(name, _scaled(r.scores)) for name, r in rankings.items()]
-    save_heatmaps(
-        run.path / "heatmap.png",
-        panels,
-        xlabel="head",
-        ylabel="layer",
-        colorbar="score / top score",
-        marked=ref.heads
-        if ref is not None
-        else rankings[config.methods[0]].circuit(config.threshold),
-        title=f"{lm.name}, {task.name}: head scores (outlined: "
-        + (f"reference {ref.name})" if ref is not None else f"{config.methods[0]} circuit)"),
-    )
-    run.write_results(
-        {k: v for k, v in results.items() if k != "methods"}
-        | {
-            "circuits": {m: e["circuit"] for m, e in results["methods"].items()},
-            "seconds": {m: e["seconds_total"] for m, e in results["methods"].items()},
-        }
-    )
-    run.write_report(_report(results))
-    return results
-
-
-def _scaled(scores: torch.Tensor) -> Any:
-    top = float(scores.abs().max())
-    return (scores / top if top > 0 else scores).numpy()
-
-
-def _report(results: dict[str, Any]) -> str:
-    task = results["task"]
-    lines = [
-        f"# Circuit discovery: {task['name']} on {results['model']}",
-        "",
-        f"{task['pairs']} prompt pairs. Circuit = heads scoring >= "
-        f"{results['settings']['threshold']} x the top score.",
-        "",
-        "| method | seconds | circuit size | top 10 heads | AUC | AP | F1 |",
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: |",
-    ]
-    for name, entry in results["methods"].items():
-        ev = entry.get("evaluation", {})
-        lines.append(
-            f"| {name} | {entry['seconds_total']:.1f} | {len(entry['circuit'])} | "
-            f"{' '.join(entry['ranking'][:10])} | {_num(ev.get('auc'))} | "
-            f"{_num(ev.get('ap'))} | {_num(ev.get('f1'))} |"
-        )
-    if "reference" in results:
-        ref = results["reference"]
-        lines += ["", f"Reference: {ref['name']} ({len(ref['heads'])} heads)."]
-    lines += ["", "Timings (s) per step: see scores.json `seconds`. Heatmap: heatmap.png.", ""]
-    return "\n".join(lines)
-
-
-def _num(value: float | None) -> str:
-    return "" if value is None else f"{value:.3f}"
-
-
-__all__ = [
-    "DEFAULT_METHODS",
-    "METHODS",
-    "DiscoveryConfig",
-    "HeadOutputs",
-    "extract",
-    "methods_from_text",
-    "replace",
-    "run_discover",
-    "run_methods",
-]

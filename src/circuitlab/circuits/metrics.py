@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from circuitlab.circuits.options import MODEL_HELP, TASK_HELP
-from circuitlab.circuits.tasks.common import METRICS, Task
+from circuitlab.circuits.tasks.common import METRICS, CircuitTask
 from circuitlab.circuits.tokens import Encoded, batches, encode, last_logits
 from circuitlab.core.config import option, require
 from circuitlab.core.errors import CircuitlabError
@@ -51,7 +51,7 @@ def _padded(sets: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def token_sets(task: Task) -> TokenSets:
+def token_sets(task: CircuitTask) -> TokenSets:
     good, good_mask = _padded(task.good)
     bad, bad_mask = _padded(task.bad)
     return TokenSets(good, good_mask, bad, bad_mask)
@@ -149,7 +149,7 @@ class CheckConfig:
 
 
 def score_task(
-    lm: LoadedLM, task: Task, *, batch_size: int = 32, prepend_bos: bool = False
+    lm: LoadedLM, task: CircuitTask, *, batch_size: int = 32, prepend_bos: bool = False
 ) -> TaskScore:
     sets = token_sets(task)
     pos = prompt_logits(lm, task.positives, batch_size=batch_size, prepend_bos=prepend_bos)

@@ -12,10 +12,6 @@ from circuitlab.core.errors import CircuitlabError
 
 TASK_HELP = f"One of {', '.join(TASKS)}, or a .jsonl file of prompt pairs (see README)."
 MODEL_HELP = "embedded (SmolLM2-135M-Instruct), a .gguf file, a model directory or a hub id."
-METHODS_HELP = (
-    "Comma-separated: sae, sae-edge, attribution, hisp, activation (exhaustive patching: slow), "
-    "random."
-)
 THREADS_HELP = "Torch CPU threads (0: default; 1 on a busy CPU)."
 
 kinds = comma_list()
@@ -24,12 +20,19 @@ kinds = comma_list()
 def layer_list(text: str) -> tuple[int, ...]:
     """`20-29` or `0,5,9` (or a mix) as layer indices."""
     out: list[int] = []
-    try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            first, _, last = part.partition("-")
-            out.extend(range(int(first), int(last or first) + 1))
-    except ValueError:
-        raise CircuitlabError(f"bad --layers {text!r}: use e.g. 20-29 or 0,5,9") from None
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        first, _, last = part.partition("-")
+        try:
+            start, stop = int(first), int(last or first)
+        except ValueError:
+            raise CircuitlabError(f"bad --layers {text!r}: use e.g. 20-29 or 0,5,9") from None
+        if stop < start:  # an empty range would silently mean "every layer"
+            raise CircuitlabError(
+                f"bad --layers {text!r}: {part} runs backwards; write the lower layer first"
+            )
+        out.extend(range(start, stop + 1))
+    if not out:
+        raise CircuitlabError(f"bad --layers {text!r}: no layers given (use e.g. 20-29 or 0,5,9)")
     return tuple(out)
 
 

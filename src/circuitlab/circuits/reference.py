@@ -27,7 +27,7 @@ from circuitlab.circuits.ablation import ABLATIONS, encode_pairs, mean_z
 from circuitlab.circuits.metrics import TokenSets, score_task, token_sets
 from circuitlab.circuits.options import MODEL_HELP, TASK_HELP, kinds, layer_list
 from circuitlab.circuits.patching import ablated_metrics, residual_inputs
-from circuitlab.circuits.tasks import Task, make_task
+from circuitlab.circuits.tasks import CircuitTask, make_task
 from circuitlab.circuits.tokens import Encoded, batches, encode
 from circuitlab.core.config import config_to_dict, option, require
 from circuitlab.core.errors import CircuitlabError
@@ -232,7 +232,7 @@ def _patch_batch(
     sub: Encoded,
     neg: Encoded,
     sets: TokenSets,
-    task: Task,
+    task: CircuitTask,
     kinds: list[str],
     mean: torch.Tensor | None,
     patched: tuple[int, ...],
@@ -271,7 +271,7 @@ def _collect(
     run: RunDir,
     kind: str,
     n_batches: int,
-    task: Task,
+    task: CircuitTask,
     clean: torch.Tensor,
     corrupted: torch.Tensor,
     sites: Sites,
@@ -289,7 +289,7 @@ def _write_outputs(
     config: ReferenceConfig,
     lm: LoadedLM,
     sites: Sites,
-    task: Task,
+    task: CircuitTask,
     score: dict[str, float],
     effects: dict[str, HeadEffects],
     seconds: float,

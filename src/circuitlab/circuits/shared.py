@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from circuitlab.circuits.methods import DiscoveryConfig, HeadOutputs, extract, load_model
+from circuitlab.circuits.methods import DiscoveryConfig, HeadOutputs, extract
 from circuitlab.circuits.tasks import make_task
-from circuitlab.core.lm import LoadedLM
+from circuitlab.core.lm import LoadedLM, load_lm, torch_dtype
 
 _models: dict[tuple[str, str], LoadedLM] = {}
 _tasks: dict[tuple[Any, ...], Any] = {}
 _outputs: dict[tuple[Any, ...], HeadOutputs] = {}
+
+
+def load_causal_lm(model: str, dtype: str = "float32") -> LoadedLM:
+    """The causal LM `model` (as core.lm.load_lm reads it) with weights in `dtype` (a name)."""
+    return load_lm(model, dtype=torch_dtype(dtype))
 
 
 def model(name: str, dtype: str) -> LoadedLM:
@@ -25,7 +30,7 @@ def model(name: str, dtype: str) -> LoadedLM:
         _models.clear()  # one model at a time: a worker may outlive a sweep
         _tasks.clear()
         _outputs.clear()
-        _models[key] = load_model(name, dtype)
+        _models[key] = load_causal_lm(name, dtype)
     return _models[key]
 
 

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from circuitlab.circuits import shared
-from circuitlab.circuits.discover import sae_discover
-from circuitlab.circuits.evaluate import circuit_metrics, load_reference
 from circuitlab.circuits.heads import REDUCTIONS
 from circuitlab.circuits.methods import DiscoveryConfig
+from circuitlab.circuits.references import circuit_metrics, load_reference
+from circuitlab.circuits.sae_method import sae_discover
 from circuitlab.core.config import comma_list, config_to_dict, option, option_of, require
 from circuitlab.core.executor import Execution, Unit, identity
 from circuitlab.core.io import atomic_write_bytes, atomic_write_json, read_json

@@ -9,12 +9,11 @@
     OUT.md     the same sections as one markdown file, image links rewritten to point from
                OUT's directory to the run directories
 
-The markdown is CommonMark plus pipe tables, parsed by markdown-it-py with raw HTML off (so
-nothing in a report.md can inject markup); its tokens are adjusted before rendering: heading
-ids and levels, plots embedded, links retargeted or dropped, HTML comments (editors' notes)
-left out. Images at the top of a run directory that its report.md does not show are
-appended, so no plot a run made is left out. Every file read from a run directory goes
-through core.paths: one that leads out of it (`../`, absolute, a symlink) is never read.
+The markdown is converted by core.markdown_html (CommonMark plus pipe tables, raw HTML off,
+plots embedded, links retargeted or dropped). Images at the top of a run directory that its
+report.md does not show are appended, so no plot a run made is left out. Every file read
+from a run directory goes through core.paths: one that leads out of it (`../`, absolute, a
+symlink) is never read.
 
 A plot that is linked but missing or refused becomes a visible box in the page and a
 warning in `Report.warnings`, not an error. A small inline script checks in the browser
@@ -24,44 +23,31 @@ which is how the tests check the page in a real browser.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import html
 import json
 import os
 import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
-
-from markdown_it import MarkdownIt
-from markdown_it.rules_block import StateBlock
-from markdown_it.token import Token
+from urllib.parse import quote, unquote
 
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_write_text
+from circuitlab.core.markdown_html import (
+    IMAGE_TYPES,
+    MARKDOWN,
+    Rendered,
+    escape_text,
+    inline_title,
+    link_scheme,
+    markdown_to_html,
+    moved_link,
+)
 from circuitlab.core.paths import OutsideRoot, files_inside, resolve_inside
 
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-               ".gif": "image/gif", ".svg": "image/svg+xml", ".webp": "image/webp"}  # fmt: skip
 CONFIG_LIMIT = 20_000  # characters of config.json shown per section
-
-
-@dataclass(frozen=True)
-class Heading:
-    level: int  # the HTML level after shifting
-    id: str
-    text: str  # plain text
-
-
-@dataclass(frozen=True)
-class Rendered:
-    html: str
-    headings: tuple[Heading, ...]
-    plots: tuple[Heading, ...]  # every image or missing-plot box, with its anchor
-    warnings: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -79,222 +65,6 @@ class Report:
     markdown: Path
     sections: tuple[Section, ...]
     warnings: tuple[str, ...]
-
-
-# ----------------------------------------------------------------------------- markdown
-
-
-@dataclass
-class _Context:
-    """What one conversion needs besides the text, and what it collects."""
-
-    base_dir: Path | None  # images and relative links are resolved against it
-    link_dir: Path | None  # relative links are rewritten to be relative to it
-    heading_shift: int = 0
-    min_heading_level: int = 1
-    id_prefix: str = ""
-    headings: list[Heading] = field(default_factory=list)
-    plots: list[Heading] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    ids: set[str] = field(default_factory=set)
-
-
-def _comment_block(state: StateBlock, start: int, end: int, silent: bool) -> bool:
-    """`<!-- ... -->` from the start of a line: dropped (with raw HTML off, markdown-it
-    would show it as text, and the systems' reports use comments as markers)."""
-    pos = state.bMarks[start] + state.tShift[start]
-    if state.sCount[start] - state.blkIndent >= 4 or not state.src.startswith("<!--", pos):
-        return False
-    if not silent:
-        close, line = state.src.find("-->", pos + 4), start
-        while line < end - 1 and (close < 0 or state.eMarks[line] < close):
-            line += 1
-        state.line = line + 1
-    return True
-
-
-def _text(value: str) -> str:
-    return html.escape(value, quote=False)
-
-
-def _attr(value: str) -> str:
-    return html.escape(value, quote=True)
-
-
-def _code(self: object, tokens: Sequence[Token], idx: int, options: object, env: object) -> str:
-    """Fenced and indented code, without the trailing newline markdown-it keeps."""
-    token = tokens[idx]
-    language = token.info.split()[0] if token.info.strip() else ""
-    attr = f' class="language-{_attr(language)}"' if language else ""
-    return f"<pre><code{attr}>{_text(token.content.removesuffix(chr(10)))}</code></pre>\n"
-
-
-def _parser() -> MarkdownIt:
-    md = MarkdownIt("commonmark", {"html": False, "xhtmlOut": False}).enable("table")
-    md.disable("entity")  # `&amp;` in a report.md is shown as typed, like all other text
-    md.validateLink = lambda url: True  # schemes are judged in _href, which keeps the text
-    md.block.ruler.before("table", "comment", _comment_block,
-                          {"alt": ["paragraph", "reference", "blockquote", "list"]})  # fmt: skip
-    rules = {
-        "text": lambda self, tokens, idx, options, env: _text(tokens[idx].content),
-        "code_inline": lambda self, t, i, o, e: f"<code>{_text(t[i].content)}</code>",
-        "fence": _code,
-        "code_block": _code,
-        "table_open": lambda *_: '<div class="table-wrap"><table>\n',
-        "table_close": lambda *_: "</table></div>\n",
-    }
-    for name, rule in rules.items():
-        md.add_render_rule(name, rule)
-    return md
-
-
-_MD = _parser()
-_ALIGN = {"text-align:right": "r", "text-align:center": "c", "text-align:left": "l"}
-
-
-def markdown_to_html(
-    text: str,
-    *,
-    base_dir: str | Path | None = None,
-    link_dir: str | Path | None = None,
-    heading_shift: int = 0,
-    min_heading_level: int = 1,
-    id_prefix: str = "",
-) -> Rendered:
-    """Convert markdown to an HTML fragment.
-
-    Images are read from inside `base_dir` (default: the working directory) and embedded
-    as data URIs; relative links are rewritten from `base_dir` to `link_dir` (left as
-    written when either is None). Heading levels move by `heading_shift` (kept within
-    `min_heading_level`..6) and their ids start with `id_prefix`.
-    """
-    as_path = lambda p: Path(p) if p is not None else None  # noqa: E731
-    ctx = _Context(as_path(base_dir), as_path(link_dir), heading_shift, min_heading_level,
-                   id_prefix)  # fmt: skip
-    tokens = _MD.parse(text)
-    for i, token in enumerate(tokens):
-        if token.type == "heading_open":
-            _heading(token, tokens[i + 1], tokens[i + 2], ctx)
-        elif token.type in ("th_open", "td_open") and "style" in token.attrs:
-            align = _ALIGN.get(str(token.attrs.pop("style")))
-            if align:
-                token.attrSet("class", align)
-        elif token.type == "inline" and token.children:
-            token.children = _inline(token.children, ctx)
-    body = _MD.renderer.render(tokens, _MD.options, {}).rstrip("\n")
-    return Rendered(body, tuple(ctx.headings), tuple(ctx.plots), tuple(ctx.warnings))
-
-
-def _plain(children: Sequence[Token] | None) -> str:
-    return _MD.renderer.renderInlineAsText(children, _MD.options, {})
-
-
-def _heading(opening: Token, inline: Token, closing: Token, ctx: _Context) -> None:
-    level = min(6, max(ctx.min_heading_level, int(opening.tag[1:]) + ctx.heading_shift))
-    opening.tag = closing.tag = f"h{level}"
-    plain = _plain(inline.children).strip()
-    base = ctx.id_prefix + (re.sub(r"[^a-z0-9]+", "-", plain.lower()).strip("-") or "section")
-    anchor, n = base, 1
-    while anchor in ctx.ids:
-        n += 1
-        anchor = f"{base}-{n}"
-    ctx.ids.add(anchor)
-    opening.attrSet("id", anchor)
-    ctx.headings.append(Heading(level, anchor, plain))
-
-
-def _inline(children: list[Token], ctx: _Context) -> list[Token]:
-    """Images become embedded <img> or boxes; links are retargeted, or dropped (keeping
-    their text) when they would lead somewhere a report should not."""
-    out, dropped = [], False
-    for token in children:
-        if token.type == "image":
-            out.append(Token("html_inline", "", 0, content=_image(token, ctx)))
-        elif token.type == "link_open":
-            href = _href(str(token.attrGet("href") or ""), ctx)
-            dropped = href is None
-            if href is not None:
-                token.attrSet("href", href)
-                out.append(token)
-        elif not (token.type == "link_close" and dropped):
-            out.append(token)
-    return out
-
-
-def _scheme(target: str) -> str:
-    try:
-        return urlsplit(target).scheme.lower()
-    except ValueError:  # e.g. a malformed IPv6 host
-        return "invalid"
-
-
-def _href(target: str, ctx: _Context) -> str | None:
-    scheme = _scheme(target)
-    if target.startswith("#") or scheme in ("http", "https", "mailto"):
-        return target
-    if scheme or not target:
-        return None  # javascript:, data:, file: and the like are not links in a report
-    if ctx.base_dir is None or ctx.link_dir is None:
-        return target
-    return _moved(target, ctx.base_dir, ctx.link_dir)
-
-
-def _moved(target: str, base_dir: Path, target_dir: Path) -> str:
-    """A relative link from `base_dir`, rewritten to lead to the same file from `target_dir`."""
-    path, _, fragment = target.partition("#")
-    relative = Path(os.path.relpath(base_dir / unquote(path), target_dir)).as_posix()
-    return quote(relative) + (f"#{fragment}" if fragment else "")
-
-
-def _image(token: Token, ctx: _Context) -> str:
-    src, alt = str(token.attrGet("src") or ""), _plain(token.children)
-    name = unquote(src) or "(empty link)"
-    anchor = f"{ctx.id_prefix}plot-{len(ctx.plots) + 1}"
-    ctx.plots.append(Heading(0, anchor, alt or Path(name).name))
-
-    def box(message: str, warning: str) -> str:
-        ctx.warnings.append(warning)
-        return (f'<span class="missing" id="{anchor}" role="img" aria-label="{_attr(message)}">'
-                f"{_text(message)}</span>")  # fmt: skip
-
-    scheme = _scheme(src)
-    if scheme == "data" and src.lower().startswith("data:image/"):
-        data_uri = src
-    elif scheme and len(scheme) > 1:  # a URL; one letter is a Windows drive
-        return box(f"external image not embedded: {name}",
-                   f"image {src} is not a local file: not embedded (no network)")  # fmt: skip
-    else:
-        try:
-            path = resolve_inside(ctx.base_dir or Path.cwd(), name)
-        except OutsideRoot as e:
-            return box(f"not embedded: {name} (outside the run directory)",
-                       f"plot {name} not embedded: {e.reason}")  # fmt: skip
-        mime = IMAGE_TYPES.get(path.suffix.lower())
-        if not path.is_file():
-            return box(f"missing plot: {name}", f"missing plot: {name} (looked for {path})")
-        if mime is None:
-            return box(f"unsupported image type: {name}",
-                       f"{path} is not an image type a browser shows: not embedded")  # fmt: skip
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            return box(f"unreadable plot: {name}", f"cannot read plot {path}: {e.strerror or e}")
-        data_uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-    title = token.attrGet("title")
-    title_attr = f' title="{_attr(str(title))}"' if title else ""
-    return (f'<img class="plot" id="{anchor}" src="{_attr(data_uri)}" alt="{_attr(alt)}"'
-            f'{title_attr} data-name="{_attr(name)}">')  # fmt: skip
-
-
-def _inline_title(title: str, base_dir: Path) -> str:
-    """A section title's markdown (code spans, emphasis) as HTML."""
-    tokens = _MD.parseInline(title)
-    for token in tokens:
-        token.children = _inline(token.children or [], _Context(base_dir, None))
-    return _MD.renderer.render(tokens, _MD.options, {})
-
-
-# ------------------------------------------------------------------------------ report
 
 
 def load_sections(run_dirs: Sequence[str | Path]) -> tuple[Section, ...]:
@@ -336,9 +106,9 @@ def _unlinked_plots(run_dir: Path, body: str) -> tuple[str, list[str]]:
     that no plot a run made is left out of its report; and a warning for each image-named
     symlink that leads out of `run_dir` (never shown)."""
     shown, linked = set(), set()
-    found = [t for block in _MD.parse(body) for t in block.children or [] if t.type == "image"]
+    found = [t for block in MARKDOWN.parse(body) for t in block.children or [] if t.type == "image"]
     for target in (unquote(str(t.attrGet("src") or "")) for t in found):
-        if not _scheme(target):
+        if not link_scheme(target):
             linked.add(os.path.normpath(target))
             with contextlib.suppress(OutsideRoot):  # refused where it is linked
                 shown.add(resolve_inside(run_dir, target))
@@ -356,7 +126,7 @@ def _unlinked_plots(run_dir: Path, body: str) -> tuple[str, list[str]]:
 def _split_title(text: str) -> tuple[str, str]:
     """The first top-level heading and the text without it."""
     text = text.replace("\r\n", "\n")
-    tokens = _MD.parse(text)
+    tokens = MARKDOWN.parse(text)
     for i, token in enumerate(tokens):
         if token.type == "heading_open" and token.level == 0 and token.map:
             title = tokens[i + 1].content.strip()
@@ -441,27 +211,28 @@ def _page(
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'\">",
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_text(title)}</title>\n<style>{_CSS}</style>\n<script>{_WATCH_SCRIPT}</script>",
-        f'</head>\n<body data-report-status="loading">\n<header>\n<h1>{_text(title)}</h1>',
-        f"<p>Rebuild this report: <code>{_text(command)}</code></p>",
+        f"<title>{escape_text(title)}</title>\n<style>{_CSS}</style>\n<script>{_WATCH_SCRIPT}</script>",
+        f'</head>\n<body data-report-status="loading">\n<header>\n<h1>{escape_text(title)}</h1>',
+        f"<p>Rebuild this report: <code>{escape_text(command)}</code></p>",
     ]
     if warnings:
         parts.append('<div class="warnings"><strong>Built with warnings:</strong><ul>')
-        parts += [f"<li>{_text(w)}</li>" for w in warnings]
+        parts += [f"<li>{escape_text(w)}</li>" for w in warnings]
         parts.append("</ul></div>")
     parts.append('<nav class="toc" aria-label="sections"><strong>Sections</strong><ol>')
-    parts += [f'<li><a href="#s{n}">{_inline_title(s.title, s.run_dir)}</a></li>'
+    parts += [f'<li><a href="#s{n}">{inline_title(s.title, s.run_dir)}</a></li>'
               for n, s in enumerate(sections, start=1)]  # fmt: skip
     parts += ["</ol></nav>", "</header>", "<main>"]
     for number, (section, result) in enumerate(zip(sections, rendered, strict=True), start=1):
-        source = f"Run directory: <code>{_text(str(section.run_dir))}</code>"
+        source = f"Run directory: <code>{escape_text(str(section.run_dir))}</code>"
         toc = _section_toc(number, result, section.config is not None)
         parts += [f'<section id="s{number}">',
-                  f"<h2>{_inline_title(section.title, section.run_dir)}</h2>",
+                  f"<h2>{inline_title(section.title, section.run_dir)}</h2>",
                   f'<p class="source">{source}</p>', toc, result.html]  # fmt: skip
         if section.config is not None:
+            config = escape_text(section.config)
             parts.append(f'<details id="s{number}-config"><summary>Configuration (config.json)'
-                         f'</summary>\n<pre><code class="language-json">{_text(section.config)}'
+                         f'</summary>\n<pre><code class="language-json">{config}'
                          "</code></pre></details>")  # fmt: skip
         parts.append("</section>")
     parts += ["</main>", f"<script>{_CHECK_SCRIPT}</script>", "</body>", "</html>", ""]
@@ -484,7 +255,7 @@ def _section_toc(number: int, result: Rendered, has_config: bool) -> str:
         lines += ["", f"[Configuration (config.json)](#s{number}-config)"]
     if not lines:
         return ""  # nothing to list: no box
-    contents = _MD.render("\n".join(lines))
+    contents = MARKDOWN.render("\n".join(lines))
     return f'<nav class="toc" aria-label="contents"><strong>Contents</strong>\n{contents}</nav>'
 
 
@@ -520,11 +291,11 @@ def _relocate(text: str, base_dir: Path, target_dir: Path) -> str:
 
     def retarget(match: re.Match[str]) -> str:
         target = match.group(2)
-        if target.startswith("#") or _scheme(target):
+        if target.startswith("#") or link_scheme(target):
             return match.group(0)
-        return match.group(1) + _moved(target, base_dir, target_dir)
+        return match.group(1) + moved_link(target, base_dir, target_dir)
 
-    lines, tokens = text.split("\n"), _MD.parse(text)
+    lines, tokens = text.split("\n"), MARKDOWN.parse(text)
     code: set[int] = set()
     for i, token in enumerate(tokens):
         if token.map is None or token.level != 0:

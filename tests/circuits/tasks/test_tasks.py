@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from circuitlab.circuits.tasks import TASKS, make_task
-from circuitlab.circuits.tasks.common import Task, single_tokens
+from circuitlab.circuits.tasks.common import CircuitTask, single_tokens
 from circuitlab.circuits.tasks.greater_than import digit_mode, make_greater_than
 from circuitlab.circuits.tasks.ioi import NAMES
 from circuitlab.circuits.tasks.jsonl import load_jsonl_task
@@ -28,7 +28,7 @@ def test_tasks_are_seeded_paired_and_token_aligned(tokenizer: Any, name: str) ->
         task = make_task(name, tokenizer, n=40, seed=1)
         again = make_task(name, tokenizer, n=40, seed=1)
         other = make_task(name, tokenizer, n=40, seed=2)
-    assert isinstance(task, Task) and len(task) == 40
+    assert isinstance(task, CircuitTask) and len(task) == 40
     assert task == again and task.positives != other.positives
     assert len(set(task.positives)) > 30
     # resample ablation needs each negative to have its positive's token count

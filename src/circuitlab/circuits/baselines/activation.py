@@ -12,10 +12,10 @@ from contextlib import nullcontext
 import torch
 
 from circuitlab.circuits.ablation import check_kind, encode_pairs, mean_z
-from circuitlab.circuits.discover import Ranking, timed
 from circuitlab.circuits.metrics import metric_values, prompt_logits, token_sets
 from circuitlab.circuits.patching import ablated_metrics, residual_inputs
-from circuitlab.circuits.tasks import Task
+from circuitlab.circuits.ranking import Ranking, timed
+from circuitlab.circuits.tasks import CircuitTask
 from circuitlab.circuits.tokens import batches, encode
 from circuitlab.core.lm import LoadedLM
 from circuitlab.core.progress import progress_bar
@@ -24,7 +24,7 @@ from circuitlab.core.sites import find_sites
 
 def activation_scores(
     lm: LoadedLM,
-    task: Task,
+    task: CircuitTask,
     *,
     num: int = 8,
     ablation: str = "mean",

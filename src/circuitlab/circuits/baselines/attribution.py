@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from circuitlab.circuits.ablation import encode_pairs, mean_z, position_z
-from circuitlab.circuits.discover import Ranking, timed
 from circuitlab.circuits.metrics import metric_values, token_sets
-from circuitlab.circuits.tasks import Task
+from circuitlab.circuits.ranking import Ranking, timed
+from circuitlab.circuits.tasks import CircuitTask
 from circuitlab.circuits.tokens import Encoded, batches, encode, model_device
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.lm import LoadedLM
@@ -32,7 +32,7 @@ ATTRIBUTION_ABLATIONS = ("resample", "mean")
 
 def gradient_scores(
     lm: LoadedLM,
-    task: Task,
+    task: CircuitTask,
     *,
     ablation: str = "resample",
     batch_size: int = 16,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from circuitlab.circuits.discover import Ranking
+from circuitlab.circuits.ranking import Ranking
 
 
 def random_scores(n_layers: int, n_heads: int, seed: int) -> Ranking:

@@ -6,23 +6,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from circuitlab.circuits.tasks.common import METRICS, Task
+from circuitlab.circuits.tasks.common import METRICS, CircuitTask
 from circuitlab.circuits.tasks.docstring import make_docstring
 from circuitlab.circuits.tasks.greater_than import make_greater_than
 from circuitlab.circuits.tasks.ioi import make_ioi
 from circuitlab.circuits.tasks.jsonl import load_jsonl_task
 from circuitlab.core.errors import CircuitlabError
 
-TASKS: dict[str, Callable[..., Task]] = {
+TASKS: dict[str, Callable[..., CircuitTask]] = {
     "ioi": make_ioi,
     "greater-than": make_greater_than,
     "docstring": make_docstring,
 }
 
-__all__ = ["METRICS", "TASKS", "Task", "make_task"]
+__all__ = ["METRICS", "TASKS", "CircuitTask", "make_task"]
 
 
-def make_task(spec: str, tokenizer: Any, n: int = 250, seed: int = 0) -> Task:
+def make_task(spec: str, tokenizer: Any, n: int = 250, seed: int = 0) -> CircuitTask:
     """A built-in task by name (`n` pairs, seeded) or a user task from a .jsonl file."""
     if spec in TASKS:
         return TASKS[spec](tokenizer, n=n, seed=seed)

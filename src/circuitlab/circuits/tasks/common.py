@@ -1,6 +1,6 @@
 """What every circuits task is: paired positive and negative prompts, answer tokens, a metric.
 
-A task is data, not behaviour: a frozen `Task` holding prompt texts and token ids for one
+A task is data, not behaviour: a frozen `CircuitTask` holding prompt texts and token ids for one
 tokenizer. Pair i is a positive prompt (the model does the task) and its negative (the
 corruption that removes the information the task needs). The metric of pair i is computed
 from the next-token logits after a prompt with that pair's `good` and `bad` tokens, on the
@@ -21,7 +21,7 @@ METRICS = ("logit_diff", "prob_diff", "logprob")
 
 
 @dataclass(frozen=True)
-class Task:
+class CircuitTask:
     """Paired prompts for one tokenizer.
 
     metric: logit_diff (largest logit among `good` minus largest among `bad`: IOI, docstring),
@@ -64,11 +64,11 @@ class Task:
         """The first (for IOI and docstring: the only) correct token of each pair."""
         return tuple(g[0] if g else -1 for g in self.good)
 
-    def head(self, n: int) -> Task:
+    def head(self, n: int) -> CircuitTask:
         """The first `n` pairs (all of them if there are fewer)."""
         if n < 1:
             raise CircuitlabError(f"need at least one prompt pair, got {n}")
-        return Task(
+        return CircuitTask(
             name=self.name,
             metric=self.metric,
             positives=self.positives[:n],

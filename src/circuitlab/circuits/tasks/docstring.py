@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from circuitlab.circuits.tasks.common import Task, check_pairs, single_tokens
+from circuitlab.circuits.tasks.common import CircuitTask, check_pairs, single_tokens
 from circuitlab.core.errors import CircuitlabError
 
 N_MATCHING, N_PREFIX, N_SUFFIX, DESCRIPTION_WORDS, ARG_WORDS = 3, 2, 1, 3, 2
@@ -72,7 +72,7 @@ def render(
     return "\n".join(lines)
 
 
-def make_docstring(tokenizer: Any, n: int = 250, seed: int = 0) -> Task:
+def make_docstring(tokenizer: Any, n: int = 250, seed: int = 0) -> CircuitTask:
     """`n` docstring pairs for `tokenizer`, seeded."""
     if n < 1:
         raise CircuitlabError(f"need at least one docstring prompt, got {n}")
@@ -110,7 +110,7 @@ def make_docstring(tokenizer: Any, n: int = 250, seed: int = 0) -> Task:
         negatives.append(negative)
         good.append((names[answer],))
         bad.append(tuple(names[a] for a in args if a != answer))
-    return Task(
+    return CircuitTask(
         name="docstring",
         metric="logit_diff",
         positives=tuple(positives),

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from circuitlab.circuits.tasks.common import Task, check_pairs, next_token
+from circuitlab.circuits.tasks.common import CircuitTask, check_pairs, next_token
 from circuitlab.core.errors import CircuitlabError
 
 # Event nouns in the style of Hanna et al.'s list (all fit "The ... lasted from ... to ...").
@@ -53,7 +53,7 @@ def digit_mode(tokenizer: Any) -> tuple[str, dict[str, int]]:
     )
 
 
-def make_greater_than(tokenizer: Any, n: int = 250, seed: int = 0) -> Task:
+def make_greater_than(tokenizer: Any, n: int = 250, seed: int = 0) -> CircuitTask:
     """`n` greater-than pairs for `tokenizer`, seeded."""
     if n < 1:
         raise CircuitlabError(f"need at least one greater-than prompt, got {n}")
@@ -91,7 +91,7 @@ def make_greater_than(tokenizer: Any, n: int = 250, seed: int = 0) -> Task:
         if mode == "two"
         else "digit-by-digit tokenizer: mass on first digits > Y1 minus mass on digits < Y1"
     )
-    return Task(
+    return CircuitTask(
         name="greater-than",
         metric="prob_diff",
         positives=tuple(positives),

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from circuitlab.circuits.tasks.common import Task, check_pairs, single_tokens
+from circuitlab.circuits.tasks.common import CircuitTask, check_pairs, single_tokens
 from circuitlab.core.errors import CircuitlabError
 
 # [X] and [Y] are the first two names, [S] the subject of the second clause.
@@ -73,7 +73,7 @@ def fill(template: str, x: str, y: str, s: str, place: str, obj: str) -> str:
     )
 
 
-def make_ioi(tokenizer: Any, n: int = 250, seed: int = 0) -> Task:
+def make_ioi(tokenizer: Any, n: int = 250, seed: int = 0) -> CircuitTask:
     """`n` IOI pairs (BABA and ABBA alternating) for `tokenizer`, seeded."""
     if n < 1:
         raise CircuitlabError(f"need at least one IOI prompt, got {n}")
@@ -101,7 +101,7 @@ def make_ioi(tokenizer: Any, n: int = 250, seed: int = 0) -> Task:
         negatives.append(negative)
         good.append((names[a],))
         bad.append((names[b],))
-    return Task(
+    return CircuitTask(
         name="ioi",
         metric="logit_diff",
         positives=tuple(positives),

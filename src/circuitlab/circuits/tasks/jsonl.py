@@ -22,14 +22,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from circuitlab.circuits.tasks.common import Task, next_token
+from circuitlab.circuits.tasks.common import CircuitTask, next_token
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import read_jsonl
 
 FIELDS = ("prompt", "answer", "negative")
 
 
-def load_jsonl_task(path: str | Path, tokenizer: Any, n: int | None = None) -> Task:
+def load_jsonl_task(path: str | Path, tokenizer: Any, n: int | None = None) -> CircuitTask:
     """Read a user task from `path` (format above); keep the first `n` usable lines."""
     path = Path(path)
     records = read_jsonl(path)
@@ -71,7 +71,7 @@ def load_jsonl_task(path: str | Path, tokenizer: Any, n: int | None = None) -> T
         )
     if not positives:
         raise CircuitlabError(f"{path}: no line has a single-token answer for this tokenizer")
-    return Task(
+    return CircuitTask(
         name=path.stem,
         metric="logit_diff" if with_wrong else "logprob",
         positives=tuple(positives),

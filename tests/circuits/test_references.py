@@ -1,15 +1,21 @@
-"""Evaluation metrics against sklearn and hand-computed values; reference circuits."""
+"""Reference circuits (every malformed file a one-line error, fuzzed) and the metrics
+against them (sklearn and hand-computed values)."""
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference_files import documents
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from circuitlab.circuits.evaluate import circuit_metrics, load_reference
+from circuitlab.circuits.references import circuit_metrics, load_reference
 from circuitlab.core.errors import CircuitlabError
 
 
@@ -83,3 +89,69 @@ def test_bad_references_are_user_errors(tmp_path: Path) -> None:
         load_reference(str(listed), 3, 4)
     with pytest.raises(CircuitlabError, match="literature:MODEL:TASK"):
         load_reference("literature:gpt2", 12, 12)
+
+
+@pytest.mark.parametrize(
+    "data, threshold, message",
+    [
+        ({"heads": 5}, None, "heads must be a list of layer.head names, got int"),
+        ({"heads": [1.2]}, None, "1.2' is not a head"),
+        ({"heads": ["0.1"], "settings": []}, None, "settings must be an object"),
+        ({"heads": ["0.1"]}, 0.1, "no settings: re-cutting"),
+        ({"heads": [], "settings": {"ablation": "mean"}}, 0.1, "no effects:"),
+        (
+            {"heads": [], "settings": {"ablation": "zero"}, "effects": {"mean": {}}},
+            0.1,
+            "no effects.zero:",
+        ),
+        (
+            {"heads": [], "settings": {"ablation": "mean"}, "effects": {"mean": {"relative": 3}}},
+            0.1,
+            "has shape (), the model has 3 layers x 4 heads",
+        ),
+        (
+            {"heads": [], "settings": {"ablation": "mean"},
+             "effects": {"mean": {"relative": [["a"]]}}},
+            0.1,
+            "not a table of numbers",
+        ),
+    ],
+)  # fmt: skip
+def test_a_malformed_reference_json_names_the_file_and_the_fault(
+    tmp_path: Path, data: Any, threshold: float | None, message: str
+) -> None:
+    path = tmp_path / "reference.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CircuitlabError) as caught:
+        load_reference(str(path), 3, 4, threshold=threshold)
+    assert str(path) in str(caught.value) and message in str(caught.value)
+
+
+def test_a_directory_or_undecodable_file_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(CircuitlabError, match="cannot read reference"):
+        load_reference(str(tmp_path), 3, 4)
+    (tmp_path / "bad.json").write_bytes(b"\xff\xfe[")
+    with pytest.raises(CircuitlabError, match="not valid JSON"):
+        load_reference(str(tmp_path / "bad.json"), 3, 4)
+
+
+def check_reference_bytes(content: bytes, threshold: float | None) -> None:
+    """Any file gives a reference inside the model, or a one-line CircuitlabError."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "reference.json"
+        path.write_bytes(content)
+        try:
+            ref = load_reference(str(path), 3, 4, threshold=threshold)
+        except CircuitlabError as e:
+            assert "\n" not in str(e) and str(e)
+            return
+    assert 0 < len(ref.heads) < 12 and ref.mask.shape == (3, 4)
+    assert all(0 <= layer < 3 and 0 <= head < 4 for layer, head in ref.heads)
+
+
+@settings(max_examples=300, deadline=None)
+@given(documents, st.sampled_from([None, 0.1]))
+def test_any_reference_file_gives_a_reference_or_a_one_line_error(
+    content: bytes, threshold: float | None
+) -> None:
+    check_reference_bytes(content, threshold)

@@ -1,0 +1,157 @@
+"""The SAE discovery method (O'Neill & Bui 2024): head outputs -> codes -> node and edge scores.
+
+1. Head outputs of all positives and negatives: [n, n_layers, n_heads, d_model].
+2. An SAE (`sae`) trained on the outputs of a few prompts (10 by default) drawn from the
+   pooled positives and negatives. The draw depends only on the seed and the prompts' own
+   head outputs (a seeded hash of each), never on their order, so scores are invariant under
+   any reordering of the prompts.
+3. codes[prompt, head] = argmax over SAE features of the head's output on that prompt.
+4. Node score of head h: |P_h minus N_h|, the number of codes seen on positives and never on
+   negatives (`normalised`: divided by |P_h union N_h|).
+   Edge score: for each head pair, U = the number of code pairs (c1, c2) seen together on a
+   positive and never on a negative; the top half of all head pairs by U (the paper's
+   n_heads^2 / 2 of the n_heads^2 ordered pairs; pairs with U = 0 never count) vote for
+   both of their heads, and a head scores the number of its votes.
+
+It returns `ranking.Ranking`s, like every method registered in `methods`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from circuitlab.circuits.ranking import Ranking, timed
+from circuitlab.circuits.sae import SAEConfig, discrete_codes, train_sae
+from circuitlab.core.errors import CircuitlabError
+
+
+def training_indices(outputs: torch.Tensor, n_train: int, seed: int) -> torch.Tensor:
+    """`n_train` prompts of `outputs` [n, ...], chosen by a seeded hash of their content.
+
+    Returned in hash order, so the SAE sees the same rows in the same order however the
+    prompts were ordered (bit-for-bit the same training).
+    """
+    if n_train < 1:
+        raise CircuitlabError(f"need at least 1 SAE training prompt, got {n_train}")
+    if n_train > len(outputs):
+        raise CircuitlabError(
+            f"{n_train} SAE training prompts asked for, but there are only {len(outputs)} prompts"
+        )
+    first = outputs.reshape(len(outputs), -1)[:, : min(64, outputs[0].numel())].float()
+    salt = str(seed).encode()
+    keys = [hashlib.blake2b(salt + row.numpy().tobytes(), digest_size=8).digest() for row in first]
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    return torch.tensor(order[:n_train], dtype=torch.long)
+
+
+def node_scores(
+    pos_codes: torch.Tensor, neg_codes: torch.Tensor, n_codes: int, *, normalised: bool = False
+) -> torch.Tensor:
+    """codes [n, n_layers, n_heads] -> score per head: codes only on positives (|P \\ N|)."""
+    shape = pos_codes.shape[1:]
+    seen_pos = _seen(pos_codes.reshape(len(pos_codes), -1), n_codes)
+    seen_neg = _seen(neg_codes.reshape(len(neg_codes), -1), n_codes)
+    only_pos = (seen_pos & ~seen_neg).sum(1).float()
+    if normalised:
+        union = (seen_pos | seen_neg).sum(1).float()
+        only_pos = only_pos / union.clamp_min(1)
+    return only_pos.view(shape)
+
+
+def _seen(codes: torch.Tensor, n_codes: int) -> torch.Tensor:
+    """codes [n, n_nodes] -> [n_nodes, n_codes] bool: which codes occur at each node."""
+    n_nodes = codes.shape[1]
+    seen = torch.zeros(n_nodes * n_codes, dtype=torch.bool)
+    seen[(torch.arange(n_nodes) * n_codes + codes).flatten()] = True
+    return seen.view(n_nodes, n_codes)
+
+
+def pair_scores(pos_codes: torch.Tensor, neg_codes: torch.Tensor, n_codes: int) -> np.ndarray:
+    """U[h1, h2]: code pairs seen together on positives and never on negatives, [N, N]."""
+    pos = pos_codes.reshape(len(pos_codes), -1).numpy().astype(np.int64)
+    neg = neg_codes.reshape(len(neg_codes), -1).numpy().astype(np.int64)
+    n_nodes = pos.shape[1]
+    out = np.zeros((n_nodes, n_nodes), dtype=np.int64)
+    column = np.arange(n_nodes, dtype=np.int64) * n_codes * n_codes
+    for h1 in range(n_nodes):
+        pos_keys = np.unique((column + pos[:, h1 : h1 + 1] * n_codes + pos).ravel())
+        neg_keys = np.unique((column + neg[:, h1 : h1 + 1] * n_codes + neg).ravel())
+        only = pos_keys[~np.isin(pos_keys, neg_keys, assume_unique=True)]
+        out[h1] = np.bincount(only // (n_codes * n_codes), minlength=n_nodes)
+    np.fill_diagonal(out, 0)
+    return out
+
+
+def edge_scores(pos_codes: torch.Tensor, neg_codes: torch.Tensor, n_codes: int) -> torch.Tensor:
+    """Heads scored by their votes among the top half of head pairs by U (see module doc)."""
+    shape = pos_codes.shape[1:]
+    u = pair_scores(pos_codes, neg_codes, n_codes)
+    n = u.shape[0]
+    rows, cols = np.triu_indices(n, k=1)
+    values = u[rows, cols]
+    keep = min(len(values) // 2, int((values > 0).sum()))
+    order = np.lexsort((np.arange(len(values)), -values))[:keep]
+    votes = np.bincount(rows[order], minlength=n) + np.bincount(cols[order], minlength=n)
+    return torch.from_numpy(votes.astype(np.float32)).view(shape)
+
+
+@dataclass(frozen=True)
+class SAEResult:
+    node: Ranking
+    edge: Ranking | None
+    train_index: torch.Tensor
+    mse: float
+    l0: float
+
+
+def sae_discover(
+    pos_outputs: torch.Tensor,
+    neg_outputs: torch.Tensor,
+    *,
+    n_train: int = 10,
+    sae: SAEConfig | None = None,
+    normalised: bool = False,
+    edges: bool = True,
+    seconds: dict[str, float] | None = None,
+) -> SAEResult:
+    """The SAE method on head outputs [n, n_layers, n_heads, d_model] of positives/negatives.
+
+    seconds: time already spent (e.g. extracting the outputs), carried into the rankings.
+    """
+    sae = sae or SAEConfig()
+    if pos_outputs.shape[1:] != neg_outputs.shape[1:]:
+        raise CircuitlabError("positive and negative head outputs differ in shape")
+    spent = dict(seconds or {})
+    pooled = torch.cat([pos_outputs, neg_outputs])
+    index = training_indices(pooled, n_train, sae.seed)
+    d_model = pooled.shape[-1]
+    with timed(spent, "sae_training"):
+        trained = train_sae(pooled[index].reshape(-1, d_model), sae)
+    node_time = dict(spent)
+    with timed(node_time, "scoring"):
+        pos_codes = discrete_codes(trained.sae, pos_outputs)
+        neg_codes = discrete_codes(trained.sae, neg_outputs)
+        node = node_scores(pos_codes, neg_codes, sae.n_features, normalised=normalised)
+    info = {
+        "n_train": n_train,
+        "sae": {"n_features": sae.n_features, "l1": sae.l1, "epochs": sae.epochs},
+        "sae_seed": sae.seed,
+        "final_mse": trained.mse,
+        "final_l0": trained.l0,
+        "codes_used": int(torch.cat([pos_codes.flatten(), neg_codes.flatten()]).unique().numel()),
+    }
+    name = "sae-node-normalised" if normalised else "sae-node"
+    node_rank = Ranking(name, node, node_time, info)
+    edge_rank = None
+    if edges:
+        edge_time = dict(spent)
+        with timed(edge_time, "scoring"):
+            pos_codes = discrete_codes(trained.sae, pos_outputs)
+            neg_codes = discrete_codes(trained.sae, neg_outputs)
+            edge = edge_scores(pos_codes, neg_codes, sae.n_features)
+        edge_rank = Ranking("sae-edge", edge, edge_time, info)
+    return SAEResult(node_rank, edge_rank, index, trained.mse, trained.l0)
