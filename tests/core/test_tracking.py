@@ -36,6 +36,15 @@ def logged(run: RunDir, key: str) -> dict[int, float]:
     return {r["step"]: float(np.float32(r[key])) for r in run.metrics() if key in r}
 
 
+@dataclass(frozen=True)
+class _Config:
+    lr: float = option(0.1, "lr")
+    report_to: str = option("none", REPORT_TO_HELP)
+
+    def __post_init__(self) -> None:
+        check_report_to(self.report_to)
+
+
 @needs_tensorboard
 def test_tensorboard_gets_the_same_numbers_as_metrics_jsonl(tmp_path: Path) -> None:
     run = RunDir.open(tmp_path / "run", {"a": 1})
@@ -93,6 +102,8 @@ def test_a_missing_package_is_a_one_line_error_naming_the_install(
     for kind in ("tensorboard", "wandb"):
         with pytest.raises(CircuitlabError, match=f"pip install {kind}$"):
             open_tracker(kind, run, project="p", name="run")
+        with pytest.raises(CircuitlabError, match=f"pip install {kind}$"):
+            _Config(report_to=kind)  # on construction, before a run writes anything
     with pytest.raises(CircuitlabError, match="report_to must be one of none, tensorboard"):
         check_report_to("mlflow")
 
@@ -102,12 +113,7 @@ def test_numbers_keep_what_a_tracker_can_plot() -> None:
     assert numbers(record) == {"loss": 0.25, "tokens": 7}
 
 
-@dataclass(frozen=True)
-class _Config:
-    lr: float = option(0.1, "lr")
-    report_to: str = option("none", REPORT_TO_HELP)
-
-
+@needs_tensorboard
 def test_report_to_is_not_part_of_a_runs_identity(tmp_path: Path) -> None:
     assert identity(_Config()) == {"lr": 0.1}
     RunDir.open(tmp_path / "run", identity(_Config()))
@@ -127,3 +133,43 @@ def test_wandb_runs_offline_under_the_run_directory(
         tracker.log_metrics(step=1, loss=0.5)
     assert list((run.path / "wandb").glob("offline-run-*"))
     assert run.metrics() == [{"step": 1, "loss": 0.5}]
+
+
+class _FakeWandbRun:
+    def __init__(self, **init: object) -> None:
+        self.init, self.logged, self.finished = init, [], False
+
+    def log(self, values: dict[str, float], step: int | None = None) -> None:
+        self.logged.append((step, values))
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+@pytest.mark.parametrize("user_mode", [None, "online"])
+def test_wandb_is_offline_under_the_run_directory_unless_the_user_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_mode: str | None
+) -> None:
+    """Through accelerate's WandBTracker with a stand-in wandb (the real one is not a
+    dependency): what wandb.init is given, and what it is sent."""
+    import importlib.machinery
+    import sys
+    import types
+
+    runs: list[_FakeWandbRun] = []
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    fake.init = lambda **kw: runs.append(_FakeWandbRun(**kw)) or runs[-1]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    if user_mode is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", user_mode)
+    run = RunDir.open(tmp_path / "run", {"a": 1})
+    with open_tracker("wandb", run, project="proj", name="ar3", config={"a": 1}) as tracker:
+        tracker.log_metrics(step=7, loss=0.5, note="x")
+    (made,) = runs
+    assert made.init == {"project": "proj", "name": "ar3", "dir": str(run.path),
+                         "mode": user_mode or "offline", "config": {"a": 1}}  # fmt: skip
+    assert made.logged == [(7, {"loss": 0.5})] and made.finished
+    assert run.metrics() == [{"step": 7, "loss": 0.5, "note": "x"}]

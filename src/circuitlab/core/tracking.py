@@ -41,8 +41,15 @@ _PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 
 def check_report_to(report_to: str) -> None:
+    """The setting's errors, for configs to raise on construction, before a run directory
+    is written or data is built: an unknown tracker, or one whose package is missing."""
     require(report_to in REPORT_TO, f"report_to must be one of {', '.join(REPORT_TO)}, "
             f"not {report_to!r}")  # fmt: skip
+    package = _PACKAGES.get(report_to)
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise CircuitlabError(
+            f"--report-to {report_to} needs the {package} package: pip install {package}"
+        )
 
 
 class Tracker:
@@ -98,11 +105,6 @@ def open_tracker(
     check_report_to(report_to)
     if report_to == "none" or not main:
         return Tracker(run, [])
-    package = _PACKAGES[report_to]
-    if importlib.util.find_spec(package) is None:
-        raise CircuitlabError(
-            f"--report-to {report_to} needs the {package} package: pip install {package}"
-        )
     from accelerate import PartialState
     from accelerate.tracking import TensorBoardTracker, WandBTracker
 
