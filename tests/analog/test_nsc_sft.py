@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -283,6 +284,40 @@ def test_resume_after_a_kill_reaches_the_uninterrupted_weights(tiny_model_dir, q
     assert [r["kl"] for r in metrics(out)][-1] == pytest.approx(
         [r["kl"] for r in metrics(tmp_path / "straight")][-1], rel=1e-4
     )
+
+
+def tensorboard_scalars(run, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    found = [(e.step, e.value) for e in events.Scalars(tag)]
+    assert len({s for s, _ in found}) == len(found), f"a step of {tag} shown twice"
+    return dict(found)
+
+
+def test_report_to_tensorboard_shows_the_metrics_jsonl_losses_across_a_resume(
+    tiny_model_dir, qa_file, tmp_path
+):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "run"
+    # steps 1-4 logged, the checkpoint is step 3: the rerun logs step 4 again
+    train(config(qa_file, tiny_model_dir, kl_lambda=0.2, threads=1, report_to="tensorboard"),
+          out, progress=False, stop_after=4)  # fmt: skip
+    assert max(tensorboard_scalars(out, "loss")) == 4
+    command = [
+        sys.executable, "-m", "circuitlab", "analog", "train", "--data", str(qa_file),
+        "--model", str(tiny_model_dir), "--out", str(out), "--lambda", "0.2",
+        "--max-steps", "6", "--batch-size", "4", "--save-every", "3", "--lr", "0.01",
+        "--max-length", "96", "--epochs", "20", "--threads", "1", "--report-to", "tensorboard",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4, 5, 6]
+    for tag in ("loss", "ce", "kl", "lr"):
+        want = {r["step"]: float(np.float32(r[tag])) for r in metrics(out)}
+        assert tensorboard_scalars(out, tag) == want, tag
+    assert "report_to" not in json.loads((out / "config.json").read_text())
 
 
 def test_bad_training_input_is_a_clear_error(tiny_model_dir, tmp_path):

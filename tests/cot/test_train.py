@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -196,3 +197,44 @@ def test_torchrun_data_parallel_on_cpu(tmp_path: Path) -> None:
     batches = -(-single.num // single.batch_size)  # ceil: batches in one epoch
     assert results["steps"] == batches // 2  # each step consumed two batches, one per rank
     assert results["examples"] == single.test_num
+
+
+def tensorboard_losses(run: Path) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    found = [(e.step, e.value) for e in events.Scalars("loss")]
+    assert len({s for s, _ in found}) == len(found), "a step shown twice"
+    return dict(found)
+
+
+def test_report_to_tensorboard_shows_the_losses_of_metrics_jsonl_across_a_resume(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("tensorboard")
+    tiny = {**TINY, "epochs": 1, "log_every": 5}  # 125 steps, a checkpoint every 25
+    (tmp_path / "tiny.toml").write_text(
+        "[train]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in tiny.items())
+    )
+    out = tmp_path / "run"
+
+    def killed_at_step_40(step: int, total: int) -> None:
+        if step == 40:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**tiny, report_to="tensorboard"), out, quiet=True,
+              on_step=killed_at_step_40)  # fmt: skip
+    assert max(tensorboard_losses(out)) == 40
+    resumed = subprocess.run(
+        [sys.executable, "-m", "circuitlab", "cot", "train", "--config",
+         str(tmp_path / "tiny.toml"), "--out", str(out), "--resume", "--report-to", "tensorboard"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    want = {r["step"]: float(np.float32(r["loss"])) for r in metrics}
+    assert sorted(want) == [*range(5, 125, 5), 125]
+    assert tensorboard_losses(out) == want  # steps 30-40 of the killed attempt are gone
+    assert "report_to" not in json.loads((out / "config.json").read_text())

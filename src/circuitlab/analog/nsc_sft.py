@@ -60,15 +60,17 @@ from circuitlab.analog.reference import (
 )
 from circuitlab.analog.sft_data import SFTData, collate, load_sft_data
 from circuitlab.core import checkpoint
-from circuitlab.core.config import comma_list, config_to_dict, option, require
+from circuitlab.core.config import comma_list, option, require
 from circuitlab.core.devices import reuse_freed_memory
 from circuitlab.core.errors import CircuitlabError
+from circuitlab.core.executor import identity
 from circuitlab.core.io import atomic_dir, atomic_write_json, read_json
 from circuitlab.core.lm import DTYPES, LoadedLM, load_lm, torch_dtype
 from circuitlab.core.runs import RunDir
 from circuitlab.core.schedule import SCHEDULES, lr_at
 from circuitlab.core.seeding import seed_everything
 from circuitlab.core.threads import torch_threads
+from circuitlab.core.tracking import REPORT_TO_HELP, check_report_to, open_tracker
 
 REFERENCES = ("live", "cached", "hidden")
 PRECOMPUTED = ("cached", "hidden")  # references filled before the first step
@@ -142,6 +144,7 @@ class NSCConfig:
     dtype: str = option("float32", "Load the weights as float32, bfloat16 or float16.")
     gradient_checkpointing: bool = False
     threads: int = option(0, "torch CPU threads; 0: torch default.")
+    report_to: str = option("none", REPORT_TO_HELP)  # not in the run's identity (tracking.py)
 
     def __post_init__(self) -> None:
         require(bool(self.data), "data: give the QA JSONL file to train on (--data)")
@@ -180,6 +183,7 @@ class NSCConfig:
             "(bfloat16 halves the memory of float32)",
         )
         require(self.threads >= 0, f"threads {self.threads}: 0 (torch default) or more")
+        check_report_to(self.report_to)
 
     @property
     def learning_rate(self) -> float:
@@ -421,7 +425,7 @@ def train(
     from accelerate import Accelerator
 
     digest = _data_digest(config.data)
-    run = RunDir.open(out, {**config_to_dict(config), "data_sha256": digest})
+    run = RunDir.open(out, {**identity(config), "data_sha256": digest})
     if run.is_done("train"):
         return run.results()
     reuse_freed_memory()
@@ -465,6 +469,10 @@ def _train_loop(
         start = found.step
     if main:
         run.trim_metrics(start)
+    tracker = open_tracker(
+        config.report_to, run, project="circuitlab-analog", name=run.path.resolve().name,
+        config=identity(config), start_step=start, main=main,
+    )  # fmt: skip
     if config.kl_lambda > 0 and config.reference in PRECOMPUTED:
         cache = run.path / "reference"
         # the hidden-state cache also needs the original head, saved before the first step
@@ -494,7 +502,7 @@ def _train_loop(
             record = trainer.step(step)
             step += 1
             if main:
-                run.log_metrics(**record)
+                tracker.log_metrics(**record)
             bar.update(1)
             bar.set_postfix(ce=f"{record['ce']:.3f}", kl=f"{record['kl']:.4f}")
             if on_step:
@@ -506,6 +514,7 @@ def _train_loop(
                         run.checkpoints, trainable_state(trainer.unwrapped), trainer.optimizer,
                         {"step": step, "total": trainer.total}, keep=config.keep_checkpoints,
                     )  # fmt: skip
+    tracker.close()
     seconds = time.perf_counter() - started
     metrics = run.metrics()
     summary = _summary(trainer, metrics, step, seconds)

@@ -30,6 +30,7 @@ from rich.progress import Progress, TaskID
 from circuitlab.core.config import config_to_dict, option, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.progress import new_progress
+from circuitlab.core.tracking import TRACKING_FIELDS
 
 EXECUTORS = ("local", "ray")
 
@@ -77,8 +78,10 @@ EXECUTION_FIELDS = ("executor", "workers", "ray_address")
 
 
 def identity(config: Any) -> dict[str, Any]:
-    """`config` as a run directory records it: without the settings of its Execution."""
-    return {k: v for k, v in config_to_dict(config).items() if k not in EXECUTION_FIELDS}
+    """`config` as a run directory records it: without the settings of its Execution, nor
+    where its metrics are reported (core.tracking), which change no result either."""
+    settings = (*EXECUTION_FIELDS, *TRACKING_FIELDS)
+    return {k: v for k, v in config_to_dict(config).items() if k not in settings}
 
 
 def run_units(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from circuitlab.core.config import option, require
 from circuitlab.core.executor import Execution
 from circuitlab.core.schedule import SCHEDULES
+from circuitlab.core.tracking import REPORT_TO_HELP, check_report_to
 from circuitlab.cot.data import P_HELP, SIZE_HELP, TASK_HELP, VALUES_HELP, DataConfig
 from circuitlab.cot.tasks.lis import NUMBER_RANGE
 
@@ -85,6 +86,7 @@ class TrainConfig(ModelShape):
     eval_examples: int = option(500, "Test examples used by evaluations during training.")
     checkpoint_every: int = option(200, "Write a checkpoint every N steps.")
     log_every: int = option(20, "Log loss and throughput every N steps.")
+    report_to: str = option("none", REPORT_TO_HELP)  # not in the run's identity (tracking.py)
 
     def __post_init__(self) -> None:
         require(
@@ -98,6 +100,7 @@ class TrainConfig(ModelShape):
         require(self.amp in AMP, f"amp must be one of {', '.join(AMP)}")
         require(self.checkpoint_every >= 1, "checkpoint_every must be at least 1")
         require(self.log_every >= 1, "log_every must be at least 1")
+        check_report_to(self.report_to)
         require(self.test_num >= 1, "test_num must be at least 1: the run ends with an evaluation")
         require(
             0.0 <= self.mix_smaller < 1.0, "mix_smaller is a fraction of training data, in [0, 1)"

@@ -32,11 +32,12 @@ from tqdm import tqdm
 
 from circuitlab.core import checkpoint
 from circuitlab.core.checkpoint import list_checkpoints
-from circuitlab.core.config import config_to_dict
 from circuitlab.core.devices import pick_device
 from circuitlab.core.errors import CircuitlabError
+from circuitlab.core.executor import identity
 from circuitlab.core.runs import RunDir
 from circuitlab.core.schedule import lr_at
+from circuitlab.core.tracking import open_tracker
 from circuitlab.cot.batching import epoch_plan, shard
 from circuitlab.cot.config import TrainConfig
 from circuitlab.cot.data import generate_splits
@@ -233,8 +234,8 @@ def train(
     their progress to the parent, whose own bar they cannot draw.
     """
     world = init_world()
-    fields = config_to_dict(config)
-    defaults = config_to_dict(TrainConfig())  # fields a run made by an older version lacks
+    fields = identity(config)
+    defaults = identity(TrainConfig())  # fields a run made by an older version lacks
     run = RunDir.open(out, fields, defaults) if world.main else RunDir(Path(out))
     if run.is_done("train") and (run.path / "results.json").exists():
         return run.results()
@@ -266,6 +267,10 @@ def train(
         position = restore_checkpoint(run, model, optimizer)
         if world.main:
             run.trim_metrics(position["step"])
+    tracker = open_tracker(
+        config.report_to, run, project="circuitlab-cot", name=run.path.resolve().name,
+        config=fields, start_step=position["step"], main=world.main,
+    )  # fmt: skip
     ddp_model = _data_parallel(model, device) if world.size > 1 else model
 
     per_epoch = steps_per_epoch(prepared.train, config, world)
@@ -334,7 +339,7 @@ def train(
                 window_tokens, window_start = 0, time.perf_counter()
                 loss_value = float(loss.detach())
                 if world.main:
-                    run.log_metrics(
+                    tracker.log_metrics(
                         step=step,
                         epoch=epoch,
                         loss=loss_value,
@@ -359,12 +364,13 @@ def train(
             result = _evaluate(
                 model, task, vocab, prepared.test, config, device, config.eval_examples
             )
-            run.log_metrics(
+            tracker.log_metrics(
                 step=position["step"],
                 epoch=epoch + 1,
                 **{f"eval_{k}": v for k, v in result.to_dict().items() if k != "first_error"},
             )
     bar.close()
+    tracker.close()
     seconds = time.perf_counter() - run_start
     if not world.main:
         return {}
