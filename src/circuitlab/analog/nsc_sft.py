@@ -30,6 +30,10 @@ upcasts them); FSDP and DeepSpeed with `mixed_precision` bf16 keep float32 maste
 bfloat16-loaded shards (accelerate / DeepSpeed upcast them); a full fine-tune on one device
 or under DDP updates the bfloat16 weights themselves, whose 8-bit mantissa swallows most
 steps of lr 1e-5, so there keep float32.
+
+Over 500 lines: the config, the Trainer and the resumable loop share the step's private
+state (positions, reference caches, the accelerator); the sharded training of issue 24 will
+move checkpointing and the reference out, which is where this file splits.
 """
 
 from __future__ import annotations
