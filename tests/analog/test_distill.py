@@ -165,3 +165,20 @@ def test_an_api_key_echoed_by_the_server_never_reaches_the_run_directory(
         assert key[:12] not in path.read_text(errors="replace"), path
     assert key[:12] not in result.stdout + result.stderr
 
+
+
+def test_the_cli_exits_non_zero_while_nodes_wait_for_a_retry(server, shipped_nodes, tmp_path):
+    srv = server("always500")
+    settings = tmp_path / "distill.toml"
+    settings.write_text("retries = 0\n")
+    command = [
+        sys.executable, "-m", "circuitlab", "analog", "distill", "--nodes", str(shipped_nodes),
+        "--out", str(tmp_path / "run"), "--backend", "openai", "--base-url", srv.base_url,
+        "--model", "fake-m", "--max-nodes", "2", "--config", str(settings),
+    ]  # fmt: skip
+    down = subprocess.run(command, capture_output=True, text=True)
+    assert down.returncode == 3, down.stderr
+    assert "2 node(s) failed on the backend" in " ".join(down.stderr.split())
+    urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/mode/ok", timeout=5).read()
+    up = subprocess.run(command, capture_output=True, text=True)
+    assert up.returncode == 0, up.stderr

@@ -150,6 +150,14 @@ def distill(
 
         summary = run_distill(nodes_file, out, config, on_batch=update)
     _print_distill_summary(summary, out)
+    if summary["retryable"]:
+        # not a user error (2): the server failed; the same command asks again for these
+        console.print(
+            f"[red]{summary['retryable']} node(s) failed on the backend (network, server "
+            "errors, rate limits or a bad key); fix the cause and rerun the same command to "
+            "retry them[/red]"
+        )
+        raise typer.Exit(3)
 
 
 def _print_distill_summary(summary: dict[str, Any], out: Path) -> None:
