@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,8 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(ckpt / "model.safetensors")
 
 
-def test_resume_after_kill_reaches_the_uninterrupted_state(tmp_path: Path) -> None:
+def _tiny_cli(tmp_path: Path) -> tuple[Callable[..., list[str]], dict[str, str]]:
+    """`cot train` on TINY through the real CLI: the command for a run dir, and its env."""
     (tmp_path / "tiny.toml").write_text(
         "[train]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items())
     )
@@ -42,29 +44,41 @@ def test_resume_after_kill_reaches_the_uninterrupted_state(tmp_path: Path) -> No
         return [sys.executable, "-m", "circuitlab", "cot", "train", "--config",
                 str(tmp_path / "tiny.toml"), "--out", str(out), *extra]  # fmt: skip
 
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    subprocess.run(command(reference), env=env, check=True, capture_output=True)
+    return command, env
 
-    proc = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL,
+
+def _kill_after(command: list[str], env: dict[str, str], checkpoints: Path, count: int) -> None:
+    """Start `command` and SIGKILL it once `count` checkpoints are written."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 120
-    while time.time() < deadline and not list((killed / "checkpoints").glob("step-*")):
+    while time.time() < deadline and len(list_checkpoints(checkpoints)) < count:
         assert proc.poll() is None, "training ended before it could be killed"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def _same_final_state(reference: Path, resumed: Path) -> None:
+    want, got = final_weights(reference), final_weights(resumed)
+    assert want.keys() == got.keys()
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
+    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").open()]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # no repeated lines
+
+
+def test_resume_after_kill_reaches_the_uninterrupted_state(tmp_path: Path) -> None:
+    command, env = _tiny_cli(tmp_path)
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(command(reference), env=env, check=True, capture_output=True)
+    _kill_after(command(killed), env, killed / "checkpoints", 1)
     assert not (killed / "results.json").exists()
 
     refused = subprocess.run(command(killed), env=env, capture_output=True, text=True)
     assert refused.returncode == 2 and "--resume" in refused.stderr
     subprocess.run(command(killed, "--resume"), env=env, check=True, capture_output=True)
-
-    want, got = final_weights(reference), final_weights(killed)
-    assert want.keys() == got.keys()
-    for name in want:
-        assert torch.equal(want[name], got[name]), name
-    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").open()]
-    assert steps == sorted(steps) and len(steps) == len(set(steps))  # no repeated lines
+    _same_final_state(reference, killed)
     timing = ("train_seconds", "eval_seconds", "tokens_per_s")
     a, b = (json.loads((r / "results.json").read_text()) for r in (reference, killed))
     assert {k: v for k, v in a.items() if k not in timing} == {
@@ -75,25 +89,10 @@ def test_resume_after_kill_reaches_the_uninterrupted_state(tmp_path: Path) -> No
 def test_a_truncated_latest_checkpoint_resumes_from_the_previous_one(tmp_path: Path) -> None:
     """Through the real CLI: the damaged newest checkpoint is skipped with a warning, the
     run resumes from the one before and still ends exactly where an unbroken run does."""
-    (tmp_path / "tiny.toml").write_text(
-        "[train]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items())
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-    def command(out: Path, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "circuitlab", "cot", "train", "--config",
-                str(tmp_path / "tiny.toml"), "--out", str(out), *extra]  # fmt: skip
-
+    command, env = _tiny_cli(tmp_path)
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     subprocess.run(command(reference), env=env, check=True, capture_output=True)
-    proc = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list_checkpoints(killed / "checkpoints")) < 2:
-        assert proc.poll() is None, "training ended before it could be killed"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_after(command(killed), env, killed / "checkpoints", 2)
     *_, previous, latest = list_checkpoints(killed / "checkpoints")
     weights = latest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
@@ -112,11 +111,7 @@ def test_a_truncated_latest_checkpoint_resumes_from_the_previous_one(tmp_path: P
                              text=True, check=True)  # fmt: skip
     assert f"damaged checkpoint {latest.name}" in resumed.stderr
     assert f"previous intact one, {previous.name}" in resumed.stderr
-    want, got = final_weights(reference), final_weights(killed)
-    for name in want:
-        assert torch.equal(want[name], got[name]), name
-    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").open()]
-    assert steps == sorted(steps) and len(steps) == len(set(steps))
+    _same_final_state(reference, killed)
 
 
 def test_a_finished_run_is_not_retrained(tmp_path: Path) -> None:
