@@ -466,8 +466,8 @@ def distill(
     qa_path, failures_path = run.path / "qa.jsonl", run.path / "failures.jsonl"
     for path in (qa_path, failures_path):
         _drop_cut_line(path)
-    qa = read_jsonl(qa_path) if qa_path.exists() else []
-    failures = read_jsonl(failures_path) if failures_path.exists() else []
+    qa = read_jsonl(qa_path, mode="run") if qa_path.exists() else []
+    failures = read_jsonl(failures_path, mode="run") if failures_path.exists() else []
     final = [r for r in failures if not r.get("retryable")]
     if len(final) < len(failures):  # backend failures are asked again: drop their records
         atomic_write_text(failures_path, "".join(json.dumps(r) + "\n" for r in final))
