@@ -232,3 +232,22 @@ def test_every_help_text_shows_its_bracketed_words():
     assert "(a [run] table or the top level" in text
     shown = run("analog", "train", "--help")
     assert "question/answer[/reasoning]" in shown.stdout
+
+
+@pytest.mark.parametrize("flag", [["--out", ""], ["--out="]], ids=["separate", "equals"])
+def test_an_empty_out_is_refused_instead_of_writing_into_the_current_directory(tmp_path, flag):
+    result = run("cot", "train", "--task", "arithmetic", "--size", "2", "--num", "20",
+                 "--test-num", "2", "--epochs", "1", "--layers", "1", "--d-model", "8",
+                 "--heads", "1", *flag, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    assert "--out was given an empty value" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # before: a whole run landed in the shell's folder
+
+
+@pytest.mark.parametrize("d_model", ["-4", "0"])
+def test_a_non_positive_d_model_is_one_line_exit_2_and_writes_nothing(tmp_path, d_model):
+    result = run("cot", "train", "--d-model", d_model, "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "d_model must be at least 1" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
