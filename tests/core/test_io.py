@@ -6,6 +6,7 @@ from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import (
     append_jsonl,
     atomic_dir,
+    atomic_files,
     atomic_open,
     atomic_write_json,
     read_json,
@@ -102,3 +103,24 @@ def test_atomic_dir_without_replace_keeps_what_another_process_wrote_first(tmp_p
         (tmp / "second").write_text("")
     assert [p.name for p in target.iterdir()] == ["first"]
     assert os.listdir(tmp_path) == ["cache"]
+
+
+def test_atomic_files_commit_all_or_none(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    with pytest.raises(RuntimeError), atomic_files([a, b]) as files:
+        files[a].write(b"1")
+        raise RuntimeError("killed after the first file")
+    assert os.listdir(tmp_path) == []  # no file and no temporary
+    with atomic_files([a, b]) as files:
+        files[a].write(b"1")
+        assert not a.exists()  # nothing is in place until every file is written
+        files[b].write(b"2")
+    assert (a.read_text(), b.read_text()) == ("1", "2")
+    b.unlink()
+    b.mkdir()
+    with (
+        pytest.raises(CircuitlabError, match=r"b\.jsonl: it is a directory"),
+        atomic_files([a, b]) as files,
+    ):
+        files[a].write(b"new")
+    assert a.read_text() == "1"

@@ -85,6 +85,50 @@ def atomic_dir(target: str | Path, *, replace: bool = True) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def atomic_files(paths: Iterable[str | Path], mode: str = "wb") -> Iterator[dict[Path, IO[Any]]]:
+    """One temporary file per path; all are renamed into place only after the block has
+    written every one of them, so a failure leaves none of the new set (a train split
+    without its test split is worse than no data). Targets that are directories are
+    refused before the block runs, so they cannot fail the renames half-way.
+    """
+    targets = [Path(p) for p in paths]
+    for target in targets:
+        if target.is_dir():
+            raise CircuitlabError(f"cannot write {target}: it is a directory")
+    temps: dict[Path, str] = {}
+    handles: dict[Path, IO[Any]] = {}
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        for target in targets:
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(
+                    prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
+                )
+            except OSError as e:
+                raise CircuitlabError(f"cannot write {target}: {e.strerror or e}") from None
+            temps[target] = tmp
+            os.chmod(tmp, 0o666 & ~umask)
+            handles[target] = os.fdopen(fd, mode)
+        yield handles
+        for handle in handles.values():
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        for target, tmp in temps.items():
+            try:
+                os.replace(tmp, target)
+            except OSError as e:
+                raise CircuitlabError(f"cannot write {target}: {e.strerror or e}") from None
+    finally:
+        for handle in handles.values():
+            handle.close()
+        for tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_open(path, "wb") as handle:
         handle.write(data)
