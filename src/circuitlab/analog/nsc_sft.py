@@ -421,9 +421,11 @@ def train(
     from accelerate import Accelerator
 
     digest = _data_digest(config.data)
-    run = RunDir.open(out, {**config_to_dict(config), "data_sha256": digest})
-    if run.is_done("train"):
-        return run.results()
+    identity = {**config_to_dict(config), "data_sha256": digest}
+    if (Path(out) / "config.json").exists():  # reopening writes nothing
+        run = RunDir.open(out, identity)
+        if run.is_done("train"):
+            return run.results()
     reuse_freed_memory()
     with torch_threads(config.threads):
         accelerator = Accelerator(
@@ -439,6 +441,9 @@ def train(
             verdicts=config.verdicts,
             system=config.system,
         )
+        # opened only now that the model and data have loaded: a run refused for a bad
+        # input must not leave a config.json that refuses the corrected rerun
+        run = RunDir.open(out, identity)
         if accelerator.distributed_type not in SHARDED:
             # FSDP / DeepSpeed place the weights shard by shard in prepare(), as accelerate
             # intends; moving the whole model first would need all of it on every GPU
