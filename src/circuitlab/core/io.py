@@ -142,7 +142,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def _read_user_text(path: Path) -> str:
+def read_user_text(path: Path) -> str:
     """The text of `path`, with every way a user's file can be unreadable (missing, a
     directory, unreadable, not UTF-8) turned into one line naming the file."""
     try:
@@ -161,7 +161,7 @@ def _read_user_text(path: Path) -> str:
 
 def read_json(path: str | Path) -> Any:
     path = Path(path)
-    text = _read_user_text(path)
+    text = read_user_text(path)
     try:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError) as e:
@@ -192,7 +192,7 @@ def read_jsonl(path: str | Path, *, mode: JsonlMode = "strict") -> list[dict[str
     only: a raw U+2028 or U+0085 inside a JSON string is part of the line, not a break.
     """
     path = Path(path)
-    lines = _read_user_text(path).split("\n")
+    lines = read_user_text(path).split("\n")
     unterminated = len(lines)  # the split's last piece has no newline after it
     records = []
     for number, line in enumerate(lines, start=1):
