@@ -227,3 +227,10 @@ def test_analog_nodes_refused_for_an_empty_corpus_then_the_corrected_rerun_runs(
     good = run("nodes", "--corpus", str(corpus), "--out", str(out))
     assert good.returncode == 0, good.stderr
     assert (out / "nodes.jsonl").exists()
+
+
+def test_analog_run_refuses_a_bad_mcq_file_before_any_stage(tmp_path):
+    mcq, out = tmp_path / "mcq.jsonl", tmp_path / "run"
+    mcq.write_text('{"question": "q?", "options": ["a", "b"], "answer": "A"}\n{"question": ')
+    refused(run("run", "--mcq", str(mcq), "--out", str(out)), "mcq.jsonl:2 is not valid", out)
+    assert not out.exists()  # before: nodes, distillation and training ran first
