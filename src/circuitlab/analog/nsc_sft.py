@@ -58,7 +58,7 @@ from circuitlab.analog.reference import (
     model_logp,
     precompute_reference,
 )
-from circuitlab.analog.sft_data import SFTData, collate, load_sft_data
+from circuitlab.analog.sft_data import SFTData, check_records, collate, load_sft_data
 from circuitlab.core import checkpoint
 from circuitlab.core.config import comma_list, config_to_dict, option, require
 from circuitlab.core.devices import reuse_freed_memory
@@ -421,6 +421,7 @@ def train(
     from accelerate import Accelerator
 
     digest = _data_digest(config.data)
+    check_records(config.data)  # before a model is loaded for it
     identity = {**config_to_dict(config), "data_sha256": digest}
     if (Path(out) / "config.json").exists():  # reopening writes nothing
         run = RunDir.open(out, identity)
