@@ -82,6 +82,7 @@ def test_cot_train_checks_the_lis_number_range_before_training(tmp_path):
         (["--task", "lis", "--size", "0"], "out of range"),
         (["--task", "lis", "--size", "8", "--values", "16"], "do not fit size 8"),
         (["--task", "equation", "--size", "3", "--p", "9"], "not prime"),
+        (["--task", "arithmetic", "--size", "3", "--p", "1000003"], "above 1000"),
         (["--task", "ed", "--size", "12", "--num", "0"], "at least one"),
     ],
 )
@@ -232,3 +233,32 @@ def test_every_help_text_shows_its_bracketed_words():
     assert "(a [run] table or the top level" in text
     shown = run("analog", "train", "--help")
     assert "question/answer[/reasoning]" in shown.stdout
+
+
+@pytest.mark.parametrize("flag", [["--out", ""], ["--out="]], ids=["separate", "equals"])
+def test_an_empty_out_is_refused_instead_of_writing_into_the_current_directory(tmp_path, flag):
+    result = run("cot", "train", "--task", "arithmetic", "--size", "2", "--num", "20",
+                 "--test-num", "2", "--epochs", "1", "--layers", "1", "--d-model", "8",
+                 "--heads", "1", *flag, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    assert "--out was given an empty value" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # before: a whole run landed in the shell's folder
+
+
+@pytest.mark.parametrize("d_model", ["-4", "0"])
+def test_a_non_positive_d_model_is_one_line_exit_2_and_writes_nothing(tmp_path, d_model):
+    result = run("cot", "train", "--d-model", d_model, "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "d_model must be at least 1" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("blocked", ["d.jsonl", "d.test.jsonl", "d.stats.json"])
+def test_cot_data_writes_the_whole_set_or_nothing(tmp_path, blocked):
+    (tmp_path / blocked).mkdir()  # one target of the set cannot be written
+    result = run("cot", "data", "--task", "arithmetic", "--size", "2", "--num", "50",
+                 "--out", str(tmp_path / "d.jsonl"))  # fmt: skip
+    assert result.returncode == 2
+    assert f"{blocked}: it is a directory" in result.stderr and "Traceback" not in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == [blocked]  # before: the test split was left

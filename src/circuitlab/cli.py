@@ -170,8 +170,26 @@ def doctor(
         typer.echo(f"{name:<{width}}  {value}")
 
 
+def refuse_empty_values(args: list[str]) -> None:
+    """No option of circuitlab means anything when empty, and an empty path is worse than
+    meaningless: `Path("")` is the current directory, so `--out ""` would write a run into
+    whatever folder the shell is in. Refused before any command starts."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return
+        name, eq, value = arg.partition("=")
+        if not name.startswith("--"):
+            continue
+        if (eq and not value) or (not eq and i + 1 < len(args) and args[i + 1] == ""):
+            raise CircuitlabError(
+                f"{name} was given an empty value; give one (a path: use . for the current "
+                "directory)"
+            )
+
+
 def main() -> None:
     try:
+        refuse_empty_values(sys.argv[1:])
         app()
     except CircuitlabError as e:
         typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)

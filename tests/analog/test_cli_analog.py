@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -168,3 +169,68 @@ def test_nodes_never_read_a_symlink_that_leads_out_of_the_corpus(tmp_path):
     assert set(reasons) == {"linked.md", "folder"}
     assert all("symlink leads out" in r for r in reasons.values())
     assert "skipped linked.md" in result.stderr
+
+
+def refused(result: subprocess.CompletedProcess[str], message: str, out: Path) -> None:
+    """A bad input is refused before the run directory is written (no config.json that
+    would refuse the corrected rerun as 'differs in ...')."""
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (out / "config.json").exists()
+
+
+def test_analog_distill_refused_for_its_model_then_the_corrected_rerun_runs(
+    tmp_path, shipped_nodes, server
+):
+    out = tmp_path / "qa"
+    bad = run("distill", "--nodes", str(shipped_nodes), "--model",
+              str(tmp_path / "missing.gguf"), "--max-nodes", "1", "--out", str(out))  # fmt: skip
+    refused(bad, "missing.gguf does not exist", out)
+    fake = server("ok", delay=0.0)
+    good = run("distill", "--nodes", str(shipped_nodes), "--backend", "openai",
+               "--base-url", fake.base_url, "--model", "fake", "--max-nodes", "1",
+               "--out", str(out))  # fmt: skip
+    assert good.returncode == 0, good.stderr
+    assert (out / "results.json").exists()
+
+
+def test_analog_train_refused_for_its_data_then_the_corrected_rerun_trains(
+    tmp_path, qa_file, tiny_model_dir
+):
+    data, out = tmp_path / "qa.jsonl", tmp_path / "sft"
+    lines = qa_file.read_text().splitlines()
+    data.write_text("\n".join([*lines[:3], '{"prompt": "cut sho', *lines[3:]]) + "\n")
+    args = ["train", "--data", str(data), "--model", str(tiny_model_dir),
+            "--out", str(out), "--max-steps", "2", "--max-length", "96", "--threads", "1"]
+    refused(run(*args), "qa.jsonl:4 is not valid JSON", out)
+    data.write_text(qa_file.read_text())  # the user fixes the file: a new data_sha256
+    good = run(*args)
+    assert good.returncode == 0, good.stderr
+    assert (out / "results.json").exists()
+
+
+def test_analog_train_refused_for_its_model_writes_nothing(tmp_path, qa_file):
+    broken, out = tmp_path / "model", tmp_path / "sft"
+    broken.mkdir()
+    (broken / "config.json").write_text("")
+    bad = run("train", "--data", str(qa_file), "--model", str(broken),
+              "--out", str(out))  # fmt: skip
+    refused(bad, "cannot load model", out)
+
+
+def test_analog_nodes_refused_for_an_empty_corpus_then_the_corrected_rerun_runs(tmp_path):
+    empty, corpus, out = tmp_path / "empty", tmp_path / "corpus", tmp_path / "nodes"
+    empty.mkdir()
+    corpus.mkdir()
+    (corpus / "opamp.md").write_text("# Op-amps\n\n" + "Negative feedback sets the gain. " * 8)
+    refused(run("nodes", "--corpus", str(empty), "--out", str(out)), "holds no documents", out)
+    good = run("nodes", "--corpus", str(corpus), "--out", str(out))
+    assert good.returncode == 0, good.stderr
+    assert (out / "nodes.jsonl").exists()
+
+
+def test_analog_run_refuses_a_bad_mcq_file_before_any_stage(tmp_path):
+    mcq, out = tmp_path / "mcq.jsonl", tmp_path / "run"
+    mcq.write_text('{"question": "q?", "options": ["a", "b"], "answer": "A"}\n{"question": ')
+    refused(run("run", "--mcq", str(mcq), "--out", str(out)), "mcq.jsonl:2 is not valid", out)
+    assert not out.exists()  # before: nodes, distillation and training ran first

@@ -6,6 +6,7 @@ from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import (
     append_jsonl,
     atomic_dir,
+    atomic_files,
     atomic_open,
     atomic_write_json,
     read_json,
@@ -30,12 +31,45 @@ def test_unwritable_location_is_a_user_error(tmp_path):
         atomic_write_json(blocker / "sub" / "out.json", {})
 
 
-def test_jsonl_reader_skips_a_truncated_last_line(tmp_path):
+def test_jsonl_run_file_reader_skips_a_truncated_last_line(tmp_path):
     path = tmp_path / "m.jsonl"
     append_jsonl(path, [{"step": 1}, {"step": 2}])
     with path.open("a") as handle:
         handle.write('{"step": 3, "lo')
-    assert read_jsonl(path) == [{"step": 1}, {"step": 2}]
+    assert read_jsonl(path, mode="run") == [{"step": 1}, {"step": 2}]
+
+
+def test_jsonl_user_reader_rejects_a_malformed_last_line_naming_it(tmp_path):
+    path = tmp_path / "user.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3, "lo')
+    with pytest.raises(CircuitlabError, match=r"user\.jsonl:3 is not valid JSON"):
+        read_jsonl(path)
+    path.write_text('{"a": 1}\n{"a": 2\n')  # terminated but malformed: an error in both modes
+    with pytest.raises(CircuitlabError, match=":2"):
+        read_jsonl(path, mode="run")
+
+
+def test_jsonl_reader_splits_on_newline_only(tmp_path):
+    path = tmp_path / "u.jsonl"
+    path.write_text('{"q": "a\u2028b\u0085c"}\r\n{"q": "e"}\n', encoding="utf-8")
+    assert read_jsonl(path) == [{"q": "a\u2028b\u0085c"}, {"q": "e"}]
+
+
+def test_jsonl_reader_turns_unreadable_files_into_one_line_errors(tmp_path):
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"q": "caf\xe9"}\n')
+    with pytest.raises(CircuitlabError, match=r"latin1\.jsonl is not UTF-8"):
+        read_jsonl(bad)
+    with pytest.raises(CircuitlabError, match="is a directory"):
+        read_jsonl(tmp_path)
+    with pytest.raises(CircuitlabError, match="is a directory"):
+        read_json(tmp_path)
+    with pytest.raises(CircuitlabError, match="does not exist"):
+        read_jsonl(tmp_path / "missing.jsonl")
+    array = tmp_path / "array.jsonl"
+    array.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(CircuitlabError, match=":2 is not a JSON object"):
+        read_jsonl(array)
 
 
 def test_jsonl_reader_rejects_corruption_in_the_middle(tmp_path):
@@ -69,3 +103,24 @@ def test_atomic_dir_without_replace_keeps_what_another_process_wrote_first(tmp_p
         (tmp / "second").write_text("")
     assert [p.name for p in target.iterdir()] == ["first"]
     assert os.listdir(tmp_path) == ["cache"]
+
+
+def test_atomic_files_commit_all_or_none(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    with pytest.raises(RuntimeError), atomic_files([a, b]) as files:
+        files[a].write(b"1")
+        raise RuntimeError("killed after the first file")
+    assert os.listdir(tmp_path) == []  # no file and no temporary
+    with atomic_files([a, b]) as files:
+        files[a].write(b"1")
+        assert not a.exists()  # nothing is in place until every file is written
+        files[b].write(b"2")
+    assert (a.read_text(), b.read_text()) == ("1", "2")
+    b.unlink()
+    b.mkdir()
+    with (
+        pytest.raises(CircuitlabError, match=r"b\.jsonl: it is a directory"),
+        atomic_files([a, b]) as files,
+    ):
+        files[a].write(b"new")
+    assert a.read_text() == "1"

@@ -72,3 +72,38 @@ def test_dtype_names_map_to_torch_dtypes_and_others_are_clear_errors() -> None:
     assert torch_dtype("float16") is torch.float16
     with pytest.raises(CircuitlabError, match=r"dtype 'bf16': use float32, bfloat16, float16"):
         torch_dtype("bf16")
+
+
+@pytest.mark.parametrize(
+    "config",
+    ["", "{not json", "{}", '{"model_type": "llama", "num_hidden_layers": "two"}'],
+    ids=["empty", "not-json", "no-model-type", "wrong-type"],
+)
+def test_a_model_dir_with_a_broken_config_is_one_line_error(
+    tmp_path: Path, embedded_lm: LoadedLM, config: str
+) -> None:
+    embedded_lm.tokenizer.save_pretrained(tmp_path)  # so the config is what fails
+    (tmp_path / "config.json").write_text(config)
+    with pytest.raises(CircuitlabError, match="cannot load model") as error:
+        load_lm(str(tmp_path))
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("keep", [10, 1000, 100_000])
+def test_a_truncated_gguf_is_one_line_error_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: int
+) -> None:
+    from circuitlab.core.lm import embedded_gguf_path
+
+    monkeypatch.setenv("CIRCUITLAB_CACHE", str(tmp_path / "cache"))
+    with embedded_gguf_path().open("rb") as handle:
+        head = handle.read(keep)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(head)  # struct.error inside gguf's reader before the change
+    with pytest.raises(CircuitlabError, match=r"cannot read GGUF file .*cut\.gguf") as error:
+        load_lm(str(cut))
+    assert "\n" not in str(error.value)
+    assert not list((tmp_path / "cache").glob("lm/cut-*"))  # nothing half-written cached
+    (tmp_path / "folder.gguf").mkdir()
+    with pytest.raises(CircuitlabError, match="is a directory"):
+        resolve(str(tmp_path / "folder.gguf"))

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from circuitlab.core.executor import identity
 from circuitlab.core.runs import RunDir
@@ -85,3 +86,31 @@ def test_data_builds_its_options_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def refused(result: subprocess.CompletedProcess[str], message: str, out: Path) -> None:
+    """A bad input is refused before the run directory is written (no config.json that
+    would refuse the corrected rerun as 'differs in ...')."""
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (out / "config.json").exists()
+
+
+TINY = ["--layers", "1", "--d-model", "16", "--heads", "2", "--epochs", "1",
+        "--batch-size", "8", "--test-num", "4", "--device", "cpu"]  # fmt: skip
+
+
+def test_cot_train_refused_for_its_data_then_the_corrected_rerun_trains(tmp_path):
+    out = tmp_path / "run"
+    bad = run("train", "--task", "arithmetic", "--size", "1", "--p", "5",
+              "--num", "500", *TINY, "--out", str(out))  # fmt: skip
+    refused(bad, "distinct arithmetic questions", out)
+    good = run("train", "--task", "arithmetic", "--size", "1", "--p", "5",
+               "--num", "40", *TINY, "--out", str(out))  # fmt: skip
+    assert good.returncode == 0, good.stderr
+    assert json.loads((out / "config.json").read_text())["num"] == 40
+
+
+def test_cot_train_refused_for_its_device_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    refused(run("train", "--device", "mps", "--out", str(out)), "device 'mps'", out)

@@ -81,6 +81,8 @@ def test_asking_for_more_distinct_questions_than_exist_is_an_error():
         ({"task": "sorting", "size": 3}, "unknown task"),
         ({"task": "lis", "size": 0}, "out of range"),
         ({"task": "arithmetic", "size": 4, "p": 12}, "not prime"),
+        ({"task": "arithmetic", "size": 4, "p": 1000003}, "above 1000"),  # O(p^2) tables
+        ({"task": "equation", "size": 3, "p": 1009}, "above 1000"),
         ({"task": "arithmetic", "size": 4, "num": 0}, "at least one"),
         ({"task": "arithmetic", "size": 4, "format": "all"}, "direct, cot or both"),
     ],

@@ -460,17 +460,21 @@ def distill(
     """
     config = config or DistillConfig()
     nodes_path = Path(nodes_file)
+    if nodes_path.is_dir():
+        nodes_path = nodes_path / "nodes.jsonl"
     nodes = read_nodes(nodes_path)
     if not nodes:
         raise CircuitlabError(f"{nodes_path} holds no nodes: nothing to distil")
     digest = hashlib.sha256(nodes_path.read_bytes()).hexdigest()[:16]
+    # the backend is built (its settings and model checked) before config.json is written:
+    # a refused run must not leave a config that refuses the corrected rerun
+    backend = make_backend(config, cache_dir or Path(out) / "llm-cache", api_key=api_key, lm=lm)
     run = RunDir.open(out, {**config_to_dict(config), "nodes_sha256": digest})
-    backend = make_backend(config, cache_dir or run.path / "llm-cache", api_key=api_key, lm=lm)
     qa_path, failures_path = run.path / "qa.jsonl", run.path / "failures.jsonl"
     for path in (qa_path, failures_path):
         _drop_cut_line(path)
-    qa = read_jsonl(qa_path) if qa_path.exists() else []
-    failures = read_jsonl(failures_path) if failures_path.exists() else []
+    qa = read_jsonl(qa_path, mode="run") if qa_path.exists() else []
+    failures = read_jsonl(failures_path, mode="run") if failures_path.exists() else []
     final = [r for r in failures if not r.get("retryable")]
     if len(final) < len(failures):  # backend failures are asked again: drop their records
         atomic_write_text(failures_path, "".join(json.dumps(r) + "\n" for r in final))

@@ -285,14 +285,18 @@ def run_nodes(
     config = config or NodesConfig()
     taxonomy = load_taxonomy(config.taxonomy)
     run_config = {"corpus_dir": str(Path(corpus_dir).resolve()), **config_to_dict(config)}
-    run = RunDir.open(out, run_config)
     paths = nodes_paths(out)
-    if run.is_done("nodes") and paths["summary"].exists():
-        return read_json(paths["summary"])
+    if (Path(out) / "config.json").exists():  # reopening writes nothing
+        run = RunDir.open(out, run_config)
+        if run.is_done("nodes") and paths["summary"].exists():
+            return read_json(paths["summary"])
     started = time.perf_counter()
     corpus = ingest(corpus_dir, config.corpus, on_file=on_file)
     nodes = build_nodes(corpus.sections, config, taxonomy)
     seconds = time.perf_counter() - started
+    # opened once the corpus has been read: a corpus refused (nothing readable, a bad
+    # file) leaves no config.json that would refuse the corrected rerun
+    run = RunDir.open(out, run_config)
     records = [node.to_record() for node in nodes]
     _write_jsonl(paths["documents"], [dataclasses.asdict(d) for d in corpus.documents])
     _write_jsonl(

@@ -62,7 +62,7 @@ from circuitlab.analog.reference import (
     model_logp,
     precompute_reference,
 )
-from circuitlab.analog.sft_data import SFTData, collate, load_sft_data
+from circuitlab.analog.sft_data import SFTData, check_records, collate, load_sft_data
 from circuitlab.core import checkpoint
 from circuitlab.core.config import comma_list, option, require
 from circuitlab.core.devices import reuse_freed_memory
@@ -429,9 +429,12 @@ def train(
     from accelerate import Accelerator
 
     digest = _data_digest(config.data)
-    run = RunDir.open(out, {**identity(config), "data_sha256": digest})
-    if run.is_done("train"):
-        return run.results()
+    check_records(config.data)  # before a model is loaded for it
+    stamp = {**identity(config), "data_sha256": digest}
+    if (Path(out) / "config.json").exists():  # reopening writes nothing
+        run = RunDir.open(out, stamp)
+        if run.is_done("train"):
+            return run.results()
     reuse_freed_memory()
     with torch_threads(config.threads):
         accelerator = Accelerator(
@@ -447,6 +450,9 @@ def train(
             verdicts=config.verdicts,
             system=config.system,
         )
+        # opened only now that the model and data have loaded: a run refused for a bad
+        # input must not leave a config.json that refuses the corrected rerun
+        run = RunDir.open(out, stamp)
         if accelerator.distributed_type not in SHARDED:
             # FSDP / DeepSpeed place the weights shard by shard in prepare(), as accelerate
             # intends; moving the whole model first would need all of it on every GPU

@@ -25,7 +25,7 @@ from typing import Any
 
 from circuitlab.analog.distill import DistillConfig, distill
 from circuitlab.analog.evaluate import evaluate_mcq_and_drift
-from circuitlab.analog.mcq import MCQConfig
+from circuitlab.analog.mcq import MCQConfig, load_mcq
 from circuitlab.analog.nsc_sft import NSCConfig, kl_summary, load_model, train
 from circuitlab.core.config import comma_list, config_to_dict, option, option_of, require
 from circuitlab.core.errors import CircuitlabError
@@ -130,6 +130,9 @@ def run_pipeline(
     advances its progress display by n.
     """
     config = config or PipelineConfig()
+    # the questions are parsed now, not after minutes of distilling and training, and
+    # before config.json is written: a bad file must not refuse the corrected rerun
+    load_mcq(config.mcq)
     run = RunDir.open(out, config_to_dict(config))
     stage = stage or (lambda name, total: lambda n: None)
     with torch_threads(config.threads):

@@ -122,6 +122,17 @@ def encode(
     )
 
 
+def check_records(path: str | Path) -> None:
+    """Parse every record of a QA JSONL file without a tokenizer: a bad file is refused
+    before minutes go into loading a model for it."""
+    path = Path(path)
+    records = read_jsonl(path)
+    if not records:
+        raise CircuitlabError(f"{path} holds no records: nothing to train on")
+    for number, record in enumerate(records, start=1):
+        record_text(record, f"{path}:{number}")
+
+
 def load_sft_data(
     path: str | Path,
     tokenizer: Any,

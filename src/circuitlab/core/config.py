@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from circuitlab.core.errors import CircuitlabError
+from circuitlab.core.io import read_user_text
 
 T = TypeVar("T")
 _MISSING: Any = dataclasses.MISSING
@@ -186,15 +187,19 @@ def read_toml(path: str | Path, table: str | None = None) -> dict[str, Any]:
     """The TOML file at `path` as a dict, or one [table] of it; errors say which file."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CircuitlabError(f"config file {path} does not exist") from None
+        text = read_user_text(path)
+    except CircuitlabError as e:
+        raise CircuitlabError(f"config file {e}") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise CircuitlabError(f"config file {path} is not valid TOML: {e}") from None
     if table is not None:
         if table not in data:
             raise CircuitlabError(f"config file {path} has no [{table}] table")
         data = data[table]
+        if not isinstance(data, dict):
+            raise CircuitlabError(f"config file {path}: {table} must be a [{table}] table")
     return dict(data)
 
 

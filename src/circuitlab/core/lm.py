@@ -74,6 +74,8 @@ def resolve(spec: str | None) -> tuple[str, str]:
         return "gguf", str(embedded_gguf_path())
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
+        if path.is_dir():
+            raise CircuitlabError(f"{spec} is a directory, not a GGUF file")
         if not path.is_file():
             raise CircuitlabError(f"GGUF file {spec} does not exist")
         return "gguf", str(path.resolve())
@@ -122,10 +124,20 @@ def _from_pretrained(where: str, dtype: torch.dtype, *, local_only: bool) -> tup
         model = AutoModelForCausalLM.from_pretrained(
             where, dtype=dtype, local_files_only=local_only
         )
-    except OSError as e:
+    except Exception as e:  # a broken model dir fails in many ways, all the user's
         hint = "" if local_only else " (no hub access here? pass a local directory or .gguf)"
-        raise CircuitlabError(f"cannot load model {where!r}: {e}{hint}") from None
+        raise CircuitlabError(f"cannot load model {where!r}: {_one_line(e)}{hint}") from None
     return model, tokenizer
+
+
+def _one_line(error: BaseException) -> str:
+    """The first line of a library's error (transformers' run to paragraphs), with its type
+    where the message alone would not say what failed (struct.error: "unpack_from ...")."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    kind = type(error).__name__
+    text = f"{kind}: {text}" if kind not in ("OSError", "ValueError") else text
+    return text[:300] or kind
 
 
 def _gguf_cache(gguf: Path) -> str:
@@ -143,8 +155,8 @@ def _gguf_cache(gguf: Path) -> str:
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
         )
-    except (OSError, ValueError, KeyError) as e:
-        raise CircuitlabError(f"cannot read GGUF file {gguf}: {e}") from None
+    except Exception as e:  # a truncated file raises struct.error
+        raise CircuitlabError(f"cannot read GGUF file {gguf}: {_one_line(e)}") from None
     # The weights are plain float32 now; drop the GGUF marker that blocks save_pretrained.
     model.hf_quantizer = None
     model.config.__dict__.pop("quantization_config", None)

@@ -85,14 +85,14 @@ class RunDir:
 
     def metrics(self) -> list[dict[str, Any]]:
         path = self.path / "metrics.jsonl"
-        return read_jsonl(path) if path.exists() else []
+        return read_jsonl(path, mode="run") if path.exists() else []
 
     def trim_metrics(self, step: int) -> None:
         """Drop metric lines logged after `step`, the step a resumed run restarts from: it
         logs those steps again, and a reader must not see them twice."""
         path = self.path / "metrics.jsonl"
         if path.exists():
-            kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+            kept = [r for r in read_jsonl(path, mode="run") if r.get("step", 0) <= step]
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write_results(self, results: Mapping[str, Any]) -> None:

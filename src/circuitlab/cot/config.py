@@ -32,6 +32,7 @@ class ModelShape:
     def __post_init__(self) -> None:
         require(self.layers >= 1, "layers must be at least 1")
         require(self.heads >= 1, "heads must be at least 1")
+        require(self.d_model >= 1, f"d_model must be at least 1, not {self.d_model}")
         require(
             self.d_model % self.heads == 0,
             f"d_model ({self.d_model}) must be divisible by heads ({self.heads})",

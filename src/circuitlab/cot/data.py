@@ -8,11 +8,11 @@ the same files byte for byte.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,7 +21,7 @@ import numpy as np
 
 from circuitlab.core.config import option, require
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.core.io import atomic_open, atomic_write_json
+from circuitlab.core.io import atomic_files
 from circuitlab.cot.tasks import TASKS, get_task, lis
 from circuitlab.cot.tasks.common import (
     Task,
@@ -285,8 +285,9 @@ def write_dataset(
 ) -> dict[str, dict[str, Any]]:
     """Generate and write train, test and statistics files; return the stats by format.
 
-    Batches are rendered and written as they are drawn. Each file is written atomically,
-    so an interrupted or failed run leaves nothing half-written behind.
+    Batches are rendered and written as they are drawn, into temporary files that are
+    renamed into place together at the end: an interrupted or failed run leaves neither a
+    half-written file nor a train split without its test split and statistics.
     """
     paths = output_paths(out, config.format)
     _check_writable(next(iter(paths.values()))["train"].parent)
@@ -297,9 +298,10 @@ def write_dataset(
     answers = _AnswerCounts()
     counts = {"train": 0, "test": 0}
     duplicates = 0
-    with ExitStack() as stack:
+    every = [path for files in paths.values() for path in files.values()]
+    with atomic_files(every) as files:
         handles = {
-            (fmt, split): stack.enter_context(atomic_open(paths[fmt][split]))
+            (fmt, split): files[paths[fmt][split]]
             for fmt in config.formats
             for split in ("train", "test")
         }
@@ -315,31 +317,31 @@ def write_dataset(
             duplicates = duplicates_so_far
             if progress:
                 progress(len(batch))
-    seconds = time.perf_counter() - start
-    common = answers.counts.most_common(20)
-    all_stats = {}
-    for fmt, tally in tallies.items():
-        all_stats[fmt] = stats = {
-            "task": config.task,
-            "size": config.size,
-            "format": fmt,
-            "seed": config.seed,
-            "p": config.p if task.uses_modulus else None,
-            "values": config.values if task.name == "lis" else None,
-            "num_train": counts["train"],
-            "num_test": counts["test"],
-            "duplicates_dropped": duplicates,
-            "vocab_size": len(vocab),
-            "max_tokens": tally.max_tokens,
-            "max_tokens_with_eos": tally.max_tokens + 1,
-            "mean_tokens": round(tally.tokens / tally.count, 2),
-            "max_chain_steps": tally.max_steps,
-            "distinct_answers": len(answers.counts),
-            "answer_distribution": {vocab.decode(answers.ids[k]): n for k, n in common},
-            "seconds": round(seconds, 3),
-            "examples_per_second": round(tally.count / max(seconds, 1e-9)),
-        }
-        atomic_write_json(paths[fmt]["stats"], stats)
+        seconds = time.perf_counter() - start
+        common = answers.counts.most_common(20)
+        all_stats = {}
+        for fmt, tally in tallies.items():
+            all_stats[fmt] = stats = {
+                "task": config.task,
+                "size": config.size,
+                "format": fmt,
+                "seed": config.seed,
+                "p": config.p if task.uses_modulus else None,
+                "values": config.values if task.name == "lis" else None,
+                "num_train": counts["train"],
+                "num_test": counts["test"],
+                "duplicates_dropped": duplicates,
+                "vocab_size": len(vocab),
+                "max_tokens": tally.max_tokens,
+                "max_tokens_with_eos": tally.max_tokens + 1,
+                "mean_tokens": round(tally.tokens / tally.count, 2),
+                "max_chain_steps": tally.max_steps,
+                "distinct_answers": len(answers.counts),
+                "answer_distribution": {vocab.decode(answers.ids[k]): n for k, n in common},
+                "seconds": round(seconds, 3),
+                "examples_per_second": round(tally.count / max(seconds, 1e-9)),
+            }
+            files[paths[fmt]["stats"]].write((json.dumps(stats, indent=2) + "\n").encode())
     return all_stats
 
 

@@ -236,6 +236,14 @@ def train(
     world = init_world()
     fields = identity(config)
     defaults = identity(TrainConfig())  # fields a run made by an older version lacks
+    if world.main and (Path(out) / "config.json").exists():  # reopening writes nothing
+        run = RunDir.open(out, fields, defaults)
+        if run.is_done("train") and (run.path / "results.json").exists():
+            return run.results()
+    # Whatever can refuse this config runs before config.json is written: a refused run
+    # must not leave a config behind that refuses the corrected rerun as "differs in".
+    device = pick_device(config.device)
+    prepared = prepare(config)
     run = RunDir.open(out, fields, defaults) if world.main else RunDir(Path(out))
     if run.is_done("train") and (run.path / "results.json").exists():
         return run.results()
@@ -245,10 +253,8 @@ def train(
             f"{run.path} holds an unfinished run (checkpoint {existing[-1].name}); "
             "pass --resume to continue it or choose another --out"
         )
-    device = pick_device(config.device)
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
-    prepared = prepare(config)
     torch.manual_seed(config.seed)
     model = GPT(prepared.model_config).to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]

@@ -162,6 +162,7 @@ def ingest(folder: str | Path, config: CorpusConfig | None = None, on_file=None)
     folder = folder.resolve()
     corpus = Corpus(excluded=excluded, skipped=outside)
     dedup = Deduplicator(config.near_duplicate, config.num_perm, config.min_dedup_words)
+    read_names = {path.relative_to(folder).as_posix() for path in files}
     for path in files:
         rel = path.relative_to(folder).as_posix()
         try:
@@ -175,6 +176,13 @@ def ingest(folder: str | Path, config: CorpusConfig | None = None, on_file=None)
     if not corpus.sections and not corpus.skipped and not files:
         supported = ", ".join(sorted(FORMATS))
         raise CircuitlabError(f"corpus folder {folder} holds no documents ({supported})")
+    unread = [s for s in corpus.skipped if s["file"] in read_names]
+    if files and len(unread) == len(files):  # nodes of nothing would only look like success
+        first = unread[0]
+        raise CircuitlabError(
+            f"none of the {len(files)} documents in corpus folder {folder} could be read "
+            f"({first['file']}: {first['reason']})"
+        )
     return corpus
 
 

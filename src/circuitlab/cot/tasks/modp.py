@@ -13,8 +13,18 @@ def is_prime(p: int) -> bool:
     return all(p % d for d in range(2, int(p**0.5) + 1))
 
 
+MAX_MODULUS = 1000
+
+
 def check_modulus(p: int) -> None:
-    """Z_p is a field only for prime p; division (and unique solutions) need that."""
+    """Z_p is a field only for prime p; division (and unique solutions) need that. Bounded
+    because the arithmetic generator's tables hold every (a, op, b) per value, O(p^2) in
+    time and memory: p = 997 takes seconds, p = 1000003 would ask for ~100 TB."""
+    if p > MAX_MODULUS:
+        raise CircuitlabError(
+            f"--p {p} is above {MAX_MODULUS}: the generator's tables grow as p^2 "
+            "(the paper uses 11)"
+        )
     if not is_prime(p):
         raise CircuitlabError(f"--p {p} is not prime: the tasks work in the field Z_p (try 11)")
 
