@@ -290,3 +290,21 @@ def test_evaluate_units_give_the_same_table_on_every_executor(tmp_path: Path, ti
     assert table("ray") == table("local")
     again = run(*args[:-2], "--out", str(tmp_path / "ray"))  # another executor: resumes
     assert again.exit_code == 0, again.output
+
+
+def test_a_refused_input_writes_no_run_directory(tmp_path: Path, tiny_dir) -> None:
+    """Issue 23: a bad reference used to leave config.json behind, so the corrected rerun
+    was refused as a different config. Now nothing is written until the inputs are read."""
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"heads": 5}')
+    good = str(tiny_dir.parent / "heads.json")
+    out = tmp_path / "disc"
+    common = ["--task", "ioi", "--model", str(tiny_dir), "--num", "6", "--methods", "random"]
+    refused = run("discover", *common, "--reference", str(bad), "--out", str(out))
+    assert refused.exit_code != 0 and not out.exists()
+    fixed = run("discover", *common, "--reference", good, "--out", str(out))
+    assert fixed.exit_code == 0, fixed.output
+    evaluate = tmp_path / "eval"
+    refused = run("evaluate", "--reference", f"ioi={bad}", "--model", str(tiny_dir),
+                  "--methods", "random", "--num", "4", "--out", str(evaluate))  # fmt: skip
+    assert refused.exit_code != 0 and not evaluate.exists()

@@ -14,7 +14,7 @@ import torch
 
 from circuitlab.circuits.methods import DiscoveryConfig, run_methods
 from circuitlab.circuits.ranking import timed
-from circuitlab.circuits.references import circuit_metrics, load_reference
+from circuitlab.circuits.references import check_reference, circuit_metrics, load_reference
 from circuitlab.circuits.shared import load_causal_lm
 from circuitlab.circuits.tasks import make_task
 from circuitlab.core.config import config_to_dict
@@ -34,7 +34,8 @@ def run_discover(
     lm: LoadedLM | None = None,
 ) -> dict[str, Any]:
     """Discover circuits with every method of `config` into run directory `out`."""
-    run = RunDir.open(out, {**config_to_dict(config), "reference": reference or ""})
+    if reference:
+        check_reference(reference)
     with torch_threads(config.threads):
         seconds: dict[str, float] = {}
         with timed(seconds, "load_model"):
@@ -42,6 +43,9 @@ def run_discover(
         sites = find_sites(lm.model)
         ref = load_reference(reference, sites.n_layers, sites.n_heads) if reference else None
         task = make_task(config.task, lm.tokenizer, n=config.num, seed=config.task_seed)
+        # only now that every input has been read: a refused run leaves no config.json
+        # behind to refuse the corrected rerun
+        run = RunDir.open(out, {**config_to_dict(config), "reference": reference or ""})
         rankings = run_methods(lm, task, config, progress=True)
     results: dict[str, Any] = {
         "model": lm.name,

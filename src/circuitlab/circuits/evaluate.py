@@ -26,7 +26,7 @@ from circuitlab.circuits.methods import (
 )
 from circuitlab.circuits.options import reference_pairs
 from circuitlab.circuits.ranking import Ranking
-from circuitlab.circuits.references import circuit_metrics, load_reference
+from circuitlab.circuits.references import check_reference, circuit_metrics, load_reference
 from circuitlab.core.config import config_to_dict, option, option_of, require
 from circuitlab.core.executor import Execution, Unit, identity
 from circuitlab.core.io import atomic_write_bytes, atomic_write_json, read_json
@@ -89,6 +89,8 @@ class EvaluateConfig(Execution):
 
 
 def run_evaluate(config: EvaluateConfig, out: str | Path) -> dict[str, Any]:
+    for _, spec in config.references:  # before the run directory is written
+        check_reference(spec)
     run = RunDir.open(out, identity(config))
     units = [
         Unit(f"{Path(task).stem} seed {seed}", _evaluate_unit, (config, str(run.path), task, seed),

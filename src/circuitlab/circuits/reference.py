@@ -169,7 +169,6 @@ def run_reference(
 
 
 def _run(config: ReferenceConfig, out: str | Path, lm: LoadedLM | None) -> dict[str, Any]:
-    run = RunDir.open(out, config_to_dict(config))
     started = time.perf_counter()
     lm = lm or load_lm(config.model, dtype=torch_dtype(config.dtype))
     sites = find_sites(lm.model)
@@ -178,6 +177,8 @@ def _run(config: ReferenceConfig, out: str | Path, lm: LoadedLM | None) -> dict[
         raise CircuitlabError(f"layers {bad} do not exist: {lm.name} has {sites.n_layers} layers")
     patched = config.layers or tuple(range(sites.n_layers))
     task = make_task(config.task, lm.tokenizer, n=config.num, seed=config.seed)
+    # opened once the inputs are known good: a refused run leaves no config.json behind
+    run = RunDir.open(out, config_to_dict(config))
     sets = token_sets(task)
     if "resample" in config.kinds:
         pos, neg = encode_pairs(lm, task.positives, task.negatives, prepend_bos=config.prepend_bos)

@@ -158,6 +158,12 @@ def load_reference(
     return Reference(name, tuple(dict.fromkeys(heads)), n_layers, n_heads)
 
 
+def check_reference(spec: str) -> None:
+    """Refuse a reference that cannot be read or parsed before any model is loaded or any
+    run directory is written; its heads are checked against the model's shape later."""
+    load_reference(spec, 2**31, 2**31)
+
+
 def circuit_metrics(scores: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, float]:
     """All metrics of one ranking (flat scores) against a boolean reference (flat)."""
     from sklearn.metrics import (

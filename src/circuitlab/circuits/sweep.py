@@ -20,7 +20,7 @@ import numpy as np
 from circuitlab.circuits import shared
 from circuitlab.circuits.heads import REDUCTIONS
 from circuitlab.circuits.methods import DiscoveryConfig
-from circuitlab.circuits.references import circuit_metrics, load_reference
+from circuitlab.circuits.references import check_reference, circuit_metrics, load_reference
 from circuitlab.circuits.sae_method import sae_discover
 from circuitlab.core.config import comma_list, config_to_dict, option, option_of, require
 from circuitlab.core.executor import Execution, Unit, identity
@@ -94,6 +94,7 @@ class SweepConfig(Execution):
 
 
 def run_sweep(config: SweepConfig, out: str | Path) -> dict[str, Any]:
+    check_reference(config.reference)  # before the run directory is written
     run = RunDir.open(out, identity(config))
     points = config.points()
     units = [
