@@ -182,3 +182,20 @@ def test_the_cli_exits_non_zero_while_nodes_wait_for_a_retry(server, shipped_nod
     urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/mode/ok", timeout=5).read()
     up = subprocess.run(command, capture_output=True, text=True)
     assert up.returncode == 0, up.stderr
+
+
+def test_a_node_too_large_to_send_is_its_own_failure_not_a_request(
+    server, shipped_nodes, tmp_path
+):
+    """Issue 23: request size is capped; a huge node (a hand-made nodes file) fails alone."""
+    from circuitlab.analog.distill import MAX_NODE_CHARS
+
+    nodes = lines(shipped_nodes)[:3]
+    nodes[0] = {**nodes[0], "text": "gain " * (MAX_NODE_CHARS // 4)}
+    path = tmp_path / "nodes.jsonl"
+    path.write_text("".join(json.dumps(n) + "\n" for n in nodes))
+    srv = server("ok")
+    summary = distill(path, tmp_path / "run", http_config(srv, max_nodes=3))
+    assert summary["failures_by_cause"] == {"node_too_large": 1} and summary["accepted"] == 2
+    assert summary["complete"] is True and summary["retryable"] == 0
+    assert srv.stats()["requests"] == 2 * 3  # the big node cost no request

@@ -179,6 +179,11 @@ def _drop_cut_line(path: Path) -> None:
         handle.write(keep)
 
 
+# what one node may hand an agent: ~12k tokens, far above a --max-words node (150 words is
+# about 1k characters), far below a request no server takes
+MAX_NODE_CHARS = 50_000
+
+
 @dataclass
 class _Item:
     node: dict[str, Any]
@@ -299,9 +304,17 @@ class Distiller:
     def run_batch(self, nodes: Sequence[dict[str, Any]]) -> list[_Item]:
         c = self.config
         items = [_Item(node) for node in nodes]
+        for item in items:  # a node too big to send is that node's failure, not a request
+            size = len(str(item.node.get("text", "")))
+            if size > MAX_NODE_CHARS:
+                item.failure = {
+                    "stage": "designer", "cause": "node_too_large", "raw": "",
+                    "detail": f"{size:,} characters; at most {MAX_NODE_CHARS:,} are sent "
+                    "(make nodes with `analog nodes --max-words`)",
+                }  # fmt: skip
         designed = self.call(
             agents.DESIGNER,
-            items,
+            [it for it in items if it.failure is None],
             lambda it, **o: agents.designer_request(it.node, **o),
             c.question_tokens,
         )
