@@ -29,8 +29,8 @@ class DemoSettings:
     num: int = option(10_000, "Training examples per dataset in the cot-data stage.")
     preset: str = option(
         "full",
-        "full: the demo as the README describes it (about 15 min on 2 cores); smoke: every "
-        "stage at a toy size in a few minutes, to check an install (its numbers mean nothing).",
+        "full: the demo as the README describes it (its time there); smoke: every stage at a "
+        "toy size in a few minutes, to check an install (its numbers mean nothing).",
     )
 
     def __post_init__(self) -> None:
