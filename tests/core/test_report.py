@@ -409,3 +409,21 @@ def test_section_contents_nest_by_heading_level(tmp_path):
         '<li><a href="#s1-b-b">B b</a></li>\n</ul>\n'
         '<p>Plots: <a href="#s1-plot-1">p &lt;1&gt;</a></p>\n'
     )
+
+
+def test_the_cli_report_never_embeds_a_file_from_outside(tmp_path):
+    """Issue 23's probe as it was run: `circuitlab report` on a run directory holding a
+    symlink named linked.png to a file outside it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    run = make_run(tmp_path / "run", "# Plots\n\n![a](../passwd)\n", {})
+    (run / "linked.png").symlink_to(tmp_path / "passwd")
+    command = [sys.executable, "-m", "circuitlab", "report", str(run),
+               "--out", str(tmp_path / "report.html")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert "cm9vdDp4" not in page and "root:x" not in page
+    assert "not embedded" in result.stderr and "linked.png" in result.stderr
