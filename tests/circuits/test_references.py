@@ -131,7 +131,7 @@ def test_a_directory_or_undecodable_file_is_a_user_error(tmp_path: Path) -> None
     with pytest.raises(CircuitlabError, match="is a directory, not a file"):
         load_reference(str(tmp_path), 3, 4)
     (tmp_path / "bad.json").write_bytes(b"\xff\xfe[")
-    with pytest.raises(CircuitlabError, match="bad.json is not UTF-8 text"):
+    with pytest.raises(CircuitlabError, match=r"bad\.json is not UTF-8 text"):
         load_reference(str(tmp_path / "bad.json"), 3, 4)
 
 
