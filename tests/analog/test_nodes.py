@@ -116,3 +116,16 @@ def test_max_words_is_a_limit_for_any_paragraph(tmp_path):
     assert words == sentences.split() + endless.split()
     gain = [n["text"] for n in nodes if n["text"].startswith("Sentence")]
     assert len(gain) >= 400 * 10 // 60 and all(t.endswith("volts.") for t in gain)
+
+
+def test_parts_of_a_long_paragraph_stay_inside_it():
+    """A paragraph that does not start the section: its parts are cut at its own sentence
+    ends and never reach into the next paragraph (review finding: cut points were offset
+    by the paragraph's start)."""
+    from circuitlab.analog.nodes import _bounded
+
+    text = "X" * 40 + "\n\n" + "S0 w w w. S1 w w w. S2 w w w. S3 w w w." + "\n\nNEXT words here."
+    start = text.index("S0")
+    end = text.index("\n\nNEXT")
+    parts = [text[a:b] for _, a, b in _bounded(text, "prose", start, end, 5)]
+    assert parts == ["S0 w w w.", "S1 w w w.", "S2 w w w.", "S3 w w w."]

@@ -41,3 +41,11 @@ def test_bad_settings_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(CircuitlabError, match="needs --executor ray"):
         run_units(unit, title="t", ray_address="auto")
     assert not (tmp_path / "1.json").exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failing_unit_stops_the_run_with_its_own_error(tmp_path: Path, workers: int) -> None:
+    units = [Unit("bad", square, ("not a number", str(tmp_path)), cost=100)]
+    units += [Unit(f"u{x}", square, (x, str(tmp_path))) for x in range(3)]
+    with pytest.raises(TypeError):
+        run_units(units, title="squares", workers=workers, show=False)

@@ -156,7 +156,7 @@ def _bounded(
 
 
 def _parts(text: str, start: int, end: int, max_words: int) -> Iterator[tuple[int, int]]:
-    cuts = [start + m.end() for m in _SENTENCE_END.finditer(text, start, end)]
+    cuts = [m.end() for m in _SENTENCE_END.finditer(text, start, end)]  # absolute already
     sentences = list(zip([start, *cuts], [*cuts, end], strict=True))
     part_start, part_words = start, 0
     for s_start, s_end in sentences:

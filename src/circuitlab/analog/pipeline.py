@@ -194,6 +194,11 @@ def _distill(
             f"distill: {summary['qa_records']} QA records ({summary['accepted']} accepted, "
             f"{summary['failed']} failed) from {summary['nodes_processed']} nodes"
         )
+        if summary["retryable"]:  # not done: the stage reruns and asks for these again
+            raise CircuitlabError(
+                f"distillation: {summary['retryable']} node(s) failed on the backend (see "
+                f"{run.path / 'distill' / 'failures.jsonl'}); rerun to retry them"
+            )
         if summary["qa_records"] == 0:
             raise CircuitlabError(
                 f"distillation produced no QA records (see {run.path / 'distill'}); "

@@ -16,6 +16,7 @@ are given; from other processes the calls travel over a queue to the parent's ba
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import time
@@ -226,11 +227,20 @@ def _run_processes(
                              initargs=(queue,)) as pool:  # fmt: skip
         futures = {pool.submit(_call_local, units[i], i, threads): i for i in order}
         pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            _drain(queue, display, lambda q: q.get_nowait())
-            for future in finished:
-                display.finished_remote(futures[future], future.result())
+        try:
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                _drain(queue, display, lambda q: q.get_nowait())
+                for future in finished:
+                    display.finished_remote(futures[future], future.result())
+        except BaseException:
+            # a failed unit (or Ctrl-C) stops the run: queued units are dropped, and the
+            # queue is drained while the running ones finish, so no worker blocks on it
+            pool.shutdown(wait=False, cancel_futures=True)
+            while not all(f.done() for f in pending):
+                with contextlib.suppress(Empty):
+                    queue.get(timeout=0.1)
+            raise
 
 
 def _run_ray(
@@ -254,6 +264,8 @@ def _run_ray(
             ray.init(address=address, log_to_driver=False)
         else:  # a local cluster for this run only
             ray.init(num_cpus=workers * threads, include_dashboard=False, log_to_driver=False)
+    if address:  # a cluster of its own size: one CPU a task, Ray packs them onto its nodes
+        threads = 1
     try:
         queue = RayQueue()
 

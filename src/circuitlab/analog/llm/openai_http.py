@@ -14,6 +14,7 @@ flight with a thread pool (standard library only: urllib + concurrent.futures).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -139,12 +140,14 @@ class OpenAIBackend:
             with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
                 raw = self._read_by_deadline(response)
         except urllib.error.HTTPError as e:
-            detail = e.read()[:200].decode("utf-8", "replace")
+            # redacted whole, then cut: a key cut in half would no longer match
+            detail = redact(e.read(1 << 16).decode("utf-8", "replace"), [self._key])[:200]
             message = f"HTTP {e.code} from {self.url}: {detail}"
             if e.code in RETRY_STATUS:
                 raise RetryableError(message, _retry_after(e.headers.get("Retry-After"))) from None
             raise PermanentError(message) from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
+                TimeoutError) as e:  # fmt: skip
             reason = getattr(e, "reason", e)
             raise RetryableError(f"cannot reach {self.url}: {reason}") from None
         try:
@@ -153,7 +156,7 @@ class OpenAIBackend:
             if not isinstance(text, str):
                 raise TypeError("content is not a string")
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as e:
-            snippet = raw[:120].decode("utf-8", "replace")
+            snippet = redact(raw.decode("utf-8", "replace"), [self._key])[:120]
             raise RetryableError(f"malformed response from {self.url} ({e}): {snippet!r}") from None
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         return text, str(body.get("model") or ""), usage
