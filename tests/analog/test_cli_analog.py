@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_imports import imports_torch
 
 
 def run(*args):
@@ -132,14 +133,7 @@ def test_eval_reads_its_settings_and_the_mcq_settings_from_one_toml_table(tmp_pa
 def test_a_light_command_does_not_import_the_configs_of_the_heavy_ones():
     """Commands are built on first use: `analog taxonomy` must not import torch (which
     NSCConfig's module does) just to generate `analog train`'s options."""
-    code = (
-        "import sys\nfrom typer.testing import CliRunner\nfrom circuitlab.cli import app\n"
-        "result = CliRunner().invoke(app, ['analog', 'taxonomy'])\n"
-        "assert result.exit_code == 0, result.output\nprint('torch' in sys.modules)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
+    assert not imports_torch("analog", "taxonomy")
 
 
 def test_nodes_never_read_a_symlink_that_leads_out_of_the_corpus(tmp_path):

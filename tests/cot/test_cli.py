@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cli_imports import imports_torch
+
 from circuitlab.core.executor import identity
 from circuitlab.core.runs import RunDir
 from circuitlab.cot.config import TrainConfig
@@ -78,14 +80,7 @@ def test_config_json_of_older_runs_still_reopens(tmp_path):
 
 
 def test_data_builds_its_options_without_importing_torch():
-    code = (
-        "import sys\nfrom typer.testing import CliRunner\nfrom circuitlab.cli import app\n"
-        "result = CliRunner().invoke(app, ['cot', 'data', '--help'])\n"
-        "assert result.exit_code == 0, result.output\nprint('torch' in sys.modules)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
+    assert not imports_torch("cot", "data", "--help")
 
 
 def refused(result: subprocess.CompletedProcess[str], message: str, out: Path) -> None:

@@ -132,7 +132,7 @@ def run_pipeline(
     config = config or PipelineConfig()
     # the questions are parsed now, not after minutes of distilling and training, and
     # before config.json is written: a bad file must not refuse the corrected rerun
-    load_mcq(config.mcq)
+    questions = len(load_mcq(config.mcq))
     run = RunDir.open(out, config_to_dict(config))
     stage = stage or (lambda name, total: lambda n: None)
     with torch_threads(config.threads):
@@ -140,7 +140,7 @@ def run_pipeline(
         qa = _distill(run, config, stage, log)
         for value in config.lambdas:
             _train(run, config, qa, value, stage, log)
-        _evaluate(run, config, stage, log)
+        _evaluate(run, config, questions, stage, log)
     return write_report(run, config, run.timings())
 
 
@@ -238,6 +238,7 @@ def _train(
 def _evaluate(
     run: RunDir,
     config: PipelineConfig,
+    questions: int,
     stage: Stage,
     log: Callable[[str], None],
 ) -> None:
@@ -250,7 +251,7 @@ def _evaluate(
         def work(name: str = name, spec: str | None = spec, path: Path = path) -> None:
             # the base is evaluated as a plain model: its drift is 0 by definition
             mcq = config.mcq_config()
-            advance = stage(f"evaluate {name}", mcq.limit or _count(config.mcq))
+            advance = stage(f"evaluate {name}", mcq.limit or questions)
             result = evaluate_mcq_and_drift(
                 load_model(spec), mcq=config.mcq, config=mcq, out=path, on_batch=advance
             )
@@ -260,12 +261,6 @@ def _evaluate(
             )
 
         run.run_stage(f"eval-{name}", work)
-
-
-def _count(mcq: str | None) -> int:
-    from circuitlab.analog.mcq import load_mcq
-
-    return len(load_mcq(mcq))
 
 
 def collect(run: RunDir, config: PipelineConfig) -> list[dict[str, Any]]:

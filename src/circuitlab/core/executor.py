@@ -108,8 +108,8 @@ def run_units(
     )  # fmt: skip
     with _Display(units, f"{title}: {len(units)} units {where}", show, summarize) as display:
         if executor == "ray":
-            return _run_ray(units, order, display, workers, threads, ray_address)
-        if workers == 1:
+            _run_ray(units, order, display, workers, threads, ray_address)
+        elif workers == 1:
             for i in order:
                 display.finished(i, units[i].function(*units[i].args, progress=display.reporter(i)))
         else:
@@ -208,11 +208,12 @@ def _call_local(unit: Unit, index: int, threads: int) -> Any:
     return _call(unit, index, threads, _queue)
 
 
-def _drain(queue: Any, display: _Display, get: Callable[[Any], Any]) -> None:
+def _drain(queue: Any, display: _Display) -> None:
+    """Show what the workers reported so far (a multiprocessing or a Ray queue)."""
     while True:
         try:
-            i, done, total = get(queue)
-        except Empty:
+            i, done, total = queue.get_nowait()
+        except Empty:  # ray.util.queue.Empty is a queue.Empty too
             return
         display.step(i, done, total)
 
@@ -230,7 +231,7 @@ def _run_processes(
         try:
             while pending:
                 finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                _drain(queue, display, lambda q: q.get_nowait())
+                _drain(queue, display)
                 for future in finished:
                     display.finished_remote(futures[future], future.result())
         except BaseException:
@@ -250,7 +251,7 @@ def _run_ray(
     workers: int,
     threads: int,
     address: str | None,
-) -> list[Any]:
+) -> None:
     try:
         import ray
         from ray.util.queue import Queue as RayQueue
@@ -281,11 +282,9 @@ def _run_ray(
         pending = list(refs)
         while pending:
             finished, pending = ray.wait(pending, num_returns=1, timeout=0.5)
-            _drain(queue, display, lambda q: q.get_nowait())
+            _drain(queue, display)
             for ref in finished:
                 display.finished_remote(refs[ref], ray.get(ref))
-        _drain(queue, display, lambda q: q.get_nowait())
-        return display.results()
     finally:
         if started:
             ray.shutdown()
