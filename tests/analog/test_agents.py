@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from circuitlab.analog.agents import (
     DESIGNER,
@@ -83,3 +86,35 @@ def test_prefill_asks_for_one_field_at_a_time():
     assert json.loads(done) == {"reasoning": "r", "answer": "a"}
     value, repaired = parse_object(partial + 'forty dB"}')
     assert value == {"reasoning": 'a "quoted" Ω', "answer": "forty dB"} and not repaired
+
+
+LATEX = r"$\frac{1}{\omega C}$, \beta\times\nu, 10\,k\Omega, a \\ b, \rho\theta\tau\underline{x}"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        # Written raw into the string: invalid escapes (\omega) and valid ones (\frac).
+        '{"answer": "' + LATEX.replace("\\\\", "\\\\\\\\") + '"}',
+        # Escaped as JSON asks.
+        json.dumps({"answer": LATEX}),
+        # Broken object: the last-resort key/value reader.
+        '{"answer": "' + LATEX.replace("\\\\", "\\\\\\\\") + '" or "x", "verdict": "yes"}',
+    ],
+)
+def test_latex_survives_byte_for_byte(reply):
+    value, _ = parse_object(reply)
+    assert value["answer"] == LATEX
+
+
+def test_json_escapes_that_open_no_word_are_still_read():
+    value, _ = parse_object(r'{"answer": "line one\nLine two\t5 mA \"quoted\" \u00b5A"}')
+    assert value["answer"] == 'line one\nLine two\t5 mA "quoted" \u00b5A'
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='{}":,\\abfnrtuo0 ', max_size=40))
+def test_any_reply_parses_or_is_a_recorded_failure(text):
+    """Only MalformedOutput may escape: anything else crashes the run and every resume."""
+    with contextlib.suppress(MalformedOutput):
+        parse_object(text)

@@ -8,8 +8,9 @@ its JSON reply and a schema for it:
 - reviewer: checks the answer against the source: accept, revise (with feedback for the
   solver) or reject.
 Replies are parsed leniently (code fences, text around the object, a reply cut off by the
-token limit are repaired; see `parse_object`) and then validated against the role's
-schema; what still fails is a `MalformedOutput` with a short cause that is recorded.
+token limit are repaired; LaTeX written unescaped into a string is kept as written; see
+`parse_object`) and then validated against the role's schema; what still fails is a
+`MalformedOutput` with a short cause that is recorded.
 """
 
 from __future__ import annotations
@@ -160,6 +161,26 @@ VERDICT_SYNONYMS = {
 }  # fmt: skip
 _PAIR = re.compile(r'"(\w+)"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.S)
+# A backslash pair JSON reads as itself: an escaped backslash or quote, a unicode escape,
+# or one of b f n r t that does not open a lower-case word.
+_JSON_ESCAPE = re.compile(r'\\(?:[\\"/]|u[0-9a-fA-F]{4}|[bfnrt](?![a-z]))')
+_BACKSLASH = re.compile(r"\\.?", re.S)
+
+
+def _latex_safe(text: str) -> str:
+    """Double every backslash that does not open a JSON escape, so LaTeX in a reply
+    survives decoding byte for byte.
+
+    Teachers write LaTeX into JSON strings unescaped: `\\omega` is an invalid escape
+    (json raises) and `\\frac`, `\\beta`, `\\times`, `\\nu` are valid ones that decode to a
+    form feed, backspace, tab and newline. A b/f/n/r/t escape followed by a lower-case
+    letter is read as a LaTeX command; a newline before a lower-case word is the price."""
+
+    def one(match: re.Match[str]) -> str:
+        pair = match.group(0)
+        return pair if _JSON_ESCAPE.match(text, match.start()) else "\\" + pair
+
+    return _BACKSLASH.sub(one, text)
 
 
 def _repair(text: str) -> str:
@@ -190,6 +211,14 @@ def _repair(text: str) -> str:
     return text + "}" * max(depth, 0)
 
 
+def _decode_string(value: str) -> str:
+    """A JSON string's body, LaTeX-safe; a body that still is not JSON is kept raw."""
+    try:
+        return json.loads(f'"{_latex_safe(value)}"', strict=False)
+    except json.JSONDecodeError:
+        return value
+
+
 def parse_object(text: str | None) -> tuple[dict[str, Any], bool]:
     """(object, repaired) from a model reply; raises MalformedOutput (empty_reply, no_json,
     bad_json). Accepts the object alone, inside a code fence or surrounded by prose; an
@@ -207,7 +236,7 @@ def parse_object(text: str | None) -> tuple[dict[str, Any], bool]:
         if start < 0:
             continue
         found_brace = True
-        body = candidate[start:]
+        body = _latex_safe(candidate[start:])
         try:
             value, _ = decoder.raw_decode(body)
             if isinstance(value, dict):
@@ -225,7 +254,7 @@ def parse_object(text: str | None) -> tuple[dict[str, Any], bool]:
         # "no"}), first occurrence of each key.
         pairs: dict[str, Any] = {}
         for key, value in _PAIR.findall(text):
-            pairs.setdefault(key, json.loads(f'"{value}"') if "\\" in value else value)
+            pairs.setdefault(key, _decode_string(value))
         if pairs:
             return pairs, True
     cause = "bad_json" if found_brace else "no_json"
