@@ -156,6 +156,16 @@ def test_bad_settings_are_clear_errors() -> None:
         TrainConfig(schedule="step")
     with pytest.raises(CircuitlabError, match="size"):
         TrainConfig(task="lis", size=1)
+    with pytest.raises(CircuitlabError, match="grad_clip"):
+        TrainConfig(grad_clip=-1.0)
+
+
+def test_grad_clip_0_is_off_and_the_model_still_learns(tmp_path: Path) -> None:
+    """clip_grad_norm_ with a max norm of 0 zeroes every gradient: 0 must mean no clipping."""
+    config = TrainConfig(**{**TINY, "num": 400, "epochs": 3, "log_every": 1, "grad_clip": 0.0})
+    train(config, tmp_path, quiet=True)
+    losses = [r["loss"] for r in map(json.loads, (tmp_path / "metrics.jsonl").open()) if "lr" in r]
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
 
 
 def test_tiny_model_learns_arithmetic_chain_of_thought(tmp_path: Path) -> None:

@@ -327,7 +327,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if config.grad_clip > 0:  # a max norm of 0 would zero every gradient
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             tokens = int(lengths[rows].sum()) * world.size
