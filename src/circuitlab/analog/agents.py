@@ -161,10 +161,9 @@ VERDICT_SYNONYMS = {
 }  # fmt: skip
 _PAIR = re.compile(r'"(\w+)"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.S)
-# A backslash pair JSON reads as itself: an escaped backslash or quote, a unicode escape,
-# or one of b f n r t that does not open a lower-case word.
-_JSON_ESCAPE = re.compile(r'\\(?:[\\"/]|u[0-9a-fA-F]{4}|[bfnrt](?![a-z]))')
-_BACKSLASH = re.compile(r"\\.?", re.S)
+# A backslash JSON reads as an escape (an escaped backslash or quote, a unicode escape, or
+# one of b f n r t that does not open a lower-case word), or else a lone backslash (group 1).
+_BACKSLASH = re.compile(r'\\(?:[\\"/]|u[0-9a-fA-F]{4}|[bfnrt](?![a-z]))|(\\)')
 
 
 def _latex_safe(text: str) -> str:
@@ -174,13 +173,9 @@ def _latex_safe(text: str) -> str:
     Teachers write LaTeX into JSON strings unescaped: `\\omega` is an invalid escape
     (json raises) and `\\frac`, `\\beta`, `\\times`, `\\nu` are valid ones that decode to a
     form feed, backspace, tab and newline. A b/f/n/r/t escape followed by a lower-case
-    letter is read as a LaTeX command; a newline before a lower-case word is the price."""
-
-    def one(match: re.Match[str]) -> str:
-        pair = match.group(0)
-        return pair if _JSON_ESCAPE.match(text, match.start()) else "\\" + pair
-
-    return _BACKSLASH.sub(one, text)
+    letter is read as a LaTeX command; a newline before a lower-case word is the price.
+    After this every backslash opens a valid escape."""
+    return _BACKSLASH.sub(lambda m: "\\\\" if m.group(1) else m.group(0), text)
 
 
 def _repair(text: str) -> str:
@@ -209,14 +204,6 @@ def _repair(text: str) -> str:
     text = re.sub(r'(\{|,)\s*"[^"]*"\s*:?\s*$', r"\1", text)  # a key with no value
     text = re.sub(r",\s*$", "", text)
     return text + "}" * max(depth, 0)
-
-
-def _decode_string(value: str) -> str:
-    """A JSON string's body, LaTeX-safe; a body that still is not JSON is kept raw."""
-    try:
-        return json.loads(f'"{_latex_safe(value)}"', strict=False)
-    except json.JSONDecodeError:
-        return value
 
 
 def parse_object(text: str | None) -> tuple[dict[str, Any], bool]:
@@ -254,7 +241,7 @@ def parse_object(text: str | None) -> tuple[dict[str, Any], bool]:
         # "no"}), first occurrence of each key.
         pairs: dict[str, Any] = {}
         for key, value in _PAIR.findall(text):
-            pairs.setdefault(key, _decode_string(value))
+            pairs.setdefault(key, json.loads(f'"{_latex_safe(value)}"', strict=False))
         if pairs:
             return pairs, True
     cause = "bad_json" if found_brace else "no_json"
