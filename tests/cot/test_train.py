@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -19,7 +20,8 @@ from safetensors.torch import load_file
 from circuitlab.core.checkpoint import list_checkpoints
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.schedule import lr_at
-from circuitlab.cot.train import TrainConfig, prepare, train
+from circuitlab.cot.data import generate_splits
+from circuitlab.cot.train import TrainConfig, official_under, prepare, train
 
 TINY = dict(
     task="arithmetic", size=2, format="cot", num=2000, test_num=20, layers=1, d_model=32,
@@ -149,6 +151,30 @@ def test_mix_smaller_adds_shorter_problems_to_training_only() -> None:
     assert (prepared.test.ids == plain.test.ids).all()
 
 
+def test_under_draws_the_official_share_of_each_size_without_repeated_chains() -> None:
+    """The official --under: int(k / (1 + 2 + 3) * num) problems of size k < 3, whole chains
+    deduplicated, the rest at size 3; at p = 97 size 2 has no repeats, so its count is exact."""
+    num = 3000
+    config = TrainConfig(task="arithmetic", size=3, p=97, num=num, test_num=200, under=True)
+    splits = generate_splits(config.data)
+    batch = official_under(splits.train, splits.test, config)
+    counts = np.bincount(batch.step_counts(), minlength=3)  # size k has k - 1 steps
+    assert len(batch) == num
+    assert counts[1] == int(2 / 6 * num)
+    assert 0 < counts[0] <= int(1 / 6 * num)
+    assert counts[2] == num - counts[0] - counts[1]
+    chains = np.concatenate(
+        [batch.question, batch.steps.reshape(num, -1), batch.answer], axis=1
+    )
+    assert len({row[row != 0].tobytes() for row in chains}) == num  # no chain twice
+    test_questions = {row[row != 0].tobytes() for row in splits.test.question}
+    assert not test_questions & {row[row != 0].tobytes() for row in batch.question}
+    # through prepare: the training set is this one, the test split the plain run's
+    prepared, plain = prepare(config), prepare(dataclasses.replace(config, under=False))
+    assert len(prepared.train) == num
+    assert (prepared.test.ids == plain.test.ids).all()
+
+
 def test_bad_settings_are_clear_errors() -> None:
     with pytest.raises(CircuitlabError, match="format"):
         TrainConfig(format="both")
@@ -158,6 +184,8 @@ def test_bad_settings_are_clear_errors() -> None:
         TrainConfig(task="lis", size=1)
     with pytest.raises(CircuitlabError, match="grad_clip"):
         TrainConfig(grad_clip=-1.0)
+    with pytest.raises(CircuitlabError, match="under or mix_smaller"):
+        TrainConfig(under=True, mix_smaller=0.3)
 
 
 def test_grad_clip_0_is_off_and_the_model_still_learns(tmp_path: Path) -> None:

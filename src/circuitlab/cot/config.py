@@ -72,7 +72,12 @@ class TrainConfig(ModelShape):
     data_seed: int = option(0, "Seed of the data draw.")
     seed: int = option(2021, "Model init and data order.")
     mix_smaller: float = option(
-        0.0, "Fraction of training problems drawn at smaller sizes (the official --under)."
+        0.0, "Fraction of training problems drawn at smaller sizes, in equal shares."
+    )
+    under: bool = option(
+        False,
+        "The official --under mix: int(k / (1 + ... + size) * num) problems of each size "
+        "k = 1..size, whole chains deduplicated, filled up to num at full size.",
     )
     epochs: int = option(10, "Passes over the training set.")
     batch_size: int = option(128, "Sequences per step.")
@@ -107,6 +112,7 @@ class TrainConfig(ModelShape):
         require(
             0.0 <= self.mix_smaller < 1.0, "mix_smaller is a fraction of training data, in [0, 1)"
         )
+        require(not (self.under and self.mix_smaller), "use under or mix_smaller, not both")
         super().__post_init__()  # the model's shape
         self.data  # noqa: B018 - building the DataConfig checks task, size, p and values
 

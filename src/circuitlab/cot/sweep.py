@@ -60,8 +60,8 @@ def _paper() -> Profile:
         checkpoint_every=2_000, log_every=100, eval_every=10, eval_examples=2_000,
     )  # fmt: skip
     plans = (
-        # the documented arithmetic commands use --under: a third of the problems smaller
-        TaskPlan("arithmetic", (4, 5, 6), dataclasses.replace(base, mix_smaller=1 / 3)),
+        # the documented arithmetic commands use --under (TrainConfig.under)
+        TaskPlan("arithmetic", (4, 5, 6), dataclasses.replace(base, under=True)),
         TaskPlan("equation", (3, 4, 5), base),
         TaskPlan("lis", (50, 80, 100), base),
         TaskPlan("ed", (12, 16, 20), base),
