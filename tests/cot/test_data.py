@@ -16,6 +16,23 @@ from circuitlab.cot.tasks import TASKS, get_task
 from circuitlab.cot.tasks.common import row_keys
 
 
+def test_data_under_writes_the_official_mix_and_an_unchanged_test_split(tmp_path):
+    """`cot data --under` writes what `cot train --under` trains on (official_under)."""
+    base = dict(task="arithmetic", size=3, p=97, num=600, test_num=60, seed=2)
+    write_dataset(DataConfig(**base, under=True), tmp_path / "u.jsonl")
+    write_dataset(DataConfig(**base), tmp_path / "plain.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "u.jsonl").read_text().splitlines()]
+    steps = np.bincount([len(r["chain"]) for r in rows], minlength=3)
+    assert len(rows) == 600 and steps[1] == int(2 / 6 * 600) and 0 < steps[0] <= 100
+    assert len({r["text"] for r in rows}) == 600
+    test = (tmp_path / "u.test.jsonl").read_text()
+    assert test == (tmp_path / "plain.test.jsonl").read_text()
+    assert not {r["question"] for r in rows} & {
+        json.loads(x)["question"] for x in test.split("\n") if x
+    }
+    assert json.loads((tmp_path / "u.stats.json").read_text())["under"] is True
+
+
 @pytest.mark.parametrize("task", list(TASKS))
 def test_splits_are_disjoint_by_question_and_verify(task, tmp_path):
     size = {"arithmetic": 3, "equation": 2, "lis": 8, "ed": 5}[task]

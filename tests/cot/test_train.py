@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from circuitlab.core.checkpoint import list_checkpoints
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.schedule import lr_at
-from circuitlab.cot.data import generate_splits
-from circuitlab.cot.train import TrainConfig, official_under, prepare, train
+from circuitlab.cot.data import generate_splits, official_under
+from circuitlab.cot.train import TrainConfig, prepare, train
 
 TINY = dict(
     task="arithmetic", size=2, format="cot", num=2000, test_num=20, layers=1, d_model=32,
@@ -156,8 +156,8 @@ def test_under_draws_the_official_share_of_each_size_without_repeated_chains() -
     deduplicated, the rest at size 3; at p = 97 size 2 has no repeats, so its count is exact."""
     num = 3000
     config = TrainConfig(task="arithmetic", size=3, p=97, num=num, test_num=200, under=True)
-    splits = generate_splits(config.data)
-    batch = official_under(splits.train, splits.test, config)
+    splits = generate_splits(dataclasses.replace(config.data, under=False))
+    batch = official_under(splits.train, splits.test, config.data)
     counts = np.bincount(batch.step_counts(), minlength=3)  # size k has k - 1 steps
     assert len(batch) == num
     assert counts[1] == int(2 / 6 * num)
@@ -173,6 +173,7 @@ def test_under_draws_the_official_share_of_each_size_without_repeated_chains() -
     prepared, plain = prepare(config), prepare(dataclasses.replace(config, under=False))
     assert len(prepared.train) == num
     assert (prepared.test.ids == plain.test.ids).all()
+    assert (generate_splits(config.data).train.question == batch.question).all()
 
 
 def test_bad_settings_are_clear_errors() -> None:

@@ -13,7 +13,14 @@ from circuitlab.core.config import option, require
 from circuitlab.core.executor import Execution
 from circuitlab.core.schedule import SCHEDULES
 from circuitlab.core.tracking import REPORT_TO_HELP, check_report_to
-from circuitlab.cot.data import P_HELP, SIZE_HELP, TASK_HELP, VALUES_HELP, DataConfig
+from circuitlab.cot.data import (
+    P_HELP,
+    SIZE_HELP,
+    TASK_HELP,
+    UNDER_HELP,
+    VALUES_HELP,
+    DataConfig,
+)
 from circuitlab.cot.tasks.lis import NUMBER_RANGE
 
 
@@ -45,7 +52,6 @@ class ModelShape:
         )
 
 
-
 AMP = ("auto", "off", "bf16", "fp16")
 
 
@@ -74,11 +80,7 @@ class TrainConfig(ModelShape):
     mix_smaller: float = option(
         0.0, "Fraction of training problems drawn at smaller sizes, in equal shares."
     )
-    under: bool = option(
-        False,
-        "The official --under mix: int(k / (1 + ... + size) * num) problems of each size "
-        "k = 1..size, whole chains deduplicated, filled up to num at full size.",
-    )
+    under: bool = option(False, UNDER_HELP)
     epochs: int = option(10, "Passes over the training set.")
     batch_size: int = option(128, "Sequences per step.")
     lr: float = option(1e-4, "Peak AdamW learning rate.")
@@ -127,8 +129,8 @@ class TrainConfig(ModelShape):
             self.data_seed,
             self.p,
             self.values,
+            self.under,
         )
-
 
 
 @dataclass(frozen=True)
@@ -142,5 +144,3 @@ class SweepSettings(Execution):
     )
     tasks: tuple[str, ...] = option((), "Only these tasks (repeatable).", flags=("--task",))
     device: str | None = option(None, "Override the profile's device (auto).")
-
-

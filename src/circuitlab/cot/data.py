@@ -41,6 +41,10 @@ SIZE_HELP = (
 )
 P_HELP = "Prime modulus for arithmetic and equation."
 VALUES_HELP = "LIS: questions use numbers below this (official 250; at least 2*size+1)."
+UNDER_HELP = (
+    "The official --under training set: int(k / (1 + ... + size) * num) problems of each "
+    "size k < size, whole chains deduplicated, the rest at full size (official: arithmetic)."
+)
 BOTH = "both"  # one draw written in both formats: the same problems, direct and CoT
 CHUNK = 131_072  # examples drawn per batch: big enough to amortise numpy overheads
 
@@ -68,6 +72,7 @@ class DataConfig:
     seed: int = option(0, "Same seed, same files.")
     p: int = option(11, P_HELP)
     values: int = option(lis.NUMBER_RANGE, VALUES_HELP)
+    under: bool = option(False, UNDER_HELP)
 
     def __post_init__(self) -> None:
         task = get_task(self.task)
@@ -81,6 +86,13 @@ class DataConfig:
             check_modulus(self.p)
         if task.name == "lis":
             lis.number_range(self.size, self.values)
+        if self.under:
+            vocab = task.vocab(self.size, self.task_arg)
+            sizes = range(task.min_size, self.size)
+            require(
+                all(task.vocab(k, self.task_arg) == vocab for k in sizes),
+                f"--under needs one vocabulary for all sizes, which {self.task} does not have",
+            )
 
     @property
     def task_arg(self) -> int:
@@ -108,8 +120,67 @@ def iter_batches(config: DataConfig) -> Iterator[Drawn]:
     test_num test examples.
 
     Memory stays bounded by one chunk of examples plus the set of questions seen, which is
-    only kept when another chunk has to be drawn.
+    only kept when another chunk has to be drawn; `under` holds both splits instead, since
+    its training set is chosen after the test split is known.
     """
+    if not config.under:
+        yield from _iter_distinct(config)
+        return
+    parts: dict[str, list[TokenBatch]] = {"train": [], "test": []}
+    duplicates = 0
+    for drawn in _iter_distinct(config):
+        parts[drawn.split].append(drawn.batch)
+        duplicates = drawn.duplicates
+    full = TokenBatch.concat(parts["train"])
+    test = TokenBatch.concat(parts["test"]) if parts["test"] else full.select(slice(0, 0))
+    yield Drawn("train", official_under(full, test, config), duplicates)
+    if len(test):
+        yield Drawn("test", test, duplicates)
+
+
+def official_under(full: TokenBatch, test: TokenBatch, config: DataConfig) -> TokenBatch:
+    """The official generator's `--under` training set (arithmetic/data.py): for each size
+    k = 1..n it draws int(k / sum(1..n) * num) problems into a set of whole chains, then
+    fills the set up to `num` with size-n problems. At n = 4 that is about 67% size 4, 29%
+    size 3, 3.8% size 2 and 0.05% size 1, with no repeated chain.
+
+    `full` (the plain draw of `num` size-n problems, none sharing a question with `test`)
+    supplies the size-n part and the filling, so the test split stays the plain run's.
+    """
+    task = get_task(config.task)
+    sizes = list(range(task.min_size, config.size + 1))
+    total = sum(sizes)
+    rng = np.random.default_rng([config.seed, 7919])
+    smaller = [
+        task.generate(rng, k, int(k / total * config.num), config.task_arg) for k in sizes[:-1]
+    ]
+    candidates = TokenBatch.concat([*[b for b in smaller if len(b)], full])
+    # the size-n draws and the filling are one stream (the official loop draws size n until
+    # the set is full), so taking distinct chains in order until `num` is the same rule
+    test_questions = set(question_keys(test))
+    chains = row_keys(
+        np.concatenate(
+            [candidates.question, candidates.steps.reshape(len(candidates), -1), candidates.answer],
+            axis=1,
+        )
+    ).tolist()
+    seen: set[bytes] = set()
+    keep: list[int] = []
+    for row, (chain, question) in enumerate(zip(chains, question_keys(candidates), strict=True)):
+        if len(keep) == config.num:
+            break
+        if chain not in seen and question not in test_questions:
+            seen.add(chain)
+            keep.append(row)
+    return candidates.select(np.array(keep))
+
+
+def question_keys(batch: TokenBatch) -> list[bytes]:
+    """Each question's tokens, independent of the batch's padded width."""
+    return [row[row != 0].astype(np.int16).tobytes() for row in batch.question]
+
+
+def _iter_distinct(config: DataConfig) -> Iterator[Drawn]:
     task = get_task(config.task)
     rng = np.random.default_rng(config.seed)
     wanted = config.num + config.tests
@@ -328,6 +399,7 @@ def write_dataset(
                 "seed": config.seed,
                 "p": config.p if task.uses_modulus else None,
                 "values": config.values if task.name == "lis" else None,
+                "under": config.under,
                 "num_train": counts["train"],
                 "num_test": counts["test"],
                 "duplicates_dropped": duplicates,

@@ -40,12 +40,12 @@ from circuitlab.core.schedule import lr_at
 from circuitlab.core.tracking import open_tracker
 from circuitlab.cot.batching import epoch_plan, shard
 from circuitlab.cot.config import TrainConfig
-from circuitlab.cot.data import generate_splits
+from circuitlab.cot.data import generate_splits, question_keys
 from circuitlab.cot.evaluate import EvalResult, evaluate_model
 from circuitlab.cot.model import GPT, ModelConfig
 from circuitlab.cot.sequences import Sequences, build_sequences, loss_labels
 from circuitlab.cot.tasks import get_task
-from circuitlab.cot.tasks.common import TokenBatch, row_keys
+from circuitlab.cot.tasks.common import TokenBatch
 
 
 @dataclass
@@ -64,8 +64,6 @@ def prepare(config: TrainConfig) -> Prepared:
     train_batch = splits.train
     if config.mix_smaller > 0:
         train_batch = _mix_in_smaller(train_batch, config)
-    elif config.under:
-        train_batch = official_under(train_batch, splits.test, config)
     train = build_sequences(task, train_batch, vocab, config.format)
     test = build_sequences(task, splits.test, vocab, config.format)
     # Room beyond the longest true sequence, so a wrong (longer) generation can still end.
@@ -88,16 +86,13 @@ def fresh_test(config: TrainConfig, count: int) -> Sequences:
     task = get_task(config.task)
     vocab = task.vocab(config.size, config.data.task_arg)
 
-    seen = set(_question_keys(generate_splits(config.data).train))
-    draw = dataclasses.replace(config.data, num=count, test_num=0, seed=config.data_seed + 1)
+    seen = set(question_keys(generate_splits(config.data).train))
+    draw = dataclasses.replace(
+        config.data, num=count, test_num=0, seed=config.data_seed + 1, under=False
+    )
     batch = generate_splits(draw).train
-    keep = np.array([k not in seen for k in _question_keys(batch)], dtype=bool)
+    keep = np.array([k not in seen for k in question_keys(batch)], dtype=bool)
     return build_sequences(task, batch.select(keep), vocab, config.format)
-
-
-def _question_keys(batch: TokenBatch) -> list[bytes]:
-    """Each question's tokens, independent of the batch's padded width."""
-    return [row[row != 0].astype(np.int16).tobytes() for row in batch.question]
 
 
 def _mix_in_smaller(batch: TokenBatch, config: TrainConfig) -> TokenBatch:
@@ -126,47 +121,6 @@ def _mix_in_smaller(batch: TokenBatch, config: TrainConfig) -> TokenBatch:
         if count:
             parts.append(task.generate(rng, k, count, arg))
     return TokenBatch.concat(parts)
-
-
-def official_under(full: TokenBatch, test: TokenBatch, config: TrainConfig) -> TokenBatch:
-    """The official generator's `--under` training set (arithmetic/data.py): for each size
-    k = 1..n it draws int(k / sum(1..n) * num) problems into a set of whole chains, then
-    fills the set up to `num` with size-n problems. At n = 4 that is about 67% size 4, 29%
-    size 3, 3.8% size 2 and 0.05% size 1, with no repeated chain.
-
-    `full` (the plain draw of `num` size-n problems, none sharing a question with `test`)
-    supplies the size-n part and the filling, so the test split stays the plain run's.
-    """
-    task = get_task(config.task)
-    n, arg = config.size, config.data.task_arg
-    sizes = list(range(task.min_size, n + 1))
-    vocab = task.vocab(n, arg)
-    if any(task.vocab(k, arg) != vocab for k in sizes):
-        raise CircuitlabError(
-            f"under needs one vocabulary for all sizes, which {config.task} does not have"
-        )
-    total = sum(sizes)
-    rng = np.random.default_rng([config.data_seed, 7919])
-    drawn = [task.generate(rng, k, int(k / total * config.num), arg) for k in sizes[:-1]]
-    candidates = TokenBatch.concat([*[b for b in drawn if len(b)], full])
-    # the size-n draws and the filling are one stream (the official loop draws size n until
-    # the set is full), so taking distinct chains in order until `num` is the same rule
-    test_questions = set(_question_keys(test))
-    chains = row_keys(
-        np.concatenate(
-            [candidates.question, candidates.steps.reshape(len(candidates), -1), candidates.answer],
-            axis=1,
-        )
-    ).tolist()
-    seen: set[bytes] = set()
-    keep: list[int] = []
-    for row, (chain, question) in enumerate(zip(chains, _question_keys(candidates), strict=True)):
-        if len(keep) == config.num:
-            break
-        if chain not in seen and question not in test_questions:
-            seen.add(chain)
-            keep.append(row)
-    return candidates.select(np.array(keep))
 
 
 # ------------------------------------------------------------------ distributed set-up
