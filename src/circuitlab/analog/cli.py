@@ -14,6 +14,7 @@ from circuitlab.core.commands import lazy_app, lazy_command
 from circuitlab.core.progress import progress_bar, stage_bars
 
 if TYPE_CHECKING:  # each command imports its config when it is built (see lazy_command)
+    from circuitlab.analog.compare import CompareConfig
     from circuitlab.analog.distill import DistillConfig
     from circuitlab.analog.evaluate import EvalConfig
     from circuitlab.analog.nodes import NodesConfig
@@ -284,6 +285,52 @@ def _print_eval(result: dict[str, Any]) -> None:
             f"(against {d['against']}), perplexity {d['perplexity']:.2f} "
             f"(original {d['reference_perplexity']:.2f})"
         )
+
+
+@lazy_command(app, "compare", "circuitlab.analog.compare:CompareConfig", table="compare")
+def compare(
+    config: CompareConfig,
+    run_a: Path = typer.Argument(..., help="Eval result JSON, or the run folder holding it."),
+    run_b: Path = typer.Argument(..., help="The other one, on the same questions."),
+    out: Path | None = typer.Option(None, help="Write the comparison (JSON) here."),
+) -> None:
+    """Paired comparison of two evaluations on the same questions: accuracy difference B - A
+    with a paired bootstrap 95% interval and McNemar's exact p-value, overall, per subfield
+    and per level.
+
+    Questions are paired by id; runs on different question sets are refused.
+
+    Example: circuitlab analog compare runs/analog/eval/base.json runs/analog/eval/l0.1.json
+    """
+    from circuitlab.analog.compare import compare_runs
+
+    result = compare_runs(run_a, run_b, config, out=out)
+    _print_compare(result)
+    if out is not None:
+        console.print(f"wrote {out}")
+
+
+def _print_compare(result: dict[str, Any]) -> None:
+    a, b = result["a"], result["b"]
+    table = Table(
+        title=f"A = {a['model']} ({a['path']})\nB = {b['model']} ({b['path']})",
+        caption=f"B - A: paired bootstrap 95% CI ({result['resamples']} resamples, seed "
+        f"{result['seed']}); p: McNemar exact; A>B, B>A: right in that run only",
+    )
+    for column in ("questions", "n", "A", "B", "B - A", "95% CI", "p", "A>B", "B>A"):
+        table.add_column(column, justify="left" if column == "questions" else "right",
+                         no_wrap=column != "questions")  # fmt: skip
+    rows = [("all", result)]
+    rows += [(f"subfield {k}", v) for k, v in result["per_subfield"].items()]
+    rows += [(f"level {k}", v) for k, v in result["per_level"].items()]
+    for name, block in rows:
+        low, high = block["ci95"]
+        table.add_row(
+            name, str(block["n"]), f"{block['accuracy_a']:.3f}", f"{block['accuracy_b']:.3f}",
+            f"{block['difference']:+.3f}", f"{low:+.2f},{high:+.2f}",
+            f"{block['mcnemar_p']:.3g}", str(block["a_only"]), str(block["b_only"]),
+        )  # fmt: skip
+    Console().print(table)
 
 
 @lazy_command(app, "run", "circuitlab.analog.pipeline:PipelineConfig", table="run")
