@@ -46,6 +46,16 @@ def test_pipeline_trains_evaluates_and_reports_then_resumes_for_free(
     assert rows["SFT"]["train_ce_final"] < rows["SFT"]["train_ce_first"]
     text = report.read_text()
     assert "| SFT | 0 |" in text and "| NSC-SFT | 1 |" in text and "tradeoff.png" in text
+    # each fine-tuned model against the base, paired on the same six questions
+    assert "vs_base" not in rows["base"]
+    for model in ("SFT", "NSC-SFT"):
+        vs = rows[model]["vs_base"]
+        assert vs["n"] == 6 and vs["accuracy_a"] == rows["base"]["accuracy"]
+        assert vs["accuracy_b"] == rows[model]["accuracy"]
+        assert vs["difference"] == round((vs["b_only"] - vs["a_only"]) / 6, 4)
+        assert vs["ci95"][0] <= vs["difference"] <= vs["ci95"][1] and 0 < vs["mcnemar_p"] <= 1
+        assert f"| {vs['difference']:+.3f} [" in text
+    assert "vs base: difference [paired 95% CI], McNemar p" in text
     assert (out / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
     stamp = (out / "eval" / "l1.json").stat().st_mtime_ns
     timed = ["train-l0", "train-l1", "eval-base", "eval-l0", "eval-l1"]  # not the handed-in

@@ -320,10 +320,18 @@ def _print_compare(result: dict[str, Any]) -> None:
     for column in ("questions", "n", "A", "B", "B - A", "95% CI", "p", "A>B", "B>A"):
         table.add_column(column, justify="left" if column == "questions" else "right",
                          no_wrap=column != "questions")  # fmt: skip
-    rows = [("all", result)]
-    rows += [(f"subfield {k}", v) for k, v in result["per_subfield"].items()]
-    rows += [(f"level {k}", v) for k, v in result["per_level"].items()]
+    rows: list[tuple[str, dict[str, Any] | None]] = [("all", result)]
+    for kind in ("subfield", "level"):
+        if result[f"per_{kind}"]:
+            rows += [
+                (kind, None),
+                *((f"  {k}", v) for k, v in result[f"per_{kind}"].items()),
+            ]
     for name, block in rows:
+        if block is None:
+            table.add_section()
+            table.add_row(f"[italic]{name}[/italic]")
+            continue
         low, high = block["ci95"]
         table.add_row(
             name, str(block["n"]), f"{block['accuracy_a']:.3f}", f"{block['accuracy_b']:.3f}",

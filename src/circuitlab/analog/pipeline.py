@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from circuitlab.analog.compare import compare_predictions, vs_text
 from circuitlab.analog.distill import DistillConfig, distill
 from circuitlab.analog.evaluate import evaluate_mcq_and_drift
 from circuitlab.analog.mcq import MCQConfig, load_mcq
@@ -265,6 +266,7 @@ def _evaluate(
 
 def collect(run: RunDir, config: PipelineConfig) -> list[dict[str, Any]]:
     rows = []
+    base = read_json(run.path / "eval" / "base.json")["mcq"]["predictions"]
     for name, value in [("base", None)] + [(lambda_name(v), v) for v in config.lambdas]:
         result = read_json(run.path / "eval" / f"{name}.json")
         row: dict[str, Any] = {
@@ -280,6 +282,10 @@ def collect(run: RunDir, config: PipelineConfig) -> list[dict[str, Any]]:
             "mcq_questions_per_second": result["mcq"]["questions_per_second"],
         }
         if value is not None:
+            # paired on the same questions: separate intervals overlap long after this
+            # tells two models apart (see analog/compare.py)
+            paired = compare_predictions(base, result["mcq"]["predictions"], names=("base", name))
+            row["vs_base"] = {k: v for k, v in paired.items() if not k.startswith("per_")}
             trained = read_json(run.path / f"train-{name}" / "results.json")
             row.update(
                 train_ce_first=trained["first_ce"],
@@ -354,9 +360,10 @@ def write_report(run: RunDir, config: PipelineConfig, timings: dict[str, float])
         f"- evaluation: {rows[0]['n']} multiple-choice questions (shipped self-written analog "
         "probe unless --mcq; option log-likelihood), general-text drift on the shipped probe",
         "",
-        "| model | lambda | MCQ accuracy [95% CI] | mean margin | general KL | general ppl | "
-        "train CE first -> last | train KL last |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | lambda | MCQ accuracy [95% CI] | vs base: difference [paired 95% CI], "
+        "McNemar p | mean margin | general KL | general ppl | train CE first -> last "
+        "| train KL last |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lam = "-" if r["lambda"] is None else f"{r['lambda']:g}"
@@ -368,9 +375,10 @@ def write_report(run: RunDir, config: PipelineConfig, timings: dict[str, float])
         )
         train_kl = f"{r['train_kl_final']:.4f}" if r["lambda"] else "-"  # lambda 0: not run
         ci = f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+        vs_base = vs_text(r["vs_base"]) if "vs_base" in r else "-"
         drift = f"{r['general_kl']:.5f} | {r['general_ppl']:.2f}"
         lines.append(
-            f"| {r['model']} | {lam} | {r['accuracy']:.3f} {ci} | {margin} | {drift} "
+            f"| {r['model']} | {lam} | {r['accuracy']:.3f} {ci} | {vs_base} | {margin} | {drift} "
             f"| {train_ce} | {train_kl} |"
         )
     lines += [
@@ -388,8 +396,11 @@ def write_report(run: RunDir, config: PipelineConfig, timings: dict[str, float])
         "lambda = 0 is plain SFT).",
         "- It cannot show the paper's domain gain: a handful of QA records written by the same "
         "135M model teach it little, and the accuracy intervals of a 60-question probe are "
-        "about +-0.12 wide, so differences in accuracy here are mostly noise. Mean margin "
-        "(log-probability of the right option minus the best wrong one) moves more smoothly.",
+        "about +-0.12 wide, so differences in accuracy here are mostly noise. The vs base "
+        "column is the paired test on the same questions (`circuitlab analog compare`): a "
+        "difference whose interval holds 0, or a large McNemar p, is not one this probe can "
+        "detect. Mean margin (log-probability of the right option minus the best wrong one) "
+        "moves more smoothly.",
         "- The MCQ set is a small self-written probe of the shipped chapters' topics, not "
         "AMSBench-TQA; point --mcq at AMSBench-TQA-shaped JSONL for the real benchmark.",
     ]
