@@ -313,7 +313,10 @@ def compare(
 def _print_compare(result: dict[str, Any]) -> None:
     a, b = result["a"], result["b"]
     table = Table(
-        title=f"A = {a['model']} ({a['path']})\nB = {b['model']} ({b['path']})",
+        title="\n".join(
+            f"{k} = {r['model']} ({r['path']}; {r['mode']}, {r['scoring']})"
+            for k, r in (("A", a), ("B", b))
+        ),
         caption=f"B - A: paired bootstrap 95% CI ({result['resamples']} resamples, seed "
         f"{result['seed']}); p: McNemar exact; A>B, B>A: right in that run only",
     )
