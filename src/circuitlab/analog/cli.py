@@ -272,7 +272,8 @@ def evaluate(
 
 def _print_eval(result: dict[str, Any]) -> None:
     m = result["mcq"]
-    table = Table(title=f"{result['model']}: {m['method']}")
+    title = f"{result['model']}: {m['method']}"  # how the answers were got, parser included
+    table = Table(title=title, min_width=min(len(title), console.width))
     for column in ("subfield", "n", "accuracy", "95% CI"):
         table.add_column(column, justify="left" if column == "subfield" else "right")
     for name, block in [*m["per_subfield"].items(), ("all", m)]:
