@@ -20,7 +20,7 @@ Modes:
 - generate, protocol "plain": greedy generation (24 new tokens by default) from the
   lettered prompt; the letter is read from the reply by `parse_letter`.
 - generate, protocol "amsbench" (`--protocol amsbench` alone selects generate): AMSBench's
-  prompt and answer format, sampled at temperature 0.1; see AMSBENCH_SYSTEM.
+  prompt and answer format, sampled at temperature 0.1; see amsbench_prompt.
 A reply the parser cannot read counts as wrong; the result counts them and lists their ids.
 
 Accuracy comes with a Wilson 95% interval, which stays inside [0, 1] and is honest at the
@@ -56,16 +56,7 @@ PARSERS = ("strict", "last-word")
 SHIPPED_NAME = "analog_mcq.jsonl"
 _PREFIXED = re.compile(r"^\s*\(?([A-J])[\).:]\s*(.*)$", re.S)
 
-# AMSBench's repository (Why0912/AMSBench) publishes no script for its text questions (TQA);
-# the one it publishes, `test models.py`, asks its image questions with the system message
-# below, the user text f"{question}{options}" followed by AMSBENCH_FORMAT (question and
-# options run together, curly quotes included), temperature 0.1 and no token limit, and
-# reads the answer as the first letter of the reply's last word. The amsbench protocol
-# here sends that prompt without an image; where it differs: options not given as one
-# string are written as "A. ..." lines (the script would print a Python list), the token
-# limit is --max-new-tokens (2048 by default), sampling uses only the temperature (no
-# top-k/top-p) seeded by --seed, and the letter is read by the strict parser unless
-# --parser last-word asks for the script's rule.
+# AMSBench's published prompt and settings: see amsbench_prompt
 AMSBENCH_SYSTEM = "Please answer according to the images, questions, and options provided."
 AMSBENCH_FORMAT = ".The final response format as\u201c**<correct option letter>**\u201d"
 # per protocol: (max_new_tokens, temperature) when not given
@@ -303,7 +294,19 @@ def lettered(item: MCQ) -> str:
 
 
 def amsbench_prompt(item: MCQ) -> str:
-    """The user text of AMSBench's published script (see AMSBENCH_SYSTEM)."""
+    """The user text of the amsbench protocol.
+
+    AMSBench's official script for its text questions (TQA) is not published, so it is not
+    available here. Its repository (Why0912/AMSBench) publishes `test models.py`, its image-
+    question script: system message AMSBENCH_SYSTEM, user text f"{question}{options}" then
+    AMSBENCH_FORMAT (question and options run together, curly quotes included),
+    temperature 0.1, no token limit, and the answer read as the first letter of the reply's
+    last word. The protocol here sends that prompt without an image. Where it differs:
+    options not given as one string are written as "A. ..." lines (the script would print a
+    Python list), the token limit is --max-new-tokens (2048 by default), sampling uses the
+    temperature alone (no top-k/top-p) seeded by --seed, and the letter is read by
+    `parse_letter` unless --parser last-word asks for the script's rule (`parse_last_word`).
+    """
     question = item.source_question or item.question
     options = item.source_options or "".join(f"\n{LETTERS[i]}. {o}" for i, o in
                                              enumerate(item.options))  # fmt: skip
