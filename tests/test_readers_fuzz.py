@@ -89,10 +89,24 @@ def test_task_jsonl_reader(tmp_path: Path, data: bytes) -> None:
     gives_result_or_one_line_error(lambda: load_jsonl_task(path, CharTokenizer()))
 
 
+MCQ_KEYS = ("question", "options", "answer", "groundtruth", "level", "subfield", "id")
+lettered_options = st.lists(
+    st.tuples(st.sampled_from(["A.", "(A)", "B.", "(B)", "B)", "C:", "D.", " ", "\n"]),
+              st.text(max_size=6)),
+    max_size=5,
+).map(lambda parts: " ".join(a + b for a, b in parts))  # fmt: skip
+mcq_rows = st.fixed_dictionaries(
+    {}, optional={k: st.one_of(values, lettered_options) for k in MCQ_KEYS}
+)
+mcq_arrays = st.lists(st.one_of(mcq_rows, values), max_size=4).map(json.dumps)
+
+
 @FUZZ
-@given(data=contents(("question", "options", "answer", "id", "subject")))
-def test_mcq_jsonl_reader(tmp_path: Path, data: bytes) -> None:
-    path = tmp_path / "mcq.jsonl"
+@given(data=st.one_of(contents(MCQ_KEYS), mcq_arrays.map(str.encode),
+                      mcq_arrays.map(lambda s: s[: len(s) // 2].encode())))  # fmt: skip
+def test_mcq_reader(tmp_path: Path, data: bytes) -> None:
+    """JSON lines and JSON arrays (AMSBench's files), with lettered option strings."""
+    path = tmp_path / "mcq.json"
     path.write_bytes(data)
     gives_result_or_one_line_error(lambda: load_mcq(path))
 
@@ -102,9 +116,7 @@ def test_mcq_jsonl_reader(tmp_path: Path, data: bytes) -> None:
 def test_qa_jsonl_reader(tmp_path: Path, data: bytes) -> None:
     path = tmp_path / "qa.jsonl"
     path.write_bytes(data)
-    gives_result_or_one_line_error(
-        lambda: load_sft_data(path, CharTokenizer(), max_length=64)
-    )
+    gives_result_or_one_line_error(lambda: load_sft_data(path, CharTokenizer(), max_length=64))
 
 
 markup = st.lists(
@@ -153,9 +165,7 @@ tables = st.dictionaries(toml_keys, toml_values, max_size=5).map(
 def test_toml_config_reader(tmp_path: Path, body: str, header: str, raw: bytes | None) -> None:
     path = tmp_path / "c.toml"
     path.write_bytes(raw if raw is not None else (header + body).encode())
-    gives_result_or_one_line_error(
-        lambda: config_from_dict(TrainConfig, read_toml(path, "train"))
-    )
+    gives_result_or_one_line_error(lambda: config_from_dict(TrainConfig, read_toml(path, "train")))
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

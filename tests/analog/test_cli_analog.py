@@ -50,11 +50,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
 def test_train_eval_and_run_report_bad_input_in_one_line(tmp_path):
     bad_mcq = tmp_path / "mcq.jsonl"
     bad_mcq.write_text('{"question": "q?", "options": ["a", "b"], "answer": "Z"}\n')
+    bad_array = tmp_path / "mcq.json"
+    row = {"question": "q?", "options": "A. a B. b", "groundtruth": "(A)"}
+    bad_array.write_text(json.dumps([row, {**row, "options": "a or b"}]))
     out = str(tmp_path / "o")
     for args, message in [
         (["train", "--data", str(tmp_path / "none.jsonl"), "--out", out], "does not exist"),
         (["eval", "--mcq", str(bad_mcq), "--no-drift"], "mcq.jsonl:1: 'answer' must be"),
         (["eval", "--dtype", "fp8", "--no-drift"], "dtype 'fp8': use float32"),
+        (["eval", "--mcq", str(bad_array), "--no-drift"], "mcq.json row 2: 'options' is one"),
+        (["eval", "--protocol", "amsbench", "--mode", "loglik"], "protocol amsbench generates"),
         (["train", "--data", str(bad_mcq), "--dtype", "fp8", "--out", out], "dtype 'fp8'"),
         (["run", "--lambdas", "0,x", "--out", out], "comma-separated numbers"),
     ]:
@@ -83,6 +88,28 @@ def test_eval_loads_the_model_and_the_drift_original_in_the_asked_dtype(tmp_path
     assert math.isfinite(data["drift"]["perplexity"])
     # the original is loaded in bfloat16 as well: a float32 one would differ from the model
     assert data["drift"]["kl"] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_eval_amsbench_protocol_names_itself_and_lists_unparsed_replies(tmp_path):
+    questions = tmp_path / "tqa.json"
+    questions.write_text(json.dumps([
+        {"question": "What do bees make?", "options": "A. Bricks B. Honey C. Steel",
+         "groundtruth": "B", "level": "Easy"},
+        {"question": "What is 2 plus 2?", "options": "(A) 4 (B) 5 (C) 22", "groundtruth": "A",
+         "level": "Hard"},
+    ]))  # fmt: skip
+    out = tmp_path / "eval.json"
+    result = run("eval", "--mcq", str(questions), "--protocol", "amsbench", "--max-new-tokens",
+                 "3", "--no-drift", "--threads", "1", "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    mcq = json.loads(out.read_text())["mcq"]
+    assert mcq["protocol"] == "amsbench" and mcq["parser"] == "strict"
+    assert mcq["max_new_tokens"] == 3 and set(mcq["per_subfield"]) == {"Easy", "Hard"}
+    printed = " ".join(result.stderr.split())  # the table title may wrap
+    assert "generate: amsbench prompt, strict letter parser, temperature 0.1" in printed
+    assert f"{mcq['unparsed']} unparsed" in printed
+    if mcq["unparsed_ids"]:
+        assert f"unparsed replies (counted wrong): {', '.join(mcq['unparsed_ids'])}" in printed
 
 
 def test_nodes_takes_flag_over_toml_over_default(tmp_path):
@@ -194,8 +221,21 @@ def test_analog_train_refused_for_its_data_then_the_corrected_rerun_trains(
     data, out = tmp_path / "qa.jsonl", tmp_path / "sft"
     lines = qa_file.read_text().splitlines()
     data.write_text("\n".join([*lines[:3], '{"prompt": "cut sho', *lines[3:]]) + "\n")
-    args = ["train", "--data", str(data), "--model", str(tiny_model_dir),
-            "--out", str(out), "--max-steps", "2", "--max-length", "96", "--threads", "1"]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--max-length",
+        "96",
+        "--threads",
+        "1",
+    ]
     refused(run(*args), "qa.jsonl:4 is not valid JSON", out)
     data.write_text(qa_file.read_text())  # the user fixes the file: a new data_sha256
     good = run(*args)

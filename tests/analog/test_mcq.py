@@ -10,10 +10,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from circuitlab.analog.drift import load_probe, measure_drift
 from circuitlab.analog.mcq import (
+    AMSBENCH_FORMAT,
     MCQConfig,
+    amsbench_prompt,
     evaluate_mcq,
     load_mcq,
     option_scores,
+    parse_last_word,
     parse_letter,
     parse_row,
     wilson,
@@ -95,7 +98,10 @@ def test_malformed_rows_are_clear_errors(tmp_path):
         ({**good, "answer": "BC"}, "'answer' must be one letter"),  # was taken as B
         ({**good, "answer": "AB"}, "'answer' must be one letter"),
         ({**good, "options": ["only one"]}, "needs 2 to 10 options"),
-        ({**good, "options": "a or b"}, "'options' must be a list"),
+        ({**good, "options": "a or b"}, "'options' is one string but not lettered"),
+        ({**good, "options": "A. only one"}, "'options' is one string but not lettered"),
+        ({**good, "options": 7}, "'options' must be a list, an object keyed A, B"),
+        ({"question": "q?", "options": ["a", "b"], "groundtruth": "(C)"}, "'groundtruth' must"),
         ({**good, "options": {"B": "x", "A": "y"}}, "option keys must be A, B"),
         ({**good, "options": ["a", ""]}, "every option must be a non-empty string"),
     ]
@@ -133,6 +139,146 @@ def test_letters_are_parsed_from_free_replies_and_intervals_are_wilson():
     low, high = wilson(5, 10)
     assert low == pytest.approx(0.2366, abs=1e-3) and high == pytest.approx(0.7634, abs=1e-3)
     assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0
+
+
+@pytest.mark.parametrize(
+    "reply, letter",
+    [
+        ("**C**", "C"),  # the format AMSBench asks for
+        ("The correct option is **(B)**.", "B"),
+        ("**Answer: D**", "D"),
+        ("**C. 20 kΩ**, since the divider halves it", "C"),
+        ("(C)", "C"),
+        ("Final: B", "B"),
+        ("the correct option is D", "D"),
+        ("Answer: C", "C"),
+        ("To answer this we need the gain of a follower (C)", "C"),  # "To answer" was A
+        ("To answer, a capacitor blocks DC: (B)", "B"),
+        ("Option A is too small and B too large, so the answer is C", "C"),  # the last one
+        ("At first A looks right. Answer: A. On reflection the answer is D.", "D"),
+        ("**C**\n\nOption A fails because (A) ignores the load.", "C"),  # asked format wins
+        ("\\boxed{B}", "B"),
+        ("Therefore, C.", "C"),
+        ("D) because the pole moves", "D"),
+        ("the answer is a capacitor", None),  # lower case is a word, not a letter
+        ("**A capacitor** blocks DC", None),
+        ("I think so", None),
+        ("", None),
+        ("Answer: E", None),  # not one of four options
+    ],
+)
+def test_the_strict_parser_reads_the_last_named_capital_letter(reply, letter):
+    want = None if letter is None else "ABCD".index(letter)
+    assert parse_letter(reply, 4) == want
+
+
+def test_the_strict_parser_reads_only_what_follows_the_reasoning():
+    think = "<think>Option A? (B) looks plausible, **D** maybe; the answer is A.</think>"
+    assert parse_letter(think + "\n\n**C**", 4) == 2
+    assert parse_letter(think + "So the answer is B, not A since (A) is wrong... B.", 4) == 1
+    assert parse_letter("<think>A</think><think>B</think>\nFinal: D", 4) == 3  # the last one
+    assert parse_letter(think + "\nI cannot decide.", 4) is None  # letters only in thought
+    assert parse_letter("<think>The answer is **B**, let me check", 4) is None  # never closed
+
+
+def test_the_last_word_parser_is_amsbench_s_rule():
+    assert parse_last_word("The answer is **c**.", 4) == 2  # upper-cased
+    assert parse_last_word("**B** because the output swings", 4) is None  # "swings": S
+    assert parse_last_word("**B** is the answer, clearly", 4) == 2  # "clearly": C, not B
+    assert parse_last_word("", 4) is None and parse_last_word("42", 4) is None
+
+
+def test_a_json_array_in_amsbench_shape_loads_every_option_shape(tmp_path):
+    rows = [
+        {"question": "Gain of a follower?", "options": "A. 0.5 B. 1 C. 2 D. 10",
+         "groundtruth": "B", "level": "Easy"},
+        {"question": "Which R?", "options": "(A) 10 Ω (B) 20 Ω (C) 30 Ω", "groundtruth": "(C)",
+         "level": "Hard"},
+        {"question": "q3", "options": ["A. first", "B. second"], "groundtruth": "a"},
+        {"question": "q4", "options": {"A": "x", "B": "y", "C": "z"}, "answer": "C.",
+         "subfield": "opamps", "id": "own-id"},
+        {"question": "q5", "options": ["plain", "list"], "answer": "B"},
+        {"question": "q6", "options": "A. V B. I C. Vitamin B. or not", "groundtruth": "c"},
+    ]  # fmt: skip
+    path = tmp_path / "amsbench.json"
+    path.write_text(json.dumps(rows, ensure_ascii=False, indent=2))
+    items = load_mcq(path)
+    assert [i.options for i in items] == [
+        ("0.5", "1", "2", "10"), ("10 Ω", "20 Ω", "30 Ω"), ("first", "second"), ("x", "y", "z"),
+        ("plain", "list"), ("V", "I", "Vitamin B. or not"),
+    ]  # fmt: skip
+    assert [i.answer for i in items] == [1, 2, 0, 2, 1, 2]
+    assert [i.level for i in items] == ["Easy", "Hard", None, None, None, None]
+    assert [i.subfield for i in items] == ["Easy", "Hard", "all", "opamps", "all", "all"]
+    assert [i.id for i in items] == ["1", "2", "3", "own-id", "5", "6"]
+    # the amsbench prompt shows the question and options as the file wrote them
+    assert amsbench_prompt(items[0]) == "Gain of a follower?A. 0.5 B. 1 C. 2 D. 10" + (
+        AMSBENCH_FORMAT
+    )
+    assert amsbench_prompt(items[3]) == "q4\nA. x\nB. y\nC. z" + AMSBENCH_FORMAT
+    # the same rows as JSON lines read the same
+    lines = tmp_path / "amsbench.jsonl"
+    lines.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_mcq(lines) == items
+
+
+def test_bad_rows_of_a_json_array_name_the_file_and_row(tmp_path):
+    good = {"question": "q?", "options": "A. x B. y", "groundtruth": "A"}
+    path = tmp_path / "bad.json"
+    for rows, message in [
+        ([good, {**good, "groundtruth": "AB"}], "bad.json row 2: 'groundtruth' must be one"),
+        ([good, "just text"], "bad.json row 2: a question must be a JSON object"),
+        ([good, good, {**good, "options": "x or y"}], "bad.json row 3: 'options' is one string"),
+        ([{**good, "question": " "}], "bad.json row 1: 'question' is missing"),
+        ([], "bad.json holds no questions"),
+    ]:
+        path.write_text(json.dumps(rows))
+        with pytest.raises(CircuitlabError, match=message):
+            load_mcq(path)
+    path.write_text(json.dumps([good])[:-1])
+    with pytest.raises(CircuitlabError, match=r"bad\.json is not a valid JSON array"):
+        load_mcq(path)
+
+
+def test_protocol_settings_default_per_protocol_and_bad_ones_are_errors():
+    ams = MCQConfig(protocol="amsbench")
+    assert ams.generates and ams.new_tokens == 2048 and ams.sampling_temperature == 0.1
+    plain = MCQConfig(mode="generate")
+    assert plain.new_tokens == 24 and plain.sampling_temperature == 0.0
+    assert not MCQConfig().generates
+    assert MCQConfig(protocol="amsbench", temperature=0, max_new_tokens=8).describe() == (
+        "generate: amsbench prompt, strict letter parser, greedy, up to 8 new tokens"
+    )
+    for bad, message in [
+        ({"protocol": "amsbench", "mode": "loglik"}, "protocol amsbench generates"),
+        ({"protocol": "mmlu"}, "protocol 'mmlu': use plain or amsbench"),
+        ({"parser": "loose"}, "parser 'loose'"),
+        ({"temperature": -0.1}, "temperature -0.1"),
+        ({"max_new_tokens": 0}, "max_new_tokens 0"),
+    ]:
+        with pytest.raises(CircuitlabError, match=message):
+            MCQConfig(**bad)
+
+
+def test_the_amsbench_protocol_runs_end_to_end_on_the_embedded_model(embedded_lm, tmp_path):
+    path = tmp_path / "tiny.json"
+    rows = [{"question": q, "options": " ".join(f"{'ABCD'[i]}. {o}" for i, o in enumerate(o)),
+             "groundtruth": a, "level": "Easy"} for q, o, a in EASY[:3]]  # fmt: skip
+    path.write_text(json.dumps(rows))
+    config = MCQConfig(protocol="amsbench", max_new_tokens=6, seed=3)
+    result = evaluate_mcq(embedded_lm, load_mcq(path), config)
+    assert result["mode"] == "generate" and result["protocol"] == "amsbench"
+    assert result["temperature"] == 0.1 and result["max_new_tokens"] == 6
+    assert "amsbench prompt, strict letter parser, temperature 0.1, seed 3" in result["method"]
+    predictions = result["predictions"]
+    assert all(p["level"] == "Easy" and p["reply"] for p in predictions)
+    for p in predictions:  # each choice is what the parser reads in its reply
+        read = parse_letter(p["reply"], 4)
+        assert p["choice"] == (None if read is None else "ABCD"[read])
+    assert result["unparsed_ids"] == [p["id"] for p in predictions if p["choice"] is None]
+    assert result["unparsed"] == len(result["unparsed_ids"])
+    again = evaluate_mcq(embedded_lm, load_mcq(path), config)  # seeded sampling repeats
+    assert [p["reply"] for p in again["predictions"]] == [p["reply"] for p in predictions]
 
 
 def test_drift_is_zero_for_the_model_itself_and_grows_when_it_moves(tiny, tiny_model_dir):

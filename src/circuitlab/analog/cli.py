@@ -231,9 +231,13 @@ def evaluate(
 ) -> None:
     """Multiple-choice accuracy (overall, per subfield, Wilson 95% CI) and general-text drift.
 
+    --protocol amsbench generates with AMSBench's prompt and answer format (**X**) at
+    temperature 0.1 and reads the letter after any </think>; unparsable replies count as
+    wrong and are listed by id.
+
     Example: circuitlab analog eval --model runs/nsc --mcq amsbench_tqa.jsonl
     Example: circuitlab analog eval --model runs/nsc-32b --device cuda --dtype bfloat16
-    --mcq amsbench_tqa.jsonl
+    --mcq amsbench_tqa.json --protocol amsbench --max-new-tokens 4096
     """
     from circuitlab.analog.evaluate import evaluate_mcq_and_drift
     from circuitlab.analog.mcq import load_mcq
@@ -269,7 +273,8 @@ def evaluate(
 
 def _print_eval(result: dict[str, Any]) -> None:
     m = result["mcq"]
-    table = Table(title=f"{result['model']}: {m['mode']} ({m['scoring']})")
+    title = f"{result['model']}: {m['method']}"  # how the answers were got, parser included
+    table = Table(title=title, min_width=min(len(title), console.width))
     for column in ("subfield", "n", "accuracy", "95% CI"):
         table.add_column(column, justify="left" if column == "subfield" else "right")
     for name, block in [*m["per_subfield"].items(), ("all", m)]:
@@ -278,6 +283,10 @@ def _print_eval(result: dict[str, Any]) -> None:
     console.print(table)
     extra = f", mean margin {m['mean_margin']:+.3f}" if m.get("mean_margin") is not None else ""
     console.print(f"{m['questions_per_second']} questions/s, {m['unparsed']} unparsed{extra}")
+    if m["unparsed_ids"]:
+        ids = m["unparsed_ids"]
+        more = f" and {len(ids) - 20} more (all in --out)" if len(ids) > 20 else ""
+        console.print(f"unparsed replies (counted wrong): {', '.join(ids[:20])}{more}")
     if "drift" in result:
         d = result["drift"]
         console.print(

@@ -43,8 +43,9 @@ class EvalConfig:
     )
     mcq: str | None = option(
         None,
-        "Multiple-choice JSONL (question, options, answer letter, optional subfield) "
-        "\\[default: the shipped 60-question analog probe].",
+        "Multiple-choice questions, a JSON array or JSONL (question, options, answer or "
+        "groundtruth letter, optional subfield/level) \\[default: the shipped 60-question "
+        "analog probe].",
         parse=_path_text,
     )
     questions: MCQConfig = nested(MCQConfig, flatten=True)  # noqa: RUF009 - a default_factory

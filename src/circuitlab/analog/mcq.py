@@ -1,9 +1,12 @@
 """Multiple-choice evaluation in the shape of AMSBench-TQA: accuracy overall and per subfield.
 
-A row is one JSON line: `question`, `options` (a list, or an object keyed by letter, or
-AMSBench's letter-prefixed strings "A. ..."), the answer letter in `answer` or
-`groundtruth`, and optionally `subfield` (or `level`, AMSBench's difficulty) and `id`.
-Every malformed row is an error that names its line and what is wrong with it.
+A file is a JSON array of questions (AMSBench's own files) or JSON lines, one question
+each: `question`, `options`, the answer letter in `answer` or `groundtruth` ("A", "(A)",
+"A." and "a" all mean A), and optionally `subfield`, `level` (AMSBench's difficulty; the
+subfield when there is none) and `id`. Options come as a list, an object keyed A, B, ...,
+AMSBench's letter-prefixed strings ["A. ...", "B. ..."], or one string that letters them
+("A. 10 Ω B. 20 Ω" or "(A) 10 Ω (B) 20 Ω"). Every malformed row is an error that names the
+file, the row (JSONL: its line) and what is wrong with it.
 
 Modes:
 - loglik, scoring "option" (default): each option's text is scored as the model's reply to
@@ -14,9 +17,11 @@ Modes:
 - loglik, scoring "letter": the question and lettered options in the prompt, the reply
   prefilled with "The correct option is"; the choice is the letter with the highest
   next-token probability. One forward pass per question (MMLU style).
-- generate: greedy generation from the lettered prompt; the chosen letter is parsed from the
-  reply ("B", "(B)", "answer is B", "<answer>B"...); a reply without one counts as wrong and
-  is reported as unparsed.
+- generate, protocol "plain": greedy generation (24 new tokens by default) from the
+  lettered prompt; the letter is read from the reply by `parse_letter`.
+- generate, protocol "amsbench" (`--protocol amsbench` alone selects generate): AMSBench's
+  prompt and answer format, sampled at temperature 0.1; see amsbench_prompt.
+A reply the parser cannot read counts as wrong; the result counts them and lists their ids.
 
 Accuracy comes with a Wilson 95% interval, which stays inside [0, 1] and is honest at the
 small counts of a per-subfield breakdown.
@@ -24,6 +29,7 @@ small counts of a per-subfield breakdown.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -39,14 +45,22 @@ import torch
 from circuitlab.analog.sft_data import chat_prompt
 from circuitlab.core.config import option, require
 from circuitlab.core.errors import CircuitlabError
-from circuitlab.core.io import read_jsonl
+from circuitlab.core.io import read_jsonl, read_user_text
 
 LETTERS = "ABCDEFGHIJ"
 MODES = ("loglik", "generate")
 SCORINGS = ("option", "letter")
 NORMALIZE = ("mean", "sum")
+PROTOCOLS = ("plain", "amsbench")
+PARSERS = ("strict", "last-word")
 SHIPPED_NAME = "analog_mcq.jsonl"
 _PREFIXED = re.compile(r"^\s*\(?([A-J])[\).:]\s*(.*)$", re.S)
+
+# AMSBench's published prompt and settings: see amsbench_prompt
+AMSBENCH_SYSTEM = "Please answer according to the images, questions, and options provided."
+AMSBENCH_FORMAT = ".The final response format as\u201c**<correct option letter>**\u201d"
+# per protocol: (max_new_tokens, temperature) when not given
+_GENERATE_DEFAULTS = {"plain": (24, 0.0), "amsbench": (2048, 0.1)}
 
 
 def shipped_mcq() -> Path:
@@ -61,46 +75,146 @@ class MCQ:
     options: tuple[str, ...]
     answer: int  # index into options
     subfield: str
+    level: str | None = None
+    # the question and options as the file gives them, for a prompt that must match a
+    # benchmark's own (amsbench): the options' one string as is, otherwise "A. ..." lines
+    source_question: str = ""
+    source_options: str = ""
 
 
 @dataclass(frozen=True)
 class MCQConfig:
     """How to ask; `limit` evaluates N questions spread evenly over the file (so a grouped
-    file keeps every subfield), not just the first N."""
+    file keeps every subfield), not just the first N. Generation settings left unset take
+    the protocol's defaults (the properties below), so `--protocol amsbench` alone is the
+    whole AMSBench protocol."""
 
-    mode: str = option("loglik", "loglik (score options) or generate (parse a letter).")
+    mode: str | None = option(
+        None,
+        "loglik (score options) or generate (parse a letter) "
+        "\\[default: generate with --protocol amsbench, else loglik].",
+    )
     scoring: str = option("option", "loglik: score option text or letter.")
     normalize: str = option("mean", "Option score: mean or sum of token log-probs.")
+    protocol: str = option(
+        "plain",
+        "generate: plain (lettered question, greedy) or amsbench (AMSBench's prompt and "
+        "**X** answer format, sampled; selects generate).",
+    )
+    parser: str = option(
+        "strict",
+        "generate: read the letter strictly (after </think>, last match, capitals) or by "
+        "last-word (AMSBench's script: first letter of the reply's last word).",
+    )
+    temperature: float | None = option(
+        None, "generate: sampling temperature, 0 greedy \\[default: 0.1 amsbench, 0 plain]."
+    )
+    max_new_tokens: int | None = option(
+        None, "generate: tokens per reply \\[default: 2048 amsbench, 24 plain]."
+    )
+    seed: int = option(0, "generate: seed for sampling.")
     batch_size: int = option(16, "Questions per batch.")
-    max_new_tokens: int = 24
     system: str | None = None
     limit: int | None = option(None, "Evaluate N questions spread over the file.")
 
     def __post_init__(self) -> None:
-        require(self.mode in MODES, f"mode {self.mode!r}: use loglik or generate")
+        require(self.mode in (None, *MODES), f"mode {self.mode!r}: use loglik or generate")
         require(self.scoring in SCORINGS, f"scoring {self.scoring!r}: use option or letter")
         require(self.normalize in NORMALIZE, f"normalize {self.normalize!r}: use mean or sum")
+        require(
+            self.protocol in PROTOCOLS,
+            f"protocol {self.protocol!r}: use {' or '.join(PROTOCOLS)}",
+        )
+        require(
+            not (self.protocol == "amsbench" and self.mode == "loglik"),
+            "protocol amsbench generates its answers: drop mode loglik",
+        )
+        require(self.parser in PARSERS, f"parser {self.parser!r}: use {' or '.join(PARSERS)}")
+        require(
+            self.temperature is None or 0 <= self.temperature < math.inf,
+            f"temperature {self.temperature}: 0 (greedy) or more",
+        )
         require(self.batch_size >= 1, f"batch_size {self.batch_size}: at least 1")
-        require(self.max_new_tokens >= 1, f"max_new_tokens {self.max_new_tokens}: at least 1")
+        require(
+            self.max_new_tokens is None or self.max_new_tokens >= 1,
+            f"max_new_tokens {self.max_new_tokens}: at least 1",
+        )
         require(self.limit is None or self.limit >= 1, f"limit {self.limit}: at least 1")
+
+    @property
+    def generates(self) -> bool:
+        return self.mode == "generate" or (self.mode is None and self.protocol == "amsbench")
+
+    @property
+    def new_tokens(self) -> int:
+        given = self.max_new_tokens
+        return given if given is not None else _GENERATE_DEFAULTS[self.protocol][0]
+
+    @property
+    def sampling_temperature(self) -> float:
+        given = self.temperature
+        return given if given is not None else _GENERATE_DEFAULTS[self.protocol][1]
+
+    def describe(self) -> str:
+        """How the answers were obtained, for a results table's title."""
+        if not self.generates:
+            return f"loglik ({self.scoring} scoring, {self.normalize})"
+        t = self.sampling_temperature
+        how = f"temperature {t:g}, seed {self.seed}" if t > 0 else "greedy"
+        return (
+            f"generate: {self.protocol} prompt, {self.parser} letter parser, {how}, "
+            f"up to {self.new_tokens} new tokens"
+        )
 
 
 _GOLD = re.compile(r"\(?([A-Ja-j])[.)]?")
 
 
-def parse_row(row: Any, where: str) -> MCQ:
-    if not isinstance(row, dict):
-        raise CircuitlabError(f"{where}: a question must be a JSON object")
-    question = row.get("question")
-    if not isinstance(question, str) or not question.strip():
-        raise CircuitlabError(f"{where}: 'question' is missing or empty")
-    raw = row.get("options")
+def _marker(letter: str) -> re.Pattern[str]:
+    """Where option `letter` starts inside one options string: "B." "B)" "B:" or "(B)"
+    after a space (or at the start), so a B inside a word is not taken for it."""
+    return re.compile(rf"(?<!\S)(?:\({letter}\)|{letter}[.):])")
+
+
+_MARKERS = {letter: _marker(letter) for letter in LETTERS}
+
+
+def split_lettered(text: str) -> list[str] | None:
+    """One string of lettered options, split on A, B, C... in sequence (each letter's first
+    marker after the previous one); None unless it starts with A's marker and has a B."""
+    first = _MARKERS["A"].match(text, len(text) - len(text.lstrip()))
+    if first is None:
+        return None
+    bounds = [first]
+    for letter in LETTERS[1:]:
+        found = _MARKERS[letter].search(text, bounds[-1].end())
+        if found is None:
+            break
+        bounds.append(found)
+    if len(bounds) < 2:
+        return None
+    ends = [b.start() for b in bounds[1:]] + [len(text)]
+    return [
+        text[b.end() : e].strip().rstrip(",;").strip() for b, e in zip(bounds, ends, strict=True)
+    ]
+
+
+def _options(raw: Any, where: str) -> tuple[list[Any], str]:
+    """The options of a row and their text as a benchmark prompt shows them."""
+    if isinstance(raw, str):
+        split = split_lettered(raw)
+        if split is None:
+            raise CircuitlabError(
+                f"{where}: 'options' is one string but not lettered in sequence "
+                'like "A. ... B. ..." or "(A) ... (B) ..."'
+            )
+        return split, raw
     if isinstance(raw, dict):
         keys = [str(k).strip().upper() for k in raw]
         if keys != list(LETTERS[: len(keys)]):
             raise CircuitlabError(f"{where}: option keys must be A, B, C... in order, not {keys}")
-        options = list(raw.values())
-    elif isinstance(raw, list):
+        return list(raw.values()), ""
+    if isinstance(raw, list):
         options = list(raw)
         matches = [_PREFIXED.match(o) if isinstance(o, str) else None for o in options]
         if (
@@ -108,9 +222,20 @@ def parse_row(row: Any, where: str) -> MCQ:
             and all(matches)
             and [m.group(1) for m in matches if m] == list(LETTERS[: len(options)])
         ):
-            options = [m.group(2) for m in matches if m]
-    else:
-        raise CircuitlabError(f"{where}: 'options' must be a list or an object keyed A, B, ...")
+            return [m.group(2) for m in matches if m], "\n" + "\n".join(options)
+        return options, ""
+    raise CircuitlabError(
+        f"{where}: 'options' must be a list, an object keyed A, B, ... or one lettered string"
+    )
+
+
+def parse_row(row: Any, where: str, default_id: str | None = None) -> MCQ:
+    if not isinstance(row, dict):
+        raise CircuitlabError(f"{where}: a question must be a JSON object")
+    question = row.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise CircuitlabError(f"{where}: 'question' is missing or empty")
+    options, shown = _options(row.get("options"), where)
     if not 2 <= len(options) <= len(LETTERS):
         raise CircuitlabError(f"{where}: needs 2 to {len(LETTERS)} options, has {len(options)}")
     if not all(isinstance(o, str) and o.strip() for o in options):
@@ -120,29 +245,45 @@ def parse_row(row: Any, where: str) -> MCQ:
     gold = _GOLD.fullmatch(raw_answer.strip()) if isinstance(raw_answer, str) else None
     letter = gold.group(1).upper() if gold else ""
     if not letter or letter not in LETTERS[: len(options)]:
+        key = "answer" if "answer" in row else "groundtruth" if "groundtruth" in row else "answer"
         raise CircuitlabError(
-            f"{where}: 'answer' must be one letter of {', '.join(LETTERS[: len(options)])}, "
+            f"{where}: '{key}' must be one letter of {', '.join(LETTERS[: len(options)])}, "
             f"not {raw_answer!r}"
         )
-    subfield = row.get("subfield", row.get("level", "all"))
+    level = row.get("level")
+    stripped = tuple(o.strip() for o in options)
+    if not shown:
+        shown = "\n" + "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(stripped))
     return MCQ(
-        id=str(row.get("id", where.rsplit(":", 1)[-1])),
+        id=str(row.get("id", where.rsplit(":", 1)[-1] if default_id is None else default_id)),
         question=question.strip(),
-        options=tuple(o.strip() for o in options),
+        options=stripped,
         answer=LETTERS.index(letter),
-        subfield=str(subfield),
+        subfield=str(row.get("subfield", "all" if level is None else level)),
+        level=None if level is None else str(level),
+        source_question=question,
+        source_options=shown,
     )
 
 
 def load_mcq(path: str | Path | None = None) -> list[MCQ]:
-    """Questions of a JSONL file (default: the shipped analog probe)."""
+    """Questions of a JSON array or JSONL file (default: the shipped analog probe)."""
     path = Path(path) if path is not None else shipped_mcq()
     if path.is_dir():
-        raise CircuitlabError(f"{path} is a directory; give a JSONL file of questions")
-    rows = read_jsonl(path)
-    if not rows:
+        raise CircuitlabError(f"{path} is a directory; give a JSON or JSONL file of questions")
+    body = read_user_text(path).lstrip("\ufeff \t\r\n")
+    if body.startswith("["):  # a JSON array (AMSBench's files); a JSONL row is an object
+        try:
+            rows = json.loads(body)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise CircuitlabError(f"{path} is not a valid JSON array: {e}") from None
+        if not rows:
+            raise CircuitlabError(f"{path} holds no questions")
+        return [parse_row(r, f"{path} row {n}", str(n)) for n, r in enumerate(rows, start=1)]
+    lines = read_jsonl(path)
+    if not lines:
         raise CircuitlabError(f"{path} holds no questions")
-    return [parse_row(row, f"{path}:{n}") for n, row in enumerate(rows, start=1)]
+    return [parse_row(r, f"{path}:{n}", str(n)) for n, r in enumerate(lines, start=1)]
 
 
 def lettered(item: MCQ) -> str:
@@ -152,21 +293,80 @@ def lettered(item: MCQ) -> str:
     return "\n".join(lines)
 
 
+def amsbench_prompt(item: MCQ) -> str:
+    """The user text of the amsbench protocol.
+
+    AMSBench's official script for its text questions (TQA) is not published, so it is not
+    available here. Its repository (Why0912/AMSBench) publishes `test models.py`, its image-
+    question script: system message AMSBENCH_SYSTEM, user text f"{question}{options}" then
+    AMSBENCH_FORMAT (question and options run together, curly quotes included),
+    temperature 0.1, no token limit, and the answer read as the first letter of the reply's
+    last word. The protocol here sends that prompt without an image. Where it differs:
+    options not given as one string are written as "A. ..." lines (the script would print a
+    Python list), the token limit is --max-new-tokens (2048 by default), sampling uses the
+    temperature alone (no top-k/top-p) seeded by --seed, and the letter is read by
+    `parse_letter` unless --parser last-word asks for the script's rule (`parse_last_word`).
+    """
+    question = item.source_question or item.question
+    options = item.source_options or "".join(f"\n{LETTERS[i]}. {o}" for i, o in
+                                             enumerate(item.options))  # fmt: skip
+    return f"{question}{options}{AMSBENCH_FORMAT}"
+
+
+def _letter_patterns(valid: str) -> tuple[list[re.Pattern[str]], list[re.Pattern[str]]]:
+    """The answer formats a prompt asks for, then the ways a reply otherwise names a letter.
+    Letters are capitals only: "a"/"I" in prose are words, not answers."""
+    v = f"[{valid}]"
+    asked = [
+        # **C**, **(C)**, **C.**, **C. 20 Ω**, **Answer: C** (AMSBench asks for **X**)
+        rf"\*\*[^\S\n]*(?:(?i:(?:the\s+)?(?:final\s+)?(?:correct\s+)?(?:answer|option|choice)"
+        rf"(?:\s+is)?)[^\S\n]*[:\-]?[^\S\n]*)?\(?({v})\)?(?:[.):][^*\n]*)?\*\*",
+        rf"<answer>\s*(?:\*\*)?\(?({v})\b",
+        rf"\\boxed\{{\s*(?:\\text(?:bf)?\{{)?\s*\(?({v})\b",
+    ]
+    named = [
+        # "Answer: C", "the correct option is D", "Final: B", "answer would be (B)"
+        rf"(?i:\b(?:answer|option|choice|final)\b(?:\s+(?:is|would\s+be|should\s+be|must\s+be)"
+        rf"\b)?)\s*[:\-,]?\s*\*{{0,2}}\(?({v})\b(?![\w'\u2019])",
+        rf"\(({v})\)",  # (C) anywhere
+        rf"(?m)^[^\S\n]*\(?({v})(?:[.):]|[^\S\n]*$)",  # a line that opens "C." "C)" or is "C"
+        rf"(?<![\w(])({v})\)",  # C) mid-line
+        rf"(?<![\w*(\\.'\u2019-])({v})\.?[^\S\n]*\Z",  # the reply's last word, "... so C."
+    ]
+    return [re.compile(p) for p in asked], [re.compile(p) for p in named]
+
+
 def parse_letter(text: str, n_options: int) -> int | None:
-    """The option a free-form reply chose, or None."""
+    """The option a free-form reply chose, or None when nothing names one.
+
+    Only the text after the last `</think>` counts (a reasoning model weighs every option
+    before it answers; an unclosed `<think>` never answered). Within it, the last match
+    of the formats a prompt asks for (**C**, <answer>C, \\boxed{C}) wins; failing those,
+    the last letter named any other way ("Answer: C", "option is D", "(C)", a line "C."),
+    so that "To answer ... (C)" is C and a reply that reconsiders keeps its last word.
+    """
+    if "</think>" in text:
+        text = text.rsplit("</think>", 1)[1]
+    elif "<think>" in text:
+        return None
     valid = LETTERS[:n_options]
-    patterns = (
-        rf"<answer>\s*\(?([{valid}])\b",
-        rf"answer\s*(?:is|:)?\s*\(?([{valid}])\b",
-        rf"option\s*\(?([{valid}])\b",
-        rf"^\s*\(?([{valid}])(?:[\).:,]|\s|$)",
-        rf"\b([{valid}])[\).]",
-    )
-    for pattern in patterns:
-        match = re.search(pattern, text, re.I | re.M if "answer" in pattern else re.M)
-        if match:
-            return valid.index(match.group(1).upper())
+    for patterns in _letter_patterns(valid):
+        found = [(m.start(1), m.group(1)) for p in patterns for m in p.finditer(text)]
+        if found:
+            return valid.index(max(found)[1])
     return None
+
+
+def parse_last_word(text: str, n_options: int) -> int | None:
+    """AMSBench's published rule: the first letter of the reply's last word, upper-cased
+    ("... is **c**." gives C; a reply ending in "because..." gives B). None when that is no
+    option's letter (AMSBench's script would count it wrong all the same)."""
+    words = text.split()
+    letter = (
+        next((c.upper() for c in words[-1] if c.isascii() and c.isalpha()), "") if words else ""
+    )
+    valid = LETTERS[:n_options]
+    return valid.index(letter) if letter and letter in valid else None
 
 
 def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -296,9 +496,21 @@ def letter_scores(
 def generate_choices(
     lm: Any, items: Sequence[MCQ], config: MCQConfig, on_batch: Callable[[int], None] | None
 ) -> tuple[list[int | None], list[str]]:
+    """The chosen option (None: unparsable) and the reply for each item, generated under
+    the config's protocol; sampling is seeded once, so a rerun on the same batches repeats."""
     tok, model = lm.tokenizer, lm.model
     device = next(model.parameters()).device
-    seqs = [_ids(tok, chat_prompt(tok, lettered(item), config.system)) for item in items]
+    if config.protocol == "amsbench":
+        system = config.system if config.system is not None else AMSBENCH_SYSTEM
+        texts = [chat_prompt(tok, amsbench_prompt(item), system) for item in items]
+    else:
+        texts = [chat_prompt(tok, lettered(item), config.system) for item in items]
+    seqs = [_ids(tok, t) for t in texts]
+    temperature = config.sampling_temperature
+    sampling: dict[str, Any] = {"do_sample": False}
+    if temperature > 0:  # temperature alone, as an API call with only `temperature` samples
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        torch.manual_seed(config.seed)
     replies = [""] * len(items)
     order = sorted(range(len(items)), key=lambda k: len(seqs[k]))
     for start in range(0, len(order), config.batch_size):
@@ -307,16 +519,17 @@ def generate_choices(
         batch.pop("position_ids")
         out = model.generate(
             **batch,
-            max_new_tokens=config.max_new_tokens,
-            do_sample=False,
+            max_new_tokens=config.new_tokens,
             pad_token_id=tok.pad_token_id,
+            **sampling,
         )
-        texts = tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        for r, text in zip(rows, texts, strict=True):
+        decoded = tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        for r, text in zip(rows, decoded, strict=True):
             replies[r] = text
         if on_batch:
             on_batch(len(rows))
-    return [parse_letter(t, len(it.options)) for t, it in zip(replies, items, strict=True)], replies
+    read = parse_letter if config.parser == "strict" else parse_last_word
+    return [read(t, len(it.options)) for t, it in zip(replies, items, strict=True)], replies
 
 
 def evaluate_mcq(
@@ -338,7 +551,7 @@ def evaluate_mcq(
     replies: list[str] | None = None
     scores: list[list[float]] | None = None
     try:
-        if config.mode == "generate":
+        if config.generates:
             choices, replies = generate_choices(lm, items, config, on_batch)
         else:
             scorer = option_scores if config.scoring == "option" else letter_scores
@@ -361,6 +574,8 @@ def evaluate_mcq(
             record["level"] = level
         if scores is not None:
             record["scores"] = [round(s, 4) for s in scores[k]]
+        if item.level is not None:
+            record["level"] = item.level
         if replies is not None:
             record["reply"] = replies[k]
         predictions.append(record)
@@ -371,12 +586,25 @@ def evaluate_mcq(
             for item, s in zip(items, scores, strict=True)
         ]
         margin = round(sum(gaps) / len(gaps), 4)
+    unparsed = [p["id"] for p in predictions if replies is not None and p["choice"] is None]
+    generation: dict[str, Any] = {}
+    if config.generates:
+        generation = {
+            "protocol": config.protocol,
+            "parser": config.parser,
+            "temperature": config.sampling_temperature,
+            "seed": config.seed,
+            "max_new_tokens": config.new_tokens,
+        }
     return {
         **accuracy(predictions),
         "mean_margin": margin,
-        "mode": config.mode,
-        "scoring": config.scoring if config.mode == "loglik" else "parsed letter",
-        "unparsed": sum(p["choice"] is None for p in predictions),
+        "mode": "generate" if config.generates else "loglik",
+        "scoring": "parsed letter" if config.generates else config.scoring,
+        "method": config.describe(),
+        **generation,
+        "unparsed": len(unparsed),
+        "unparsed_ids": unparsed,
         "seconds": round(seconds, 3),
         "questions_per_second": round(len(items) / seconds, 2) if seconds > 0 else None,
         "predictions": predictions,
