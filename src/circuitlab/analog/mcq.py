@@ -569,13 +569,10 @@ def evaluate_mcq(
             "choice": LETTERS[choice] if choice is not None else None,
             "correct": choice == item.answer,
         }
-        level = getattr(item, "level", None)  # AMSBench's difficulty, where the file has one
-        if level is not None:  # kept so that `analog compare` can break results down by it
-            record["level"] = level
+        if item.level is not None:  # AMSBench's difficulty: `analog compare` breaks down by it
+            record["level"] = item.level
         if scores is not None:
             record["scores"] = [round(s, 4) for s in scores[k]]
-        if item.level is not None:
-            record["level"] = item.level
         if replies is not None:
             record["reply"] = replies[k]
         predictions.append(record)
