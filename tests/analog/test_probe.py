@@ -101,7 +101,7 @@ def test_drift_reads_the_whole_shipped_probe(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     ids = tokenizer(load_probe(), add_special_tokens=False)["input_ids"]
-    assert len(ids) > 3_000  # about four times the 780 tokens of the old probe
+    assert len(ids) > 3_000  # about five times the old probe (docs/analog.md)
     drift = measure_drift(model, tokenizer, load_probe(), window=256)
     windows = -(-len(ids) // 256)
     assert drift["tokens"] == len(ids) - windows  # every token but each window's first
