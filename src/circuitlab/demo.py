@@ -103,7 +103,7 @@ def _analog(out: Path, settings: DemoSettings) -> None:
     from circuitlab.analog.pipeline import PipelineConfig, run_pipeline
 
     config = (
-        PipelineConfig(max_nodes=1, steps=1, lambdas=(0.0, 0.1), mcq_limit=4)
+        PipelineConfig(max_nodes=1, steps=1, lambdas=(0.0, 0.1), mcq_limit=4, drift_tokens=256)
         if settings.smoke
         else PipelineConfig()
     )

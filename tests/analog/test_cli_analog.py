@@ -60,6 +60,7 @@ def test_train_eval_and_run_report_bad_input_in_one_line(tmp_path):
         (["eval", "--dtype", "fp8", "--no-drift"], "dtype 'fp8': use float32"),
         (["eval", "--mcq", str(bad_array), "--no-drift"], "mcq.json row 2: 'options' is one"),
         (["eval", "--protocol", "amsbench", "--mode", "loglik"], "protocol amsbench generates"),
+        (["eval", "--drift-tokens", "-3"], "drift tokens -3: 0 (the whole probe)"),
         (["train", "--data", str(bad_mcq), "--dtype", "fp8", "--out", out], "dtype 'fp8'"),
         (["run", "--lambdas", "0,x", "--out", out], "comma-separated numbers"),
     ]:
@@ -79,13 +80,14 @@ def test_eval_loads_the_model_and_the_drift_original_in_the_asked_dtype(tmp_path
     out = tmp_path / "eval.json"
     result = run(
         "eval", "--device", "cpu", "--dtype", "bfloat16", "--limit", "6", "--base", "embedded",
-        "--probe", str(probe), "--threads", "1", "--out", str(out),
+        "--probe", str(probe), "--drift-tokens", "16", "--threads", "1", "--out", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     assert data["dtype"] == "bfloat16" and data["device"] == "cpu"
     assert data["mcq"]["n"] == 6 and math.isfinite(data["mcq"]["accuracy"])
     assert math.isfinite(data["drift"]["perplexity"])
+    assert data["drift"]["tokens"] == 15 and data["drift"]["max_tokens"] == 16  # one window
     # the original is loaded in bfloat16 as well: a float32 one would differ from the model
     assert data["drift"]["kl"] == pytest.approx(0.0, abs=1e-7)
 

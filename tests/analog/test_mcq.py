@@ -283,14 +283,16 @@ def test_the_amsbench_protocol_runs_end_to_end_on_the_embedded_model(embedded_lm
 
 def test_drift_is_zero_for_the_model_itself_and_grows_when_it_moves(tiny, tiny_model_dir):
     text = load_probe()
-    same = measure_drift(tiny.model, tiny.tokenizer, text, window=128)
+    same = measure_drift(tiny.model, tiny.tokenizer, text, window=128, max_tokens=1024)
     assert same["kl"] == 0 and same["perplexity"] == pytest.approx(same["reference_perplexity"])
     assert same["tokens"] > 500
     moved = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     with torch.no_grad():
         for p in moved.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    drift = measure_drift(moved, tiny.tokenizer, text, reference=tiny.model, window=128)
+    drift = measure_drift(
+        moved, tiny.tokenizer, text, reference=tiny.model, window=128, max_tokens=1024
+    )
     assert drift["kl"] > 1e-4 and drift["kl_reference_model"] > 1e-4
     assert drift["reference_perplexity"] == pytest.approx(same["perplexity"], rel=1e-4)
     assert drift["perplexity"] != pytest.approx(same["perplexity"], rel=1e-4)

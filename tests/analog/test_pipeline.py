@@ -44,6 +44,8 @@ def test_pipeline_trains_evaluates_and_reports_then_resumes_for_free(
     assert rows["base"]["general_kl"] == 0 and rows["base"]["n"] == 6
     assert rows["SFT"]["general_kl"] > 0 and rows["NSC-SFT"]["train_steps"] == 3
     assert rows["SFT"]["train_ce_final"] < rows["SFT"]["train_ce_first"]
+    drift = json.loads((out / "eval" / "l1.json").read_text())["drift"]
+    assert drift["max_tokens"] == config.drift_tokens >= drift["tokens"] > 0  # the cap is used
     text = report.read_text()
     assert "| SFT | 0 |" in text and "| NSC-SFT | 1 |" in text and "tradeoff.png" in text
     # each fine-tuned model against the base, paired on the same six questions
@@ -75,6 +77,7 @@ def test_bad_pipeline_settings_fail_before_any_work(tmp_path):
         ({"reference": "disk"}, "reference"),
         ({"mcq": str(tmp_path / "none.jsonl")}, "does not exist"),
         ({"scoring": "vibes"}, "scoring"),
+        ({"drift_tokens": 1}, "drift tokens 1"),
     ]:
         with pytest.raises(CircuitlabError, match=message):
             PipelineConfig(**kw)

@@ -261,6 +261,7 @@ def evaluate(
             probe=config.probe,
             base=config.base,
             drift=config.drift,
+            drift_tokens=config.drift_tokens,
             out=out,
             on_batch=lambda n: bar.advance(bar.task_ids[0], n),
             dtype=config.dtype,

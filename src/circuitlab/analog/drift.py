@@ -2,8 +2,8 @@
 
 The trade-off AnalogSeeker's NSC-SFT is about is domain knowledge gained against general
 behaviour lost. The second half is measured here on a general-domain probe (the shipped
-data/general_probe.txt: short self-written paragraphs about bread, rivers, letters,
-bicycles, weather, libraries, gardens and maps, nothing about electronics), as
+data/general_probe.txt, about 18 kB: 38 short self-written paragraphs of history, cooking,
+geography, everyday science and daily life, nothing about electronics), as
 
     kl          mean over tokens of KL(p_model || p_original) over the full vocabulary
                 (the direction NSC-SFT penalises by default; the other is reported too)
@@ -11,7 +11,10 @@ bicycles, weather, libraries, gardens and maps, nothing about electronics), as
                 original model's, so a change reads directly.
 
 The text is cut into windows of `window` tokens; every token after the first of a window
-is predicted. For a LoRA model the original is the same weights with the adapters off.
+is predicted. `max_tokens` caps the tokens read, for a quick run: whole windows spread
+evenly over the text, so a capped probe still samples every part of it rather than only
+its first paragraphs. For a LoRA model the original is the same weights with the adapters
+off.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import torch
 
 from circuitlab.analog.reference import is_peft, reference_context
+from circuitlab.core.config import require
 from circuitlab.core.errors import CircuitlabError
 
 PROBE_NAME = "general_probe.txt"
@@ -46,9 +50,26 @@ def load_probe(path: str | Path | None = None) -> str:
     return text
 
 
-def windows(tokenizer: Any, text: str, window: int) -> list[list[int]]:
+def check_max_tokens(max_tokens: int) -> None:
+    """A token cap is 0 (the whole probe) or at least 2: one token of context, one predicted."""
+    require(
+        max_tokens == 0 or max_tokens >= 2,
+        f"drift tokens {max_tokens}: 0 (the whole probe) or at least 2",
+    )
+
+
+def windows(tokenizer: Any, text: str, window: int, max_tokens: int = 0) -> list[list[int]]:
+    """Windows of `text` to score; with `max_tokens` (> 0), at most that many tokens in all."""
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return [ids[i : i + window] for i in range(0, len(ids), window) if len(ids[i : i + window]) > 1]
+    if max_tokens <= 0 or max_tokens >= len(ids):
+        chunks = [ids[i : i + window] for i in range(0, len(ids), window)]
+        return [c for c in chunks if len(c) > 1]
+    window = min(window, max_tokens)
+    # full windows only (a short last one would leave part of the cap unused), picked
+    # evenly over the text; len(ids) > max_tokens >= window, so there is at least one
+    full = [ids[i : i + window] for i in range(0, len(ids) - window + 1, window)]
+    keep = max_tokens // window
+    return [full[k * len(full) // keep] for k in range(keep)]
 
 
 @torch.no_grad()
@@ -60,13 +81,16 @@ def measure_drift(
     reference: Any = None,
     window: int = 256,
     batch_size: int = 4,
+    max_tokens: int = 0,
 ) -> dict[str, Any]:
-    """KL to the original model and perplexity of both on `text`.
+    """KL to the original model and perplexity of both on `text` (at most `max_tokens`
+    of it when > 0).
 
     `reference`: the original model, or None when `model` is a peft model (adapters off)
     or is itself the original (then the KL is 0 by definition and is not computed twice).
     """
-    chunks = windows(tokenizer, text, window)
+    check_max_tokens(max_tokens)
+    chunks = windows(tokenizer, text, window, max_tokens)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -105,6 +129,7 @@ def measure_drift(
         raise CircuitlabError("the probe text has no tokens to predict")
     return {
         "tokens": tokens,
+        "max_tokens": max_tokens,
         "kl": sums["kl"] / tokens,
         "kl_reference_model": sums["kl_reverse"] / tokens,
         "perplexity": math.exp(sums["nll"] / tokens),

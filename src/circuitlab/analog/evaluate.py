@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from circuitlab.analog.drift import load_probe, measure_drift
+from circuitlab.analog.drift import check_max_tokens, load_probe, measure_drift
 from circuitlab.analog.mcq import MCQConfig, evaluate_mcq, load_mcq
 from circuitlab.analog.nsc_sft import TrainedLM, load_model
 from circuitlab.core.config import nested, option
@@ -56,11 +56,17 @@ class EvalConfig:
         None, "General-domain text \\[default: the shipped probe].", parse=_path_text
     )
     drift: bool = option(True, "Measure drift on general text.")
+    drift_tokens: int = option(
+        0, "Read at most N tokens of the probe for the drift (spread over it); 0: all."
+    )
     device: str = option("auto", "auto, cpu, cuda or mps.")
     dtype: str = option(
         "float32", "Load the weights as float32, bfloat16 or float16 (half the memory)."
     )
     threads: int = option(0, "torch CPU threads; 0: torch default.")
+
+    def __post_init__(self) -> None:
+        check_max_tokens(self.drift_tokens)
 
 
 def evaluate_mcq_and_drift(
@@ -71,6 +77,7 @@ def evaluate_mcq_and_drift(
     probe: str | Path | None = None,
     base: str | None = None,
     drift: bool = True,
+    drift_tokens: int = 0,
     window: int = 256,
     out: str | Path | None = None,
     on_batch: Callable[[int], None] | None = None,
@@ -79,10 +86,12 @@ def evaluate_mcq_and_drift(
 ) -> dict[str, Any]:
     """MCQ accuracy (overall, per subfield, Wilson 95% CI) and general-text drift.
 
-    Writes `out` (JSON, atomically) when given. `model` may be an already loaded TrainedLM
+    `drift_tokens` (> 0) reads only that many tokens of the probe. Writes `out` (JSON,
+    atomically) when given. `model` may be an already loaded TrainedLM
     (it stays as it is; the drift's original then comes in `dtype` on the model's device).
     """
-    weights = torch_dtype(dtype)  # a bad name fails before anything slow
+    weights = torch_dtype(dtype)  # a bad name or token cap fails before anything slow
+    check_max_tokens(drift_tokens)
     reuse_freed_memory()  # batches of [rows, tokens, vocab] logits, one after another
     items = load_mcq(mcq)
     text = load_probe(probe) if drift else None
@@ -107,7 +116,12 @@ def evaluate_mcq_and_drift(
             if original is not None:
                 reference = load_lm(original, dtype=weights, device=str(first.device)).model
         result["drift"] = measure_drift(
-            lm.model, lm.tokenizer, text, reference=reference, window=window
+            lm.model,
+            lm.tokenizer,
+            text,
+            reference=reference,
+            window=window,
+            max_tokens=drift_tokens,
         )
         result["drift"]["against"] = (
             "adapters disabled"

@@ -25,7 +25,8 @@ from typing import Any
 
 from circuitlab.analog.compare import compare_predictions, vs_text
 from circuitlab.analog.distill import DistillConfig, distill
-from circuitlab.analog.evaluate import evaluate_mcq_and_drift
+from circuitlab.analog.drift import check_max_tokens
+from circuitlab.analog.evaluate import EvalConfig, evaluate_mcq_and_drift
 from circuitlab.analog.mcq import MCQConfig, load_mcq
 from circuitlab.analog.nsc_sft import NSCConfig, kl_summary, load_model, train
 from circuitlab.core.config import comma_list, config_to_dict, option, option_of, require
@@ -68,6 +69,8 @@ class PipelineConfig:
     )
     mcq_limit: int | None = option(None, "Evaluate N questions \\[default: all].")
     scoring: str = option_of(MCQConfig, "scoring", "option")
+    # about the size of the probe before it grew to 18 kB: the demo's time stays as it was
+    drift_tokens: int = option_of(EvalConfig, "drift_tokens", 768)
     threads: int = option(2, "torch CPU threads.")
     seed: int = option(0, "Seed.")
 
@@ -78,6 +81,7 @@ class PipelineConfig:
         require(len(set(self.lambdas)) == len(self.lambdas), f"lambdas {self.lambdas}: repeated")
         require(self.steps >= 1, f"steps {self.steps}: at least 1")
         require(self.threads >= 0, f"threads {self.threads}: 0 (torch default) or more")
+        check_max_tokens(self.drift_tokens)
         if self.mcq is not None:
             require(Path(self.mcq).is_file(), f"MCQ file {self.mcq} does not exist")
         # fail now, not after distillation, on a bad training or evaluation setting
@@ -254,7 +258,12 @@ def _evaluate(
             mcq = config.mcq_config()
             advance = stage(f"evaluate {name}", mcq.limit or questions)
             result = evaluate_mcq_and_drift(
-                load_model(spec), mcq=config.mcq, config=mcq, out=path, on_batch=advance
+                load_model(spec),
+                mcq=config.mcq,
+                config=mcq,
+                drift_tokens=config.drift_tokens,
+                out=path,
+                on_batch=advance,
             )
             log(
                 f"eval {name}: accuracy {result['mcq']['accuracy']:.3f} "
@@ -358,7 +367,8 @@ def write_report(run: RunDir, config: PipelineConfig, timings: dict[str, float])
         f"{config.steps} steps of batch {config.batch_size}, lr {config.lr:g}, "
         f"reference {config.reference}; lambdas {', '.join(f'{v:g}' for v in config.lambdas)}",
         f"- evaluation: {rows[0]['n']} multiple-choice questions (shipped self-written analog "
-        "probe unless --mcq; option log-likelihood), general-text drift on the shipped probe",
+        "probe unless --mcq; option log-likelihood), general-text drift on "
+        f"{config.drift_tokens or 'all'} tokens of the shipped probe",
         "",
         "| model | lambda | MCQ accuracy [95% CI] | vs base: difference [paired 95% CI], "
         "McNemar p | mean margin | general KL | general ppl | train CE first -> last "
