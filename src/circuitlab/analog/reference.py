@@ -276,8 +276,7 @@ class LiveReference:
             try:
                 if usable:
                     assert captured is not None and self.suffix is not None
-                    with from_layer(self.suffix.sites, self.suffix.start, captured):
-                        hidden = head_input(self.model, batch, pos.keep, head)
+                    hidden = suffix_head_input(self.model, self.suffix, captured, batch, pos)
                 else:
                     hidden = head_input(self.model, batch, pos.keep, head)
             finally:
@@ -300,6 +299,14 @@ def suffix_logp(
         hooked(suffix.sites, {HEAD: lambda kept: kept[pos.kl]}),
     ):
         return model_logp(model, batch, pos.keep)
+
+
+def suffix_head_input(
+    model: Any, suffix: Suffix, hidden: torch.Tensor, batch: dict[str, torch.Tensor], pos: Positions
+) -> torch.Tensor:
+    """`head_input` from layers F.. only, as `suffix_logp` computes its log-probs."""
+    with from_layer(suffix.sites, suffix.start, hidden):
+        return head_input(model, batch, pos.keep, model.get_output_embeddings())
 
 
 class CachedReference:
