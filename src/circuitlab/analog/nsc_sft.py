@@ -159,7 +159,7 @@ class NSCConfig:
     loss_chunk_tokens: int = option(
         1024,
         "Loss over chunks of this many tokens, each chunk's logits recomputed in the "
-        "backward, so no [tokens, vocab] tensor is kept (152k vocabulary: 2.5 GB per 4k "
+        "backward, so no \\[tokens, vocab] tensor is kept (152k vocabulary: 2.5 GB per 4k "
         "tokens, several of them unchunked); 0: unchunked. FSDP / DeepSpeed, and an LM head "
         "that is not a plain linear layer (a LoRA-adapted head), keep the unchunked loss.",
     )
