@@ -152,7 +152,8 @@ def test_lora_on_the_top_layers_runs_only_them_for_the_reference_and_trains_the_
     calls = []
     suffix_logp = reference.suffix_logp
     monkeypatch.setattr(reference, "suffix_logp", lambda *a: calls.append(1) or suffix_logp(*a))
-    cfg = config(qa_file, tiny_model_dir, lora=True, lora_layers=1, kl_lambda=0.5, max_steps=4)
+    cfg = config(qa_file, tiny_model_dir, lora=True, lora_layers=1, kl_lambda=0.5, max_steps=4,
+                 loss_chunk_tokens=0)  # fmt: skip
     train(cfg, tmp_path / "top", progress=False)
     assert len(calls) == 4  # one reference pass per step, through the top layer only
     monkeypatch.setattr(reference, "adapted_suffix", lambda model: None)  # the full pass
@@ -318,6 +319,86 @@ def test_report_to_tensorboard_shows_the_metrics_jsonl_losses_across_a_resume(
         want = {r["step"]: float(np.float32(r[tag])) for r in metrics(out)}
         assert tensorboard_scalars(out, tag) == want, tag
     assert "report_to" not in json.loads((out / "config.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"lora": True, "kl_tokens": "all"},  # KL rows that are not CE rows
+        {"lora": True, "lora_layers": 1},  # the live reference from the top layer's input
+        {"lora": False},  # a frozen copy; the tied head trains
+        {"lora": True, "reference": "cached", "kl_tokens": "all"},
+        {"lora": False, "reference": "hidden"},
+        {"lora": False, "kl_lambda": 0.0},
+    ],
+)
+def test_the_chunked_loss_trains_as_the_unchunked_one(
+    tiny_model_dir, qa_file, tmp_path, monkeypatch, options
+):
+    from circuitlab.analog import reference
+
+    calls = []
+    for name in ("model_logp", "suffix_logp", "suffix_head_input"):
+        counted = getattr(reference, name)
+        monkeypatch.setattr(reference, name,
+                            lambda *a, _f=counted, _n=name: calls.append(_n) or _f(*a))  # fmt: skip
+    cfg = config(qa_file, tiny_model_dir, **{"kl_lambda": 0.5, "max_steps": 3, **options})
+    whole = train(dataclasses.replace(cfg, loss_chunk_tokens=0), tmp_path / "whole",
+                  progress=False)  # fmt: skip
+    unchunked_calls, calls[:] = list(calls), []
+    chunked = train(dataclasses.replace(cfg, loss_chunk_tokens=7), tmp_path / "chunked",
+                    progress=False)  # fmt: skip
+    assert (whole["loss_chunk_tokens"], chunked["loss_chunk_tokens"]) == (0, 7)
+    # the chunked run never made the full log-probs in training (only to fill a cache)
+    precomputed = 3 if options.get("reference") in ("cached", "hidden") else 0
+    assert calls.count("model_logp") == precomputed
+    if options.get("lora_layers"):
+        assert unchunked_calls.count("suffix_logp") == 3 and calls == ["suffix_head_input"] * 3
+    a, b = metrics(tmp_path / "whole"), metrics(tmp_path / "chunked")
+    for x, y in zip(a, b, strict=True):
+        assert y["ce"] == pytest.approx(x["ce"], rel=1e-5)
+        assert y["kl"] == pytest.approx(x["kl"], rel=1e-4, abs=1e-7)
+    if cfg.kl_lambda:
+        assert b[-1]["kl"] > 1e-5
+    weights = "adapter_model.safetensors" if cfg.lora else "model.safetensors"
+    mine = load_file(tmp_path / "chunked" / "model" / weights)
+    theirs = load_file(tmp_path / "whole" / "model" / weights)
+    assert mine.keys() == theirs.keys()
+    for name in mine:
+        torch.testing.assert_close(mine[name], theirs[name], atol=2e-6, rtol=1e-4)
+
+
+def test_the_loss_chunk_size_is_not_part_of_the_run(tiny_model_dir, qa_file, tmp_path):
+    """It changes how the loss is computed, not what: a run resumes under another size."""
+    cfg = config(qa_file, tiny_model_dir, lora=True, kl_lambda=0.5, max_steps=4, save_every=2)
+    train(cfg, tmp_path / "run", progress=False, stop_after=2)
+    assert "loss_chunk_tokens" not in json.loads((tmp_path / "run" / "config.json").read_text())
+    result = train(dataclasses.replace(cfg, loss_chunk_tokens=0), tmp_path / "run",
+                   progress=False)  # fmt: skip
+    assert result["complete"] and result["loss_chunk_tokens"] == 0
+    with pytest.raises(CircuitlabError, match="loss_chunk_tokens -1"):
+        NSCConfig(data="x.jsonl", loss_chunk_tokens=-1)
+
+
+def test_logits_made_after_the_head_are_refused_by_the_chunked_loss(
+    tiny_model_dir, qa_file, tmp_path, monkeypatch
+):
+    """Soft-capped or scaled logits are not the head's output: projecting the head input
+    would train on other log-probs, so the chunked loss refuses and names the way out."""
+    from transformers import LlamaForCausalLM
+
+    forward = LlamaForCausalLM.forward
+
+    def scaled(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        out.logits = out.logits * 0.5
+        return out
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", scaled)
+    cfg = config(qa_file, tiny_model_dir, lora=True, kl_lambda=0.5, max_steps=1)
+    with pytest.raises(CircuitlabError, match="use --loss-chunk-tokens 0"):
+        train(cfg, tmp_path / "chunked", progress=False)
+    train(dataclasses.replace(cfg, loss_chunk_tokens=0), tmp_path / "whole", progress=False)
 
 
 def test_bad_training_input_is_a_clear_error(tiny_model_dir, tmp_path):

@@ -30,15 +30,28 @@ k + 1 outcomes (the k reference tokens and "anything else"). By the data-process
 inequality this is a lower bound on the full KL that is exact when the tail is empty and
 close when the reference is peaked, which instruct models mostly are; `bench_nsc_sft.py`
 measures the gap.
+
+Chunked loss (`chunked_ce_kl`): at a 152k vocabulary a [tokens, vocab] float32 tensor is
+2.5 GB per 4k tokens, and the unchunked loss keeps several of them (the model's
+log-probs, the reference's, and what the KL's backward needs). Given instead what the LM
+head is fed, the CE and KL sums are taken over chunks of tokens, each under
+torch.utils.checkpoint: only one chunk's [chunk, vocab] tensors exist at a time, in the
+forward and again in the backward, which recomputes the chunk's logits (one more head
+matmul per chunk, for the model and for a reference given by its head input) instead of
+storing them. Every reference kind has a chunkable form: the live reference and the
+hidden-state cache as their head input and head (`HeadReference`), the top-k cache as its
+rows (`TopKReference`). `bench_nsc_loss_memory.py` measures the peak memory.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from circuitlab.analog.sft_data import IGNORE
 
@@ -167,3 +180,121 @@ def top_k_reference(logp: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
 def ce_sum(logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy; nll_loss of log_softmax is what F.cross_entropy computes."""
     return F.nll_loss(logp, targets, reduction="sum")
+
+
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """float32 logits from half-precision ones; float32 and float64 stay as they are."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
+@dataclass(frozen=True)
+class HeadReference:
+    """The reference as what its LM head was fed at the KL positions, and that head.
+
+    `hidden` [n_kl, d], in the row order of the KL positions; `weight` [vocab, d] and
+    `bias` the head's (no gradient flows into any of them). `autocast`: whether the
+    reference's head runs under the training autocast, as it does inside the live
+    reference's forward; the hidden-state cache's frozen head runs outside it.
+    """
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    autocast: bool = True
+
+    def rows(self, start: int, end: int) -> HeadReference:
+        return HeadReference(self.hidden[start:end], self.weight, self.bias, self.autocast)
+
+    @torch.no_grad()
+    def logp(self) -> torch.Tensor:
+        """Reference log-probs of these rows, [rows, vocab]."""
+        keep = nullcontext() if self.autocast else torch.autocast(self.hidden.device.type,
+                                                                  enabled=False)  # fmt: skip
+        with keep:
+            logits = F.linear(self.hidden.to(self.weight.dtype), self.weight, self.bias)
+        return torch.log_softmax(upcast(logits), dim=-1)
+
+
+@dataclass(frozen=True)
+class TopKReference:
+    """The cached reference: top ids [n_kl, k], their log-probs and the log tail mass [n_kl]."""
+
+    ids: torch.Tensor
+    values: torch.Tensor
+    tail: torch.Tensor
+
+    def rows(self, start: int, end: int) -> TopKReference:
+        return TopKReference(self.ids[start:end], self.values[start:end], self.tail[start:end])
+
+
+ChunkReference = HeadReference | TopKReference
+
+
+def chunked_ce_kl(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    ce: torch.Tensor,
+    kl: torch.Tensor,
+    reference: ChunkReference | None,
+    direction: str,
+    chunk_tokens: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed CE, summed KL) of the rows of `hidden` [M, d], the LM head's input, chunk by
+    chunk; the same numbers as `ce_sum` and `token_kl(...).sum()` on the full log-probs.
+
+    `targets` [M] the tokens predicted; `ce` and `kl` [M] bool masks of the rows each term
+    covers; `reference` holds one row per True in `kl`, in order (None: no KL, returned as
+    0). Gradients flow into `hidden`, `weight` and `bias`; no [M, vocab] tensor is made.
+    """
+    rows = hidden.shape[0]
+    # where each chunk's reference rows start: one host transfer for all chunks
+    before = torch.cat([kl.new_zeros(1, dtype=torch.long), kl.long().cumsum(0)]).tolist()
+    ce_total: torch.Tensor | int = 0
+    kl_total: torch.Tensor | int = 0
+    # no rows: one empty chunk, so the sums are zeros whose gradient reaches the head
+    # (as the unchunked loss's does: DDP waits for a gradient of every parameter)
+    for start in range(0, max(rows, 1), chunk_tokens):
+        end = min(start + chunk_tokens, rows)
+        ref = None
+        if reference is not None and before[end] > before[start]:
+            ref = reference.rows(before[start], before[end])
+        every = before[end] - before[start] == end - start  # all rows of the chunk are KL rows
+        chunk_ce, chunk_kl = checkpoint(
+            _chunk_sums, hidden[start:end], weight, bias, targets[start:end], ce[start:end],
+            kl[start:end], every, ref, direction, use_reentrant=False, preserve_rng_state=False,
+        )  # fmt: skip
+        ce_total = ce_total + chunk_ce
+        kl_total = kl_total + chunk_kl
+    assert isinstance(ce_total, torch.Tensor) and isinstance(kl_total, torch.Tensor)
+    return ce_total, kl_total
+
+
+def _chunk_sums(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    ce: torch.Tensor,
+    kl: torch.Tensor,
+    every_kl: bool,
+    reference: ChunkReference | None,
+    direction: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk's CE and KL sums; run under checkpoint, so called again in the backward."""
+    logp = torch.log_softmax(upcast(F.linear(hidden, weight, bias)), dim=-1)
+    # the target's log-prob by gather: no [rows, vocab] copy of the CE rows
+    picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    ce_part = -picked[ce].sum()
+    if reference is None:
+        return ce_part, torch.zeros((), dtype=logp.dtype, device=logp.device)
+    kl_logp = logp if every_kl else logp[kl]
+    if isinstance(reference, TopKReference):
+        ids = reference.ids.to(logp.device).long()
+        terms = bucket_kl(
+            kl_logp, ids, reference.values.to(logp), reference.tail.to(logp), direction
+        )
+    else:
+        terms = token_kl(kl_logp, reference.logp().to(logp.dtype), direction)
+    return ce_part, terms.sum()

@@ -25,11 +25,13 @@ train() leaves the model where it was loaded rather than putting all of it on ev
 
 Weights load in `dtype` (float32 by default; bfloat16 halves the memory, which a 32B model
 needs). The loss is computed in float32 whatever the weights (the logits are upcast before
-the log-softmax). What the optimizer updates: LoRA adapters are float32 either way (peft
-upcasts them); FSDP and DeepSpeed with `mixed_precision` bf16 keep float32 master copies of
-bfloat16-loaded shards (accelerate / DeepSpeed upcast them); a full fine-tune on one device
-or under DDP updates the bfloat16 weights themselves, whose 8-bit mantissa swallows most
-steps of lr 1e-5, so there keep float32.
+the log-softmax), by default chunk by chunk from the LM head's input (`loss_chunk_tokens`,
+nsc_loss.chunked_ce_kl), so no [tokens, vocab] tensor is kept. What the optimizer
+updates: LoRA adapters are float32 either way (peft upcasts them); FSDP and DeepSpeed with
+`mixed_precision` bf16 keep float32 master copies of bfloat16-loaded shards (accelerate /
+DeepSpeed upcast them); a full fine-tune on one device or under DDP updates the bfloat16
+weights themselves, whose 8-bit mantissa swallows most steps of lr 1e-5, so there keep
+float32.
 
 Over 500 lines: the config, the Trainer and the resumable loop share the step's private
 state (positions, reference caches, the accelerator); the sharded training of issue 24 will
@@ -59,6 +61,8 @@ from circuitlab.analog.reference import (
     CachedHidden,
     CachedReference,
     LiveReference,
+    chunkable_head,
+    head_input,
     model_logp,
     precompute_reference,
 )
@@ -82,6 +86,8 @@ PRECISIONS = ("no", "bf16", "fp16")
 MODEL_META = "circuitlab.json"
 # accelerate distributed types that shard the weights and place them in prepare()
 SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
+# settings that change how a run computes, not what: a run resumes under other values
+UNSTAMPED = ("loss_chunk_tokens",)
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,14 @@ class NSCConfig:
     gradient_checkpointing: bool = False
     threads: int = option(0, "torch CPU threads; 0: torch default.")
     report_to: str = option("none", REPORT_TO_HELP)  # not in the run's identity (tracking.py)
+    # not in the run's identity either (UNSTAMPED): the same loss, computed in pieces
+    loss_chunk_tokens: int = option(
+        1024,
+        "Loss over chunks of this many tokens, each chunk's logits recomputed in the "
+        "backward, so no \\[tokens, vocab] tensor is kept (152k vocabulary: 2.5 GB per 4k "
+        "tokens, several of them unchunked); 0: unchunked. FSDP / DeepSpeed, and an LM head "
+        "that is not a plain linear layer (a LoRA-adapted head), keep the unchunked loss.",
+    )
 
     def __post_init__(self) -> None:
         require(bool(self.data), "data: give the QA JSONL file to train on (--data)")
@@ -187,6 +201,10 @@ class NSCConfig:
             "(bfloat16 halves the memory of float32)",
         )
         require(self.threads >= 0, f"threads {self.threads}: 0 (torch default) or more")
+        require(
+            self.loss_chunk_tokens >= 0,
+            f"loss_chunk_tokens {self.loss_chunk_tokens}: 0 (unchunked) or more",
+        )
         check_report_to(self.report_to)
 
     @property
@@ -293,6 +311,11 @@ class Trainer:
             params, lr=config.learning_rate, weight_decay=config.weight_decay
         )
         self.unwrapped = model
+        # the chunked loss runs the LM head itself, outside the forward: not where FSDP /
+        # DeepSpeed gather a sharded head's weights only inside the root module's forward
+        head = chunkable_head(model)
+        chunked = config.loss_chunk_tokens > 0 and accelerator.distributed_type not in SHARDED
+        self.head = head if chunked else None
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.pad_id = lm.tokenizer.pad_token_id
 
@@ -343,19 +366,13 @@ class Trainer:
             last = number == len(batches) - 1
             sync = nullcontext() if last else self.accelerator.no_sync(self.model)
             with sync:
-                # a live reference over LoRA-on-the-top-layers records layer inputs here
-                with self.capture_reference():
-                    logp = model_logp(self.model, batch, pos.keep)
-                ce_logp = logp[pos.ce]
-                ce = nsc_loss.ce_sum(ce_logp, pos.targets[pos.ce])
+                if self.head is not None:
+                    ce, kl, seconds = self.chunked_sums(batch, pos, rows)
+                else:
+                    ce, kl, seconds = self.sums(batch, pos, rows)
+                ref_seconds += seconds
                 loss = ce / max(n_ce, 1)
-                kl = torch.zeros(())
                 if c.kl_lambda > 0:
-                    t0 = time.perf_counter()
-                    # the same rows unless the KL also covers the prompt: one [N, vocab] copy
-                    kl_logp = ce_logp if pos.kl is pos.ce else logp[pos.kl]
-                    kl = self.kl_sum(batch, pos, kl_logp, rows)
-                    ref_seconds += time.perf_counter() - t0
                     loss = loss + c.kl_lambda * kl / max(n_kl, 1)
                 self.accelerator.backward(loss)
             sums += torch.tensor([float(ce.detach()), float(kl.detach())], dtype=torch.float64)
@@ -382,6 +399,61 @@ class Trainer:
             "ref_seconds": round(ref_seconds, 4),
             "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
         }
+
+    def sums(
+        self, batch: dict[str, torch.Tensor], pos: nsc_loss.Positions, rows: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(summed CE, summed KL, reference seconds) of one micro-batch, unchunked."""
+        # a live reference over LoRA-on-the-top-layers records layer inputs here
+        with self.capture_reference():
+            logp = model_logp(self.model, batch, pos.keep)
+        ce_logp = logp[pos.ce]
+        ce = nsc_loss.ce_sum(ce_logp, pos.targets[pos.ce])
+        if self.config.kl_lambda == 0:
+            return ce, torch.zeros(()), 0.0
+        t0 = time.perf_counter()
+        # the same rows unless the KL also covers the prompt: one [N, vocab] copy
+        kl_logp = ce_logp if pos.kl is pos.ce else logp[pos.kl]
+        kl = self.kl_sum(batch, pos, kl_logp, rows)
+        return ce, kl, time.perf_counter() - t0
+
+    def chunked_sums(
+        self, batch: dict[str, torch.Tensor], pos: nsc_loss.Positions, rows: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """`sums` chunk by chunk from the LM head's input (nsc_loss.chunked_ce_kl). The
+        reference seconds count preparing its rows; its head runs inside the chunks."""
+        c, head = self.config, self.head
+        assert head is not None
+        with self.capture_reference():
+            hidden = head_input(self.model, batch, pos.keep, head)
+        reference: nsc_loss.ChunkReference | None = None
+        t0 = time.perf_counter()
+        if c.kl_lambda > 0:
+            reference = self.chunk_reference(batch, pos, rows, hidden.device)
+        seconds = time.perf_counter() - t0
+        both = pos.ce if pos.kl is pos.ce else pos.ce | pos.kl  # row-major, as logp[mask]
+        with self.accelerator.autocast():  # the head's precision inside the model's forward
+            ce, kl = nsc_loss.chunked_ce_kl(
+                hidden[both], head.weight, head.bias, pos.targets[both], pos.ce[both],
+                pos.kl[both], reference, c.kl_direction, c.loss_chunk_tokens,
+            )  # fmt: skip
+        return ce, kl, seconds
+
+    def chunk_reference(
+        self,
+        batch: dict[str, torch.Tensor],
+        pos: nsc_loss.Positions,
+        rows: list[int],
+        device: torch.device,
+    ) -> nsc_loss.ChunkReference:
+        """The reference at the KL positions in the form the chunked loss reads."""
+        if isinstance(self.reference, CachedReference):
+            return self.reference.top_k(rows, device)
+        if isinstance(self.reference, LiveReference):
+            with self.accelerator.autocast():  # as in kl_sum
+                return self.reference.head_reference(batch, pos)
+        assert isinstance(self.reference, CachedHidden)
+        return self.reference.head_reference(rows, device)
 
     def capture_reference(self) -> AbstractContextManager[Any]:
         if isinstance(self.reference, LiveReference):
@@ -430,7 +502,8 @@ def train(
 
     digest = _data_digest(config.data)
     check_records(config.data)  # before a model is loaded for it
-    stamp = {**identity(config), "data_sha256": digest}
+    stamped = {k: v for k, v in identity(config).items() if k not in UNSTAMPED}
+    stamp = {**stamped, "data_sha256": digest}
     if (Path(out) / "config.json").exists():  # reopening writes nothing
         run = RunDir.open(out, stamp)
         if run.is_done("train"):
@@ -551,6 +624,8 @@ def _summary(
         "kl_lambda": c.kl_lambda,
         "kl_direction": c.kl_direction,
         "reference": c.reference if c.kl_lambda > 0 else "none",
+        # what the loss ran as: 0 where the unchunked loss was kept (see loss_chunk_tokens)
+        "loss_chunk_tokens": c.loss_chunk_tokens if trainer.head is not None else 0,
         "steps": step,
         "total_steps": trainer.total,
         "complete": step >= trainer.total,

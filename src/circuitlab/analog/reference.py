@@ -45,7 +45,14 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from circuitlab.analog.nsc_loss import Positions, positions, top_k_reference
+from circuitlab.analog.nsc_loss import (
+    HeadReference,
+    Positions,
+    TopKReference,
+    positions,
+    top_k_reference,
+    upcast,
+)
 from circuitlab.analog.sft_data import Example, collate
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_open
@@ -70,6 +77,62 @@ def model_logp(model: Any, batch: dict[str, torch.Tensor], keep: torch.Tensor) -
         use_cache=False,
     )
     return torch.log_softmax(out.logits.float(), dim=-1)
+
+
+def chunkable_head(model: Any) -> nn.Linear | None:
+    """The model's LM head if the chunked loss can run it itself (a plain linear layer, not a
+    peft adapter or wrapper around one), else None."""
+    head = model.get_output_embeddings()
+    return head if type(head) is nn.Linear else None
+
+
+def head_input(
+    model: Any, batch: dict[str, torch.Tensor], keep: torch.Tensor, head: nn.Module
+) -> torch.Tensor:
+    """What the LM head `head` is fed at positions `keep`: [batch, len(keep), d], with its
+    autograd graph, for the chunked loss to project chunk by chunk.
+
+    The head itself then runs on one position per row only, and its output there must be
+    the model's logits exactly: a model that scales or soft-caps its logits after the head
+    is refused, since projecting its head input would give other log-probs.
+    """
+    seen: list[torch.Tensor] = []
+    made: list[torch.Tensor] = []
+
+    def take(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        hidden = args[0] if args else kwargs["input"]
+        seen.append(hidden)
+        rest = args[1:] if args else ()
+        kwargs = {k: v for k, v in kwargs.items() if k != "input"}
+        return (hidden[:, :1], *rest), kwargs
+
+    def made_by_head(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
+        made.append(output.detach())
+
+    handles = [
+        head.register_forward_pre_hook(take, with_kwargs=True),
+        head.register_forward_hook(made_by_head),
+    ]
+    try:
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            logits_to_keep=keep,
+            use_cache=False,
+        )
+    finally:
+        for handle in handles:
+            handle.remove()
+    same = len(seen) == 1 and torch.allclose(
+        upcast(out.logits.detach()), upcast(made[0]), rtol=0, atol=0, equal_nan=True
+    )
+    if not same:
+        raise CircuitlabError(
+            "this model's logits are not what its LM head computes in one call (scaled or "
+            "soft-capped after it, or the head called more than once), so the chunked loss "
+            "cannot project the head input itself: use --loss-chunk-tokens 0"
+        )
+    return seen[0]
 
 
 # model types for which skipping layers < F and feeding the recorded layer-F input
@@ -196,6 +259,31 @@ class LiveReference:
                 self.model.train(was_training)
         return logp[pos.kl]
 
+    @torch.no_grad()
+    def head_reference(self, batch: dict[str, torch.Tensor], pos: Positions) -> HeadReference:
+        """The reference's LM-head input at the KL positions and its head, for the chunked
+        loss: `logp`'s rows, but never all at once (the same record rules as `logp`)."""
+        captured, self._captured = self._captured, None
+        usable = (
+            captured is not None
+            and captured.shape[:2] == batch["input_ids"].shape
+            and captured.device == batch["input_ids"].device
+        )
+        with reference_context(self.model):
+            head = self.model.get_output_embeddings()
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                if usable:
+                    assert captured is not None and self.suffix is not None
+                    hidden = suffix_head_input(self.model, self.suffix, captured, batch, pos)
+                else:
+                    hidden = head_input(self.model, batch, pos.keep, head)
+            finally:
+                self.model.train(was_training)
+        bias = None if head.bias is None else head.bias.detach()
+        return HeadReference(hidden[pos.kl], head.weight.detach(), bias, autocast=True)
+
 
 def suffix_logp(
     model: Any, suffix: Suffix, hidden: torch.Tensor, batch: dict[str, torch.Tensor], pos: Positions
@@ -211,6 +299,14 @@ def suffix_logp(
         hooked(suffix.sites, {HEAD: lambda kept: kept[pos.kl]}),
     ):
         return model_logp(model, batch, pos.keep)
+
+
+def suffix_head_input(
+    model: Any, suffix: Suffix, hidden: torch.Tensor, batch: dict[str, torch.Tensor], pos: Positions
+) -> torch.Tensor:
+    """`head_input` from layers F.. only, as `suffix_logp` computes its log-probs."""
+    with from_layer(suffix.sites, suffix.start, hidden):
+        return head_input(model, batch, pos.keep, model.get_output_embeddings())
 
 
 class CachedReference:
@@ -233,6 +329,11 @@ class CachedReference:
         tail = torch.cat([self._tensors[f"tail.{e}"] for e in examples]).float()
         return ids, values, tail
 
+    def top_k(self, examples: Sequence[int], device: torch.device | str) -> TopKReference:
+        """`batch` in the form the chunked loss reads, on `device`."""
+        ids, values, tail = (t.to(device) for t in self.batch(examples))
+        return TopKReference(ids, values, tail)
+
 
 class CachedHidden:
     """The original's LM-head input at every KL position, and a frozen copy of its head."""
@@ -249,6 +350,14 @@ class CachedHidden:
         head = self.head.to(device)  # once: a no-op after the first step
         hidden = torch.cat([self._hidden[f"hidden.{e}"] for e in examples])
         return torch.log_softmax(head(hidden.to(device, head.weight.dtype)).float(), dim=-1)
+
+    def head_reference(self, examples: Sequence[int], device: torch.device | str) -> HeadReference:
+        """The rows `logp` projects, with the frozen head, for the chunked loss; the head
+        runs outside the training autocast, as in `logp`."""
+        head = self.head.to(device)
+        hidden = torch.cat([self._hidden[f"hidden.{e}"] for e in examples]).to(device)
+        bias = None if head.bias is None else head.bias.detach()
+        return HeadReference(hidden, head.weight.detach(), bias, autocast=False)
 
 
 HEAD_FILE = "head.safetensors"
