@@ -41,3 +41,17 @@ def test_same_rates_as_the_schedules_it_replaced(
 ) -> None:
     got = [lr_at(s, total, peak=peak, warmup=warmup, schedule=schedule) for s in steps]
     assert got == pytest.approx(list(expected), rel=1e-12)
+
+
+def test_epoch_schedule_is_transformers_linear_warmup_stepped_per_epoch() -> None:
+    """The official train.py: get_scheduler('linear', num_warmup_steps=5,
+    num_training_steps=100), stepped after each epoch, so epoch e trains at lambda(e)."""
+    from circuitlab.core.schedule import lr_at_epoch
+
+    def hf_linear(e: int) -> float:  # transformers' lr_lambda, written out
+        return e / 5 if e < 5 else max(0.0, (100 - e) / 95)
+
+    got = [lr_at_epoch(e, 100, peak=1e-4, warmup=0.05, schedule="linear") for e in range(100)]
+    assert got == pytest.approx([1e-4 * hf_linear(e) for e in range(100)], rel=1e-12)
+    assert got[0] == 0.0 and got[5] == pytest.approx(1e-4)
+    assert lr_at_epoch(3, 10, peak=1.0, warmup=0.0, schedule="constant") == 1.0

@@ -29,3 +29,14 @@ def test_shards_are_disjoint_and_equal_sized() -> None:
     assert [len(p) for p in parts] == [3, 3, 3]
     flat = [int(b[0]) for p in parts for b in p]
     assert len(set(flat)) == 9
+
+
+def test_shuffle_batching_mixes_lengths_as_the_official_loader() -> None:
+    """by_length=False: consecutive slices of one permutation, whatever the lengths."""
+    lengths = np.repeat([10, 50], 500)
+    plan = epoch_plan(lengths, batch_size=100, seed=1, epoch=0, by_length=False)
+    order = np.random.default_rng([1, 0]).permutation(1000)
+    assert all((b == order[i * 100 : (i + 1) * 100]).all() for i, b in enumerate(plan))
+    assert all(len(set(lengths[b].tolist())) == 2 for b in plan)  # sizes mixed in a batch
+    bucketed = epoch_plan(lengths, batch_size=100, seed=1, epoch=0)
+    assert sum(len(set(lengths[b].tolist())) == 1 for b in bucketed) >= len(bucketed) - 2

@@ -76,7 +76,11 @@ def test_config_json_of_older_runs_still_reopens(tmp_path):
     }  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(old))
     RunDir.open(tmp_path, identity(TrainConfig()), identity(TrainConfig()))
-    assert identity(TrainConfig()) == {**old, "under": False}  # a later field, at its default
+    later = {  # fields added since, at their defaults
+        "under": False, "arch": "project", "batching": "length", "beta2": 0.95,
+        "decay": "matrices", "lr_step": "step", "recipe": "project",
+    }  # fmt: skip
+    assert identity(TrainConfig()) == {**old, **later}
 
 
 def test_data_builds_its_options_without_importing_torch():
@@ -109,3 +113,44 @@ def test_cot_train_refused_for_its_data_then_the_corrected_rerun_trains(tmp_path
 def test_cot_train_refused_for_its_device_writes_nothing(tmp_path):
     out = tmp_path / "run"
     refused(run("train", "--device", "mps", "--out", str(out)), "device 'mps'", out)
+
+
+def test_eval_samples_writes_every_generation_in_the_data_token_format(tmp_path):
+    out = tmp_path / "run"
+    trained = run("train", "--task", "lis", "--size", "5", "--num", "40", *TINY,
+                  "--out", str(out))  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert (out / "accuracy.png").stat().st_size > 0  # the learning curve, train vs test
+    missing = tmp_path / "nowhere" / "s.jsonl"
+    bad = run("eval", str(out), "--samples", str(missing))
+    assert bad.returncode == 2 and "no directory" in bad.stderr and not missing.exists()
+    samples = tmp_path / "samples.jsonl"
+    result = run("eval", str(out), "--samples", str(samples))
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    scored = json.loads((out / "eval.json").read_text())
+    assert len(rows) == scored["examples"] == 4
+    assert sum(r["answer_correct"] for r in rows) / 4 == scored["answer_accuracy"]
+    assert sum(r["exact"] for r in rows) / 4 == scored["official_accuracy"]
+    assert scored["official_metric"] == "sequence"
+    for r in rows:  # tokens separated by spaces, as in `cot data` files
+        assert r["generated"].split() == r["generated"].split(" ")
+        if r["exact"]:  # exact also needs the <eos>, which the texts do not show
+            assert r["generated"] == r["reference"]
+        assert len(r["question"].split()) == 5
+
+
+def test_eval_size_runs_an_alibi_model_on_longer_problems_than_trained(tmp_path):
+    out, learned = tmp_path / "alibi", tmp_path / "learned"
+    for path, positions in ((out, "alibi"), (learned, "learned")):
+        trained = run("train", "--task", "arithmetic", "--size", "2", "--num", "40", *TINY,
+                      "--positions", positions, "--out", str(path))  # fmt: skip
+        assert trained.returncode == 0, trained.stderr
+    result = run("eval", str(out), "--size", "4", "--test-num", "12")
+    assert result.returncode == 0, result.stderr
+    scored = json.loads((out / "eval-size4.json").read_text())
+    assert scored["size"] == 4 and scored["trained_size"] == 2 and scored["examples"] == 12
+    assert json.loads((out / "results.json").read_text())["size"] == 2  # the run's own stays
+    refused = run("eval", str(learned), "--size", "4", "--test-num", "12")
+    assert refused.returncode == 2 and "learned positions stop at" in refused.stderr
+    assert not (learned / "eval-size4.json").exists()

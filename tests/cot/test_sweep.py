@@ -78,10 +78,13 @@ def test_worker_processes_give_the_same_results_as_one_after_another(tmp_path: P
 def test_aggregate_means_over_seeds() -> None:
     base = {"task": "lis", "size": 5, "format": "direct", "layers": 3, "chain_accuracy": 0.0,
             "train_seconds": 1.0}  # fmt: skip
-    rows = sweep.aggregate([{**base, "answer_accuracy": 0.2}, {**base, "answer_accuracy": 0.6}])
+    # the second result predates the official metric: its answer accuracy stands in
+    rows = sweep.aggregate([{**base, "answer_accuracy": 0.2, "official_accuracy": 0.1},
+                            {**base, "answer_accuracy": 0.6}])  # fmt: skip
     assert rows == [{"task": "lis", "size": 5, "variant": "direct L3", "seeds": 2,
                      "answer_accuracy": pytest.approx(0.4), "min": 0.2, "max": 0.6,
-                     "chain_accuracy": 0.0, "train_seconds": 1.0}]  # fmt: skip
+                     "chain_accuracy": 0.0, "official_accuracy": pytest.approx(0.35),
+                     "train_official_accuracy": None, "train_seconds": 1.0}]  # fmt: skip
 
 
 def test_profiles_are_well_formed(tmp_path: Path) -> None:
@@ -89,6 +92,8 @@ def test_profiles_are_well_formed(tmp_path: Path) -> None:
     assert paper.direct_layers == (3, 4, 5) and paper.cot_layers == 3
     assert {p.task for p in paper.plans} == {"arithmetic", "equation", "lis", "ed"}
     assert all(p.train.d_model == 256 and p.train.num == 1_000_000 for p in paper.plans)
+    assert all(p.train.recipe == "official" and p.train.arch == "official" for p in paper.plans)
+    assert next(p for p in paper.plans if p.task == "arithmetic").train.under
     quick = sweep.get_profile("quick")
     assert len(quick.plans) >= 2 and all(len(p.sizes) >= 2 for p in quick.plans)
     with pytest.raises(CircuitlabError, match="unknown profile"):
@@ -167,3 +172,65 @@ def test_a_killed_ray_sweep_resumes_point_by_point(tmp_path: Path) -> None:
     whole = sweep.run_sweep(tiny_profile(), tmp_path / "whole", tasks=("arithmetic",),
                             quiet=True, workers=2)  # fmt: skip
     assert _comparable(resumed) == _comparable(whole)
+
+
+SWEEP_FILE = """
+name = "positions"
+seeds = [3]
+cot_layers = 1
+direct_layers = [1]
+[train]
+num = 200
+test_num = 8
+d_model = 16
+heads = 2
+dropout = 0.0
+epochs = 1
+batch_size = 32
+checkpoint_every = 1000
+device = "cpu"
+[[tasks]]
+task = "lis"
+sizes = [5]
+values = 30
+[axes]
+positions = ["sinusoidal", "alibi"]
+"""
+
+
+def test_a_sweep_file_varies_any_field_as_an_axis(tmp_path: Path) -> None:
+    path = tmp_path / "positions.toml"
+    path.write_text(SWEEP_FILE)
+    profile = sweep.get_profile(str(path))
+    pts = sweep.points(profile)
+    assert sorted(p.name for p in pts) == sorted(
+        f"lis-n5-{fmt}-L1-s3-positions{pos}"
+        for fmt in ("direct", "cot") for pos in ("sinusoidal", "alibi")
+    )  # fmt: skip
+    assert {p.config.positions for p in pts} == {"sinusoidal", "alibi"}
+    assert all(p.config.values == 30 and p.config.d_model == 16 for p in pts)
+    with torch_threads(1):
+        summary = sweep.run_sweep(profile, tmp_path / "out", quiet=True)
+    variants = {r["variant"] for r in summary["summary"]}
+    assert variants == {"cot positions=sinusoidal", "cot positions=alibi",
+                        "direct L1 positions=sinusoidal", "direct L1 positions=alibi"}  # fmt: skip
+    assert "cot positions=alibi" in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("[axes]", "[axes]\nwidth = [1]"), "width is not a TrainConfig field"),
+        (("[axes]", "[axes]\nsize = [5, 6]"), "cannot vary size"),
+        (('positions = ["sinusoidal", "alibi"]', 'd_model = ["wide"]'), "d_model"),
+        (("[train]", "[train]\nlayers = 2"), "cannot set layers"),
+        (('name = "positions"', "colour = 1"), "unknown key"),
+        (("sizes = [5]", "sizes = 5"), "sizes must be a list"),
+        (('positions = ["sinusoidal", "alibi"]', 'positions = ["rope"]'), "positions must be"),
+    ],
+)
+def test_a_bad_sweep_file_is_one_clear_error(tmp_path: Path, change, message) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(SWEEP_FILE.replace(*change))
+    with pytest.raises(CircuitlabError, match=message):
+        sweep.get_profile(str(path))

@@ -66,8 +66,10 @@ def _same_final_state(reference: Path, resumed: Path) -> None:
     assert want.keys() == got.keys()
     for name in want:
         assert torch.equal(want[name], got[name]), name
-    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").open()]
-    assert steps == sorted(steps) and len(steps) == len(set(steps))  # no repeated lines
+    rows = [json.loads(line) for line in (resumed / "metrics.jsonl").open()]
+    for kind in ("loss", "eval_official_accuracy"):  # training steps, evaluations
+        steps = [r["step"] for r in rows if kind in r]
+        assert steps == sorted(steps) and len(steps) == len(set(steps))  # no repeated lines
 
 
 def test_resume_after_kill_reaches_the_uninterrupted_state(tmp_path: Path) -> None:
@@ -163,9 +165,7 @@ def test_under_draws_the_official_share_of_each_size_without_repeated_chains() -
     assert counts[1] == int(2 / 6 * num)
     assert 0 < counts[0] <= int(1 / 6 * num)
     assert counts[2] == num - counts[0] - counts[1]
-    chains = np.concatenate(
-        [batch.question, batch.steps.reshape(num, -1), batch.answer], axis=1
-    )
+    chains = np.concatenate([batch.question, batch.steps.reshape(num, -1), batch.answer], axis=1)
     assert len({row[row != 0].tobytes() for row in chains}) == num  # no chain twice
     test_questions = {row[row != 0].tobytes() for row in splits.test.question}
     assert not test_questions & {row[row != 0].tobytes() for row in batch.question}
@@ -268,7 +268,46 @@ def test_report_to_tensorboard_shows_the_losses_of_metrics_jsonl_across_a_resume
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").open()]
-    want = {r["step"]: float(np.float32(r["loss"])) for r in metrics}
+    want = {r["step"]: float(np.float32(r["loss"])) for r in metrics if "loss" in r}
     assert sorted(want) == [*range(5, 125, 5), 125]
     assert tensorboard_losses(out) == want  # steps 30-40 of the killed attempt are gone
     assert "report_to" not in json.loads((out / "config.json").read_text())
+
+
+def test_official_recipe_sets_its_fields_and_refuses_contradictions() -> None:
+    from circuitlab.cot.config import OFFICIAL_RECIPE
+
+    config = TrainConfig(recipe="official")
+    assert {k: getattr(config, k) for k in OFFICIAL_RECIPE} == OFFICIAL_RECIPE
+    assert TrainConfig(recipe="official", beta2=0.999).beta2 == 0.999  # the same value: fine
+    with pytest.raises(CircuitlabError, match="recipe official sets beta2"):
+        TrainConfig(recipe="official", beta2=0.9)
+    with pytest.raises(CircuitlabError, match="recipe official sets grad_clip"):
+        TrainConfig(recipe="official", grad_clip=0.5)
+    with pytest.raises(CircuitlabError, match="recipe official sets amp"):
+        TrainConfig(recipe="official", amp="bf16")
+    with pytest.raises(CircuitlabError, match="recipe"):
+        TrainConfig(recipe="paper")
+
+
+def test_official_recipe_steps_the_rate_per_epoch_and_learns(tmp_path: Path) -> None:
+    """One warmup epoch at lr 0 (nothing moves), then the linear decay; the loss falls."""
+    config = TrainConfig(**{**TINY, "num": 400, "epochs": 3, "warmup": 0.34, "log_every": 1,
+                            "lr": 3e-3, "recipe": "official", "eval_every": 1,
+                            "eval_examples": 10})  # fmt: skip
+    results = train(config, tmp_path, quiet=True)
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    # train and test accuracy after each epoch (the last one is the final evaluation's)
+    evals = [r for r in metrics if "eval_official_accuracy" in r]
+    assert [r["epoch"] for r in evals] == [1, 2, 3]
+    assert all(r["train_examples"] == 10 and r["eval_examples"] == 10 for r in evals[:2])
+    assert evals[-1]["eval_answer_accuracy"] == results["answer_accuracy"]
+    assert evals[-1]["train_official_accuracy"] == results["train_official_accuracy"]
+    assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    rows = [r for r in metrics if "lr" in r]
+    per_epoch = -(-400 // 16)
+    assert len(rows) == 3 * per_epoch
+    lrs = [r["lr"] for r in rows]
+    assert lrs == pytest.approx([0.0] * per_epoch + [3e-3] * per_epoch + [1.5e-3] * per_epoch)
+    losses = [r["loss"] for r in rows]
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses

@@ -27,3 +27,18 @@ def lr_at(step: int, total: int, *, peak: float, warmup: float, schedule: str) -
     if schedule == "linear":
         return peak * (1.0 - frac)
     return peak * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def lr_at_epoch(epoch: int, epochs: int, *, peak: float, warmup: float, schedule: str) -> float:
+    """Learning rate of epoch `epoch` when the schedule is stepped once per epoch, as the
+    official cot code steps transformers' `get_scheduler` (warmup of `int(warmup * epochs)`
+    epochs that starts at lr 0, then the same decays as `lr_at`)."""
+    warm = int(warmup * epochs)
+    if epoch < warm:
+        return peak * epoch / warm
+    if schedule == "constant":
+        return peak
+    frac = (epoch - warm) / max(1, epochs - warm)
+    if schedule == "linear":
+        return peak * max(0.0, 1.0 - frac)
+    return peak * max(0.0, 0.5 * (1.0 + math.cos(math.pi * frac)))

@@ -15,11 +15,21 @@ import numpy as np
 
 
 def epoch_plan(
-    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, pool: int = 64
+    lengths: np.ndarray,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    pool: int = 64,
+    by_length: bool = True,
 ) -> list[np.ndarray]:
-    """Index arrays of the batches of one epoch (the last batch of a pool may be short)."""
+    """Index arrays of the batches of one epoch (the last batch of a pool may be short).
+
+    `by_length=False` is the official order: the shuffled data cut into batches as it comes.
+    """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
+    if not by_length:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     span = batch_size * pool
     batches: list[np.ndarray] = []
     for start in range(0, len(order), span):

@@ -6,6 +6,7 @@ starts as fast as a plain numpy script.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from circuitlab.core.commands import config_options
+from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.progress import progress_bar
 from circuitlab.cot.config import SweepSettings, TrainConfig
 from circuitlab.cot.data import DataConfig, output_paths, write_dataset
@@ -106,25 +108,46 @@ def evaluate(
         None, help="Evaluate on this many fresh test problems instead of the run's test split."
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+    size: int | None = typer.Option(
+        None,
+        help="Evaluate on fresh problems of this size instead (length generalisation: "
+        "larger than trained needs positions sinusoidal or alibi); --test-num sets how "
+        "many \\[default: 1000].",
+    ),
+    samples: Path | None = typer.Option(
+        None,
+        help="Also write every generation here as JSONL (question, generated text, steps, "
+        "parsed answer, reference, verdicts, first wrong step), in the data files' token "
+        "format, so another checker can re-score the run.",
+    ),
 ) -> None:
     """Greedy-decode the test questions with the run's latest weights and score them.
 
-    Prints final-answer accuracy (the paper's metric) and, for CoT, chain accuracy (every
-    step checked by the task's verifier) and where chains first go wrong. Writes
-    eval.json into the run directory.
+    Prints final-answer accuracy (the paper's metric), the official code's metric for the
+    task (the answer for arithmetic and equation CoT, the whole continuation for LIS, ED
+    and direct models) and, for CoT, chain accuracy (every step checked by the task's
+    verifier) and where chains first go wrong. Writes eval.json into the run directory
+    (eval-sizeM.json with --size M).
     """
     from circuitlab.core.devices import pick_device
-    from circuitlab.core.io import atomic_write_json
+    from circuitlab.core.io import atomic_write_json, atomic_write_text
     from circuitlab.cot.evaluate import evaluate_model
+    from circuitlab.cot.model import stretched
     from circuitlab.cot.tasks import get_task
     from circuitlab.cot.train import fresh_test, load_run
 
+    if samples is not None and not samples.parent.is_dir():
+        raise CircuitlabError(f"--samples {samples}: no directory {samples.parent}")
     config, model, prepared = load_run(run)
     test = prepared.test
-    if test_num is not None:
+    if size is not None:
+        test = fresh_test(config, test_num or 1000, size)
+        model = stretched(model, test.max_len + 8)  # room for a wrong, longer generation
+    elif test_num is not None:
         test = fresh_test(config, test_num)
     dev = pick_device(device)
     task = get_task(config.task)
+    records: list[dict[str, Any]] = []
     result = evaluate_model(
         model.to(dev),
         task,
@@ -133,10 +156,14 @@ def evaluate(
         config.format,
         config.data.task_arg,
         device=dev,
+        samples=records,
     )
-    payload = {"task": config.task, "size": config.size, "format": config.format,
-               "layers": config.layers, **result.to_dict()}  # fmt: skip
-    atomic_write_json(run / "eval.json", payload)
+    payload = {"task": config.task, "size": size or config.size, "format": config.format,
+               "layers": config.layers, "trained_size": config.size,
+               **result.to_dict()}  # fmt: skip
+    if samples is not None:
+        atomic_write_text(samples, "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_json(run / ("eval.json" if size is None else f"eval-size{size}.json"), payload)
     _print_eval(payload, run)
 
 
@@ -148,6 +175,9 @@ def _print_eval(results: dict[str, Any], out: Path) -> None:
     table.add_column("value", justify="right")
     table.add_row("test examples", str(results["examples"]))
     table.add_row("final-answer accuracy", f"{results['answer_accuracy']:.4f}")
+    if "official_accuracy" in results:  # runs evaluated before it existed lack it
+        name = f"official metric ({results['official_metric']})"
+        table.add_row(name, f"{results['official_accuracy']:.4f}")
     if results["format"] == "cot":
         table.add_row("chain accuracy (verified)", f"{results['chain_accuracy']:.4f}")
         table.add_row("right answer, wrong chain", str(results["right_answer_wrong_chain"]))

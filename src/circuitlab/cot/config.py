@@ -7,6 +7,7 @@ them, and the sweep's settings sit beside it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from circuitlab.core.config import option, require
@@ -33,8 +34,19 @@ class ModelShape:
     d_model: int = option(256, "Width of the residual stream.")
     heads: int = option(4, "Attention heads (they divide d_model).")
     dropout: float = option(0.1, "Dropout on attention, residual and embedding outputs.")
-    positions: str = option("sinusoidal", "Position encoding: sinusoidal (paper) or learned.")
+    positions: str = option(
+        "sinusoidal",
+        "Position encoding: sinusoidal (paper), learned, or alibi (the official --rpe: no "
+        "position embedding; attention scores get -distance x 2^(-8 (h + 1) / heads) for "
+        "head h, which lets a model run on longer problems than it was trained on).",
+    )
     embed_std: float = option(1.0, "Standard deviation of the token embeddings at init.")
+    arch: str = option(
+        "project",
+        "project (GPT-2 init, exact GELU, no embedding LayerNorm, no head bias) or official "
+        "(the official model.py: LayerNorm(token + position), PyTorch's default init, tanh "
+        "GELU, head bias; embed_std unused).",
+    )
 
     def __post_init__(self) -> None:
         require(self.layers >= 1, "layers must be at least 1")
@@ -47,12 +59,32 @@ class ModelShape:
         require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
         require(self.embed_std > 0, "embed_std must be positive")
         require(
-            self.positions in ("sinusoidal", "learned"),
-            f"positions must be 'sinusoidal' or 'learned', not {self.positions!r}",
+            self.positions in POSITIONS,
+            f"positions must be one of {', '.join(POSITIONS)}, not {self.positions!r}",
         )
+        require(self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
+
+
+ARCHS = ("project", "official")
+POSITIONS = ("sinusoidal", "learned", "alibi")
 
 
 AMP = ("auto", "off", "bf16", "fp16")
+BATCHING = ("length", "shuffle")
+LR_STEPS = ("step", "epoch")
+DECAY = ("matrices", "all-but-biases")
+RECIPES = ("project", "official")
+# What `recipe = "official"` sets: the official train.py and model.py (guyuntian/CoT_benchmark)
+OFFICIAL_RECIPE = {
+    "beta2": 0.999,
+    "schedule": "linear",
+    "grad_clip": 0.0,
+    "batching": "shuffle",
+    "lr_step": "epoch",
+    "decay": "all-but-biases",
+    "amp": "off",
+    "arch": "official",
+}
 
 
 @dataclass(frozen=True)
@@ -85,18 +117,48 @@ class TrainConfig(ModelShape):
     batch_size: int = option(128, "Sequences per step.")
     lr: float = option(1e-4, "Peak AdamW learning rate.")
     weight_decay: float = option(0.01, "AdamW weight decay.")
+    decay: str = option(
+        "matrices",
+        "What weight decay applies to: matrices (linear and embedding weights) or "
+        "all-but-biases (the official grouping, which decays LayerNorm weights too).",
+    )
+    beta2: float = option(0.95, "AdamW beta2 (official: PyTorch's default 0.999).")
     warmup: float = option(0.05, "Fraction of all steps spent warming the learning rate up.")
     schedule: str = option("cosine", f"Learning-rate decay: {', '.join(SCHEDULES)}.")
+    lr_step: str = option(
+        "step",
+        "step (the schedule advances every optimizer step) or epoch (official: once per "
+        "epoch, as transformers' get_scheduler, so epoch 0 trains at lr 0).",
+    )
+    batching: str = option(
+        "length",
+        "length (each batch holds sequences of similar length: less padding, but the loss "
+        "is a per-token mean within one size) or shuffle (official: random batches, one "
+        "per-token mean over mixed sizes).",
+    )
     grad_clip: float = option(1.0, "Gradient norm clip (0: off, as in the official code).")
     amp: str = option("auto", f"Mixed precision: {', '.join(AMP)}.")
     device: str = option("auto", "auto, cpu, cuda or mps.")
     eval_every: int = option(0, "Evaluate every N epochs during training (0: only at the end).")
-    eval_examples: int = option(500, "Test examples used by evaluations during training.")
+    eval_examples: int = option(
+        500,
+        "Test examples used by evaluations during training; every evaluation also scores "
+        "as many training examples as test examples, at most this many (train accuracy).",
+    )
     checkpoint_every: int = option(200, "Write a checkpoint every N steps.")
     log_every: int = option(20, "Log loss and throughput every N steps.")
     report_to: str = option("none", REPORT_TO_HELP)  # not in the run's identity (tracking.py)
+    recipe: str = option(
+        "project",
+        "project (the fields as given) or official (the official code's training: "
+        + ", ".join(f"{k} {v}" for k, v in OFFICIAL_RECIPE.items())
+        + "; giving one of these another value is an error).",
+    )
 
     def __post_init__(self) -> None:
+        require(self.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}")
+        if self.recipe == "official":
+            self._apply_official_recipe()
         require(
             self.format in ("direct", "cot"), f"format must be direct or cot, not {self.format!r}"
         )
@@ -107,6 +169,10 @@ class TrainConfig(ModelShape):
         require(0.0 <= self.warmup < 1.0, "warmup is a fraction of all steps, in [0, 1)")
         require(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}")
         require(self.amp in AMP, f"amp must be one of {', '.join(AMP)}")
+        require(self.batching in BATCHING, f"batching must be one of {', '.join(BATCHING)}")
+        require(self.lr_step in LR_STEPS, f"lr_step must be one of {', '.join(LR_STEPS)}")
+        require(self.decay in DECAY, f"decay must be one of {', '.join(DECAY)}")
+        require(0.0 <= self.beta2 < 1.0, f"beta2 {self.beta2}: must be in [0, 1)")
         require(self.checkpoint_every >= 1, "checkpoint_every must be at least 1")
         require(self.log_every >= 1, "log_every must be at least 1")
         check_report_to(self.report_to)
@@ -117,6 +183,19 @@ class TrainConfig(ModelShape):
         require(not (self.under and self.mix_smaller), "use under or mix_smaller, not both")
         super().__post_init__()  # the model's shape
         self.data  # noqa: B018 - building the DataConfig checks task, size, p and values
+
+    def _apply_official_recipe(self) -> None:
+        """Each recipe field still at the project default takes the official value; one
+        set to a third value contradicts the recipe. (A field set explicitly to the project
+        default cannot be told from one left alone, so the recipe wins there.)"""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, official in OFFICIAL_RECIPE.items():
+            value = getattr(self, name)
+            require(
+                value in (official, defaults[name]),
+                f"recipe official sets {name} = {official}; {value!r} contradicts it",
+            )
+            object.__setattr__(self, name, official)  # frozen: set once, before validation
 
     @property
     def data(self) -> DataConfig:
@@ -139,8 +218,10 @@ class SweepSettings(Execution):
 
     profile: str = option(
         "quick",
-        "quick (2-core CPU, < 30 min), demo (its arithmetic slice, a few minutes) "
-        "or paper (the official configuration, a GPU job).",
+        "quick (2-core CPU, < 30 min), demo (its arithmetic slice, a few minutes), "
+        "paper (the official configuration, a GPU job), or a sweep file FILE.toml: "
+        "[train] TrainConfig fields, [[tasks]] task and sizes, [axes] any other field "
+        "with a list of values, and optional seeds, cot_layers, direct_layers.",
     )
     tasks: tuple[str, ...] = option((), "Only these tasks (repeatable).", flags=("--task",))
     device: str | None = option(None, "Override the profile's device (auto).")

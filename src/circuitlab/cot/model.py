@@ -7,11 +7,13 @@ uses PyTorch's fused `scaled_dot_product_attention` (the official minGPT code mu
 and masks attention matrices by hand) and a key/value cache for greedy generation.
 
 Layout as in minGPT / the official code: pre-LayerNorm blocks, GELU MLP of width 4 d, learned
-token embeddings, untied output head; positions are sinusoidal (the paper) or learned.
+token embeddings, untied output head; positions are sinusoidal (the paper), learned, or
+ALiBi-style distance biases in attention (the official code's `--rpe`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from circuitlab.core.config import require
+from circuitlab.core.errors import CircuitlabError
 from circuitlab.cot.config import ModelShape
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -47,6 +50,17 @@ def sinusoidal_table(max_len: int, d_model: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(position * freq)
     table[:, 1::2] = torch.cos(position * freq[: d_model // 2])
     return table
+
+
+def alibi_bias(heads: int, start: int, end: int, device: Any = None) -> torch.Tensor:
+    """Additive attention bias [heads, end - start, end] of the official `--rpe` (ALiBi):
+    query i and key j <= i get -(i - j) * 2^(-8 (h + 1) / heads) in head h, future keys
+    -inf, so the bias doubles as the causal mask."""
+    slopes = 2.0 ** (-8.0 / heads * torch.arange(1, heads + 1, dtype=torch.float32))
+    queries = torch.arange(start, end, dtype=torch.float32)[:, None]
+    distance = queries - torch.arange(end, dtype=torch.float32)[None, :]
+    bias = -distance[None] * slopes[:, None, None]
+    return bias.masked_fill_(distance[None] < 0, float("-inf")).to(device)
 
 
 class Dropout(nn.Module):
@@ -109,8 +123,10 @@ class SelfAttention(nn.Module):
         x: torch.Tensor,
         past: tuple[torch.Tensor, torch.Tensor] | None,
         keep_from: int = 0,
+        bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Attention over all positions; the output only for positions `keep_from` on."""
+        """Attention over all positions; the output only for positions `keep_from` on.
+        `bias` (alibi_bias) is added to the scores and carries the causal mask."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         if past is not None:
@@ -124,12 +140,19 @@ class SelfAttention(nn.Module):
             # The CPU's fused kernel has no dropout, so SDPA would fall back to this same
             # sequence with the slow mask; written out, it uses `Dropout`'s cheap one.
             scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
-            future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu_(1)
-            y = self.attn_drop(scores.masked_fill_(future, float("-inf")).softmax(-1)) @ v
+            if bias is None:
+                future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu_(1)
+                scores = scores.masked_fill_(future, float("-inf"))
+            else:
+                scores = scores + bias
+            y = self.attn_drop(scores.softmax(-1)) @ v
         else:
             y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
-            )
+                q, k, v,
+                attn_mask=bias,
+                is_causal=causal and bias is None,
+                dropout_p=self.dropout if self.training else 0.0,
+            )  # fmt: skip
         y = y.transpose(1, 2)[:, keep_from:].reshape(b, t - keep_from, d)
         return self.resid_drop(self.proj(y)), (k, v)
 
@@ -142,7 +165,7 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(config.d_model)
         self.mlp = nn.Sequential(
             nn.Linear(config.d_model, 4 * config.d_model),
-            nn.GELU(),
+            nn.GELU(approximate="tanh" if config.arch == "official" else "none"),
             nn.Linear(4 * config.d_model, config.d_model),
             Dropout(config.dropout),
         )
@@ -152,9 +175,10 @@ class Block(nn.Module):
         x: torch.Tensor,
         past: tuple[torch.Tensor, torch.Tensor] | None,
         keep_from: int = 0,
+        bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """The block's output for positions `keep_from` on (keys and values for all)."""
-        a, present = self.attn(self.ln1(x), past, keep_from)
+        a, present = self.attn(self.ln1(x), past, keep_from, bias)
         x = x[:, keep_from:] + a
         return x + self.mlp(self.ln2(x)), present
 
@@ -165,17 +189,27 @@ class GPT(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.tok = nn.Embedding(config.vocab_size, config.d_model)
+        official = config.arch == "official"
+        # the official embedding has padding_idx 0: the padding row starts at zero, never trains
+        self.tok = nn.Embedding(
+            config.vocab_size, config.d_model, padding_idx=0 if official else None
+        )
+        self.pos: torch.Tensor | None
         if config.positions == "learned":
             self.pos = nn.Parameter(torch.zeros(config.max_len, config.d_model))
-        else:
+        elif config.positions == "sinusoidal":
             self.register_buffer(
                 "pos", sinusoidal_table(config.max_len, config.d_model), persistent=False
             )
+        else:
+            self.pos = None  # alibi: distances enter the attention scores instead
+        self.embed_norm = nn.LayerNorm(config.d_model) if official else nn.Identity()
         self.drop = Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
         self.ln_f = nn.LayerNorm(config.d_model)
-        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=official)
+        if official:
+            return  # PyTorch's default initialisation, as the official code keeps
         self.apply(_init_weights)
         # Token embeddings start at the scale of the sinusoidal table they are added to. At
         # GPT-2's 0.02 the position signal drowns the token identity after LayerNorm, and
@@ -201,12 +235,18 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {end} tokens exceeds max_len {self.config.max_len}")
         if not 0 <= logits_from < ids.shape[1]:
             raise ValueError(f"logits_from {logits_from} outside 0..{ids.shape[1] - 1}")
-        x = self.drop(self.tok(ids) + self.pos[start:end])
+        x = self.tok(ids)
+        bias = None
+        if self.pos is None:
+            bias = alibi_bias(self.config.heads, start, end, ids.device)
+        else:
+            x = x + self.pos[start:end]
+        x = self.drop(self.embed_norm(x))
         presents: KVCache = []
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             keep_from = logits_from if i == last else 0
-            x, present = block(x, None if cache is None else cache[i], keep_from)
+            x, present = block(x, None if cache is None else cache[i], keep_from, bias)
             presents.append(present)
         return self.head(self.ln_f(x)), presents
 
@@ -219,6 +259,60 @@ class GPT(nn.Module):
         matmul_params = c.layers * 12 * c.d_model**2 + c.d_model * c.vocab_size
         attention = c.layers * 2 * seq_len * c.d_model  # scores + weighted sum, averaged causal
         return 3 * (2 * matmul_params + 2 * attention)
+
+
+def stretched(model: GPT, max_len: int) -> GPT:
+    """The same model for sequences up to `max_len`, to run it on longer problems than it
+    was trained on. Fixed (sinusoidal) and relative (alibi) positions extend; learned
+    positions have no row beyond the trained length."""
+    if max_len <= model.config.max_len:
+        return model
+    if model.config.positions == "learned":
+        raise CircuitlabError(
+            f"learned positions stop at {model.config.max_len} tokens; sequences of "
+            f"{max_len} need positions = sinusoidal or alibi"
+        )
+    longer = GPT(dataclasses.replace(model.config, max_len=max_len))
+    longer.load_state_dict(model.state_dict())
+    return longer.train(model.training).to(next(model.parameters()).device)
+
+
+# Our parameter names -> the official model.py's, block by block (`i` is the block index).
+_OFFICIAL_NAMES = {
+    "tok.weight": "transformer.embedding.tok_embed.weight",
+    "embed_norm.weight": "transformer.embedding.norm.weight",
+    "embed_norm.bias": "transformer.embedding.norm.bias",
+    "ln_f.weight": "transformer.ln_f.weight",
+    "ln_f.bias": "transformer.ln_f.bias",
+    "head.weight": "lm_head.weight",
+    "head.bias": "lm_head.bias",
+}
+_OFFICIAL_BLOCK = {
+    "ln1": "ln_1", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj", "ln2": "ln_2",
+    "mlp.0": "mlp.c_fc", "mlp.2": "mlp.c_proj",
+}  # fmt: skip
+
+
+def official_name(name: str) -> str:
+    """The official model.py's name of parameter `name` of an `arch = "official"` GPT, so
+    a checkpoint of the official code loads (`load_official_state_dict`)."""
+    if name in _OFFICIAL_NAMES:
+        return _OFFICIAL_NAMES[name]
+    _, index, rest = name.split(".", 2)  # blocks.<i>.<module>.<weight|bias>
+    module, kind = rest.rsplit(".", 1)
+    return f"transformer.h.{index}.{_OFFICIAL_BLOCK[module]}.{kind}"
+
+
+def load_official_state_dict(model: GPT, state: dict[str, torch.Tensor]) -> None:
+    """Load weights saved by the official code (its buffers, the position table and the
+    attention masks, are rebuilt here and ignored)."""
+    if model.config.arch != "official":
+        raise ValueError("official weights need a model with arch = 'official'")
+    wanted = {official_name(n): n for n, _ in model.named_parameters()}
+    missing = sorted(set(wanted) - set(state))
+    if missing:
+        raise ValueError(f"not an official checkpoint: no {', '.join(missing[:3])}")
+    model.load_state_dict({ours: state[theirs] for theirs, ours in wanted.items()})
 
 
 def _init_weights(module: nn.Module) -> None:

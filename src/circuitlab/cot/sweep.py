@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ class Profile:
     direct_layers: tuple[int, ...]
     seeds: tuple[int, ...]
     note: str
+    # (TrainConfig field, values): every point is trained once per combination of values
+    axes: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
 
 def _paper() -> Profile:
@@ -58,6 +61,7 @@ def _paper() -> Profile:
         num=1_000_000, test_num=100_000, d_model=256, heads=4, dropout=0.1, epochs=100,
         batch_size=512, lr=1e-4, weight_decay=0.01, warmup=0.05, schedule="linear",
         checkpoint_every=2_000, log_every=100, eval_every=10, eval_examples=2_000,
+        recipe="official",
     )  # fmt: skip
     plans = (
         # the documented arithmetic commands use --under (TrainConfig.under)
@@ -72,8 +76,8 @@ def _paper() -> Profile:
         cot_layers=3,
         direct_layers=(3, 4, 5),
         seeds=(2021, 2022, 2023, 2024),
-        note="official configuration: d_model 256, 4 heads, 1e6 examples, 100 epochs, "
-        "batch 512, AdamW 1e-4; a GPU job (about 5 GPU-days for all 192 points)",
+        note="official configuration and recipe: d_model 256, 4 heads, 1e6 examples, "
+        "100 epochs, batch 512, AdamW 1e-4; a GPU job (about 5 GPU-days for all 192 points)",
     )
 
 
@@ -142,19 +146,96 @@ PROFILES = {"quick": _quick, "paper": _paper, "demo": _demo}
 
 
 def get_profile(name: str) -> Profile:
+    """A named profile, or a sweep described in a TOML file (`load_profile`)."""
+    if name.endswith(".toml"):
+        return load_profile(Path(name))
     if name not in PROFILES:
-        raise CircuitlabError(f"unknown profile {name!r}: use one of {', '.join(PROFILES)}")
+        raise CircuitlabError(
+            f"unknown profile {name!r}: use one of {', '.join(PROFILES)} or a .toml file"
+        )
     return PROFILES[name]()
+
+
+# Fields a point's place in the sweep sets; an axis or [train] cannot.
+_STRUCTURAL = ("task", "size", "format", "layers", "seed")
+_PROFILE_KEYS = {"name", "note", "seeds", "cot_layers", "direct_layers", "train", "tasks", "axes"}
+
+
+def load_profile(path: Path) -> Profile:
+    """A custom sweep: [train] holds TrainConfig fields for every point, [[tasks]] each
+    task's `sizes` (and its own overrides), [axes] any other TrainConfig field with a list
+    of values (d_model = [64, 128], positions = ["sinusoidal", "alibi"], recipe = [...]).
+    Every field name and value is checked before anything runs."""
+    from circuitlab.core.config import checked_values, read_toml
+
+    data = read_toml(path)
+    where = f"sweep file {path}"
+    unknown = sorted(set(data) - _PROFILE_KEYS)
+    require(not unknown, f"{where}: unknown key(s) {', '.join(unknown)}; "
+            f"use {', '.join(sorted(_PROFILE_KEYS))}")  # fmt: skip
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+
+    def fields(table: Any, what: str) -> dict[str, Any]:
+        require(isinstance(table, dict), f"{where}: {what} must be a table")
+        fixed = sorted(set(table) & set(_STRUCTURAL))
+        require(not fixed, f"{where}: {what} cannot set {', '.join(fixed)} (the sweep does)")
+        return checked_values(TrainConfig, table)
+
+    base = fields(data.get("train", {}), "[train]")
+    tasks = data.get("tasks")
+    require(isinstance(tasks, list) and tasks, f"{where}: needs [[tasks]] with task and sizes")
+    plans = []
+    for i, entry in enumerate(tasks):
+        require(isinstance(entry, dict) and {"task", "sizes"} <= set(entry),
+                f"{where}: [[tasks]] {i + 1} needs task and sizes")  # fmt: skip
+        sizes = entry["sizes"]
+        require(isinstance(sizes, list) and sizes and all(isinstance(n, int) for n in sizes),
+                f"{where}: [[tasks]] {i + 1}: sizes must be a list of integers")  # fmt: skip
+        extra = {k: v for k, v in entry.items() if k not in ("task", "sizes")}
+        config = TrainConfig(**{**base, **fields(extra, f"[[tasks]] {i + 1}"),
+                                "task": entry["task"], "size": sizes[0]})  # fmt: skip
+        plans.append(TaskPlan(entry["task"], tuple(sizes), config))
+    axes = []
+    for name, values in fields_of_axes(data.get("axes", {}), where, names):
+        axes.append((name, values))
+    profile = Profile(
+        str(data.get("name", path.stem)),
+        tuple(plans),
+        cot_layers=int(data.get("cot_layers", 3)),
+        direct_layers=tuple(data.get("direct_layers", (3,))),
+        seeds=tuple(data.get("seeds", (2021,))),
+        note=str(data.get("note", f"custom sweep from {path.name}")),
+        axes=tuple(axes),
+    )
+    points(profile)  # builds (so validates) every point's TrainConfig before anything runs
+    return profile
+
+
+def fields_of_axes(table: Any, where: str, names: set[str]) -> list[tuple[str, tuple[Any, ...]]]:
+    """[axes] as (field, values), each value checked as that TrainConfig field's type."""
+    from circuitlab.core.config import checked_values
+
+    require(isinstance(table, dict), f"{where}: [axes] must be a table")
+    out = []
+    for name, values in table.items():
+        require(name in names, f"{where}: [axes] {name} is not a TrainConfig field")
+        require(name not in _STRUCTURAL, f"{where}: [axes] cannot vary {name} (the sweep does)")
+        require(isinstance(values, list) and values, f"{where}: [axes] {name} must be a list")
+        checked = tuple(checked_values(TrainConfig, {name: v})[name] for v in values)
+        out.append((name, checked))
+    return out
 
 
 @dataclass(frozen=True)
 class Point:
     config: TrainConfig
+    axes: tuple[tuple[str, Any], ...] = ()  # this point's value of each sweep axis
 
     @property
     def name(self) -> str:
         c = self.config
-        return f"{c.task}-n{c.size}-{c.format}-L{c.layers}-s{c.seed}"
+        tail = "".join(f"-{k}{v}" for k, v in self.axes)
+        return f"{c.task}-n{c.size}-{c.format}-L{c.layers}-s{c.seed}{tail}"
 
 
 def points(profile: Profile, tasks: tuple[str, ...] = (), device: str | None = None) -> list[Point]:
@@ -176,7 +257,10 @@ def points(profile: Profile, tasks: tuple[str, ...] = (), device: str | None = N
                         plan.train, task=plan.task, size=size, format=fmt, layers=layers,
                         seed=seed, **({"device": device} if device else {}),
                     )  # fmt: skip
-                    out.append(Point(config))
+                    names = [name for name, _ in profile.axes]
+                    for combo in itertools.product(*(values for _, values in profile.axes)):
+                        axes = tuple(zip(names, combo, strict=True))
+                        out.append(Point(dataclasses.replace(config, **dict(axes)), axes))
     return out
 
 
@@ -209,6 +293,8 @@ def run_sweep(
         units, title="cot sweep", executor=executor, workers=workers, ray_address=ray_address,
         show=not quiet, summarize=_point_line,
     )  # fmt: skip
+    results = [{**r, **({"axes": dict(p.axes)} if p.axes else {})}
+               for p, r in zip(todo, results, strict=True)]  # fmt: skip
     return write_summary(profile, root, todo, results)
 
 
@@ -234,7 +320,12 @@ def _cost(config: TrainConfig) -> tuple[float, int]:
 
 
 def _variant(result: dict[str, Any]) -> str:
-    return "cot" if result["format"] == "cot" else f"direct L{result['layers']}"
+    kind = "cot" if result["format"] == "cot" else f"direct L{result['layers']}"
+    return " ".join([kind, *(f"{k}={v}" for k, v in result.get("axes", {}).items())])
+
+
+def _variant_order(variant: str) -> tuple[bool, str]:
+    return not variant.startswith("cot"), variant  # CoT first
 
 
 def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -246,10 +337,15 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (task, size, variant), rs in sorted(groups.items()):
         acc = [r["answer_accuracy"] for r in rs]
         chain = [r["chain_accuracy"] for r in rs]
+        # results of runs before the official metric existed lack it: answer accuracy then
+        official = [r.get("official_accuracy", r["answer_accuracy"]) for r in rs]
+        fit = [r["train_official_accuracy"] for r in rs if "train_official_accuracy" in r]
         rows.append({
             "task": task, "size": size, "variant": variant, "seeds": len(rs),
             "answer_accuracy": sum(acc) / len(acc), "min": min(acc), "max": max(acc),
             "chain_accuracy": sum(chain) / len(chain),
+            "official_accuracy": sum(official) / len(official),
+            "train_official_accuracy": sum(fit) / len(fit) if fit else None,
             "train_seconds": sum(r["train_seconds"] for r in rs) / len(rs),
         })  # fmt: skip
     return rows
@@ -275,8 +371,10 @@ def write_summary(
 
 def to_csv(point_rows: list[dict[str, Any]]) -> str:
     fields = ["name", "task", "size", "format", "layers", "seed", "answer_accuracy",
-              "chain_accuracy", "right_answer_wrong_chain", "examples", "parameters", "steps",
-              "train_seconds", "eval_seconds", "tokens_per_s"]  # fmt: skip
+              "chain_accuracy", "official_metric", "official_accuracy",
+              "train_answer_accuracy", "train_official_accuracy", "right_answer_wrong_chain",
+              "examples", "parameters", "steps", "train_seconds", "eval_seconds",
+              "tokens_per_s"]  # fmt: skip
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
@@ -303,7 +401,7 @@ OFFICIAL_COT_MIN = 0.9946  # CoT (3 layers) reached at least this everywhere
 
 
 def report_markdown(profile: Profile, rows: list[dict[str, Any]]) -> str:
-    variants = sorted({r["variant"] for r in rows}, key=lambda v: (v != "cot", v))
+    variants = sorted({r["variant"] for r in rows}, key=_variant_order)
     lines = [
         f"# cot sweep, profile `{profile.name}`",
         "",
@@ -311,15 +409,20 @@ def report_markdown(profile: Profile, rows: list[dict[str, Any]]) -> str:
         "",
         "Final-answer accuracy on held-out problems (greedy decoding), mean over seeds.",
         "",
-        "| task | size | " + " | ".join(variants) + " |",
-        "| --- | --- | " + " | ".join("---" for _ in variants) + " |",
+        *_accuracy_table(rows, variants, "answer_accuracy"),
+        "",
+        "The official code's metric, the one its numbers below report: the generated answer "
+        "for arithmetic and equation CoT, the whole continuation through `<eos>` (exact "
+        "match) for LIS and ED CoT and for every direct model.",
+        "",
+        *_accuracy_table(rows, variants, "official_accuracy"),
+        "",
+        "The same metric on training problems (as many as the in-training evaluations "
+        "use): low here too means the model failed to fit, not to generalise.",
+        "",
+        *_accuracy_table(rows, variants, "train_official_accuracy"),
     ]
-    by_key: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
-    for r in rows:
-        by_key[(r["task"], r["size"])][r["variant"]] = r["answer_accuracy"]
-    for (task, size), accs in sorted(by_key.items()):
-        cells = [f"{accs[v]:.3f}" if v in accs else "" for v in variants]
-        lines.append(f"| {task} | {size} | " + " | ".join(cells) + " |")
+    by_key = {(r["task"], r["size"]) for r in rows}
     official = sorted(k for k in by_key if k in OFFICIAL)
     header = f"Official (paper) numbers at the same sizes; CoT >= {OFFICIAL_COT_MIN}:"
     if not official:  # scaled-down sizes: the paper's own, for the shape of the result
@@ -335,6 +438,20 @@ def report_markdown(profile: Profile, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _accuracy_table(rows: list[dict[str, Any]], variants: list[str], metric: str) -> list[str]:
+    by_key: dict[tuple[str, int], dict[str, float | None]] = defaultdict(dict)
+    for r in rows:
+        by_key[(r["task"], r["size"])][r["variant"]] = r[metric]
+    lines = [
+        "| task | size | " + " | ".join(variants) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in variants) + " |",
+    ]
+    for (task, size), accs in sorted(by_key.items()):
+        cells = [f"{accs[v]:.3f}" if accs.get(v) is not None else "" for v in variants]
+        lines.append(f"| {task} | {size} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """One panel per task: accuracy vs size, CoT solid, direct per depth dashed."""
     import matplotlib
@@ -346,13 +463,13 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         mine = [r for r in rows if r["task"] == task]
-        for variant in sorted({r["variant"] for r in mine}, key=lambda v: (v != "cot", v)):
+        for variant in sorted({r["variant"] for r in mine}, key=_variant_order):
             pts = sorted((r for r in mine if r["variant"] == variant), key=lambda r: r["size"])
             sizes = [r["size"] for r in pts]
             mean = [r["answer_accuracy"] for r in pts]
             err = [[m - r["min"] for m, r in zip(mean, pts, strict=True)],
                    [r["max"] - m for m, r in zip(mean, pts, strict=True)]]  # fmt: skip
-            style = "-o" if variant == "cot" else "--s"
+            style = "-o" if variant.startswith("cot") else "--s"
             ax.errorbar(sizes, mean, yerr=err, fmt=style, capsize=3, label=variant)
         ax.set_title(task)
         ax.set_xlabel("problem size")

@@ -36,13 +36,14 @@ from circuitlab.core.devices import pick_device
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.executor import identity
 from circuitlab.core.runs import RunDir
-from circuitlab.core.schedule import lr_at
 from circuitlab.core.tracking import open_tracker
 from circuitlab.cot.batching import epoch_plan, shard
 from circuitlab.cot.config import TrainConfig
+from circuitlab.cot.curves import plot_learning_curve
 from circuitlab.cot.data import generate_splits, question_keys
 from circuitlab.cot.evaluate import EvalResult, evaluate_model
 from circuitlab.cot.model import GPT, ModelConfig
+from circuitlab.cot.optim import learning_rate, make_optimizer
 from circuitlab.cot.sequences import Sequences, build_sequences, loss_labels
 from circuitlab.cot.tasks import get_task
 from circuitlab.cot.tasks.common import TokenBatch
@@ -77,18 +78,27 @@ def prepare(config: TrainConfig) -> Prepared:
         dropout=config.dropout,
         positions=config.positions,
         embed_std=config.embed_std,
+        arch=config.arch,
     )
     return Prepared(train, test, model_config)
 
 
-def fresh_test(config: TrainConfig, count: int) -> Sequences:
-    """`count` new test problems (another seed), none of whose questions was trained on."""
+def fresh_test(config: TrainConfig, count: int, size: int | None = None) -> Sequences:
+    """`count` new test problems (another seed) of `size` (default: the trained size),
+    none of whose questions was trained on."""
     task = get_task(config.task)
-    vocab = task.vocab(config.size, config.data.task_arg)
-
+    arg = config.data.task_arg
+    vocab = task.vocab(config.size, arg)
+    size = config.size if size is None else size
+    task.check_size(size)
+    if task.vocab(size, arg) != vocab:
+        raise CircuitlabError(
+            f"--size {size}: the {task.name} vocabulary at size {size} differs from the "
+            f"trained size {config.size}'s, so the model cannot read those problems"
+        )
     seen = set(question_keys(generate_splits(config.data).train))
     draw = dataclasses.replace(
-        config.data, num=count, test_num=0, seed=config.data_seed + 1, under=False
+        config.data, size=size, num=count, test_num=0, seed=config.data_seed + 1, under=False
     )
     batch = generate_splits(draw).train
     keep = np.array([k not in seen for k in question_keys(batch)], dtype=bool)
@@ -174,7 +184,10 @@ def _checkpoints(run: RunDir) -> list[Path]:
 
 
 def save_checkpoint(
-    run: RunDir, model: GPT, optimizer: torch.optim.Optimizer, position: dict[str, Any],
+    run: RunDir,
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    position: dict[str, Any],
     keep: int = 2,
 ) -> Path:
     """checkpoints/step-N: weights, optimizer, RNG states and `position`; keep the newest."""
@@ -208,15 +221,18 @@ def _autocast(device: torch.device, amp: str) -> AbstractContextManager[Any]:
 def _batches(
     data: Sequences, config: TrainConfig, world: World, epoch: int, skip: int
 ) -> Iterator[tuple[int, np.ndarray]]:
-    plan = shard(
-        epoch_plan(data.lengths, config.batch_size, config.seed, epoch), world.rank, world.size
-    )
+    plan = shard(_epoch_plan(data, config, epoch), world.rank, world.size)
     for i in range(skip, len(plan)):
         yield i, plan[i]
 
 
+def _epoch_plan(data: Sequences, config: TrainConfig, epoch: int) -> list[np.ndarray]:
+    by_length = config.batching == "length"
+    return epoch_plan(data.lengths, config.batch_size, config.seed, epoch, by_length=by_length)
+
+
 def steps_per_epoch(data: Sequences, config: TrainConfig, world: World) -> int:
-    return len(shard(epoch_plan(data.lengths, config.batch_size, config.seed, 0), 0, world.size))
+    return len(shard(_epoch_plan(data, config, 0), 0, world.size))
 
 
 def train(
@@ -256,17 +272,7 @@ def train(
         device = torch.device("cuda", world.local_rank)
     torch.manual_seed(config.seed)
     model = GPT(prepared.model_config).to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=config.lr,
-        betas=(0.9, 0.95),
-        fused=device.type == "cuda",
-    )
+    optimizer = make_optimizer(model, config, device)
     position = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "seconds": 0.0}
     if existing:
         position = restore_checkpoint(run, model, optimizer)
@@ -314,10 +320,7 @@ def train(
             ids = ids_all[rows, :width].to(device, non_blocking=True)
             labels = labels_all[rows, first:width].to(device, non_blocking=True)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(
-                    position["step"], total,
-                    peak=config.lr, warmup=config.warmup, schedule=config.schedule,
-                )  # fmt: skip
+                group["lr"] = learning_rate(config, position["step"], total, epoch)
             with _autocast(device, config.amp):
                 logits, _ = ddp_model(ids, logits_from=first)
                 loss = F.cross_entropy(
@@ -367,23 +370,37 @@ def train(
             and epoch + 1 < config.epochs
             and world.main
         ):
-            result = _evaluate(
+            test_result = _evaluate(
                 model, task, vocab, prepared.test, config, device, config.eval_examples
             )
+            train_result = _evaluate(
+                model, task, vocab, prepared.train, config, device,
+                min(len(prepared.test), config.eval_examples),
+            )  # fmt: skip
             tracker.log_metrics(
                 step=position["step"],
                 epoch=epoch + 1,
-                **{f"eval_{k}": v for k, v in result.to_dict().items() if k != "first_error"},
+                **_accuracies("eval_", test_result),
+                **_accuracies("train_", train_result),
             )
     bar.close()
-    tracker.close()
     seconds = time.perf_counter() - run_start
     if not world.main:
+        tracker.close()
         return {}
     position["seconds"] = seconds
     save_checkpoint(run, model, optimizer, dict(position), keep=1)
     eval_start = time.perf_counter()
     result = _evaluate(model, task, vocab, prepared.test, config, device, None)
+    fit_count = min(len(prepared.test), config.eval_examples)  # at most the test's cost again
+    on_train = _evaluate(model, task, vocab, prepared.train, config, device, fit_count)
+    logged = run.metrics()
+    if not any("eval_official_accuracy" in r and r["step"] == position["step"] for r in logged):
+        # (a run killed after this line and resumed has it already)
+        final = {**_accuracies("eval_", result), **_accuracies("train_", on_train)}
+        tracker.log_metrics(step=position["step"], epoch=config.epochs, **final)
+        logged.append({"step": position["step"], "epoch": config.epochs, **final})
+    plot_learning_curve(logged, run.path / "accuracy.png", config)
     results = {
         "task": config.task,
         "size": config.size,
@@ -391,6 +408,7 @@ def train(
         "layers": config.layers,
         "seed": config.seed,
         **result.to_dict(),
+        **_accuracies("train_", on_train),
         "parameters": model.num_parameters(),
         "steps": position["step"],
         "train_tokens": position["tokens"],
@@ -398,6 +416,7 @@ def train(
         "eval_seconds": time.perf_counter() - eval_start,
         "tokens_per_s": position["tokens"] / max(seconds, 1e-9),
     }
+    tracker.close()
     run.write_results(results)
     run.mark_done("train")
     return results
@@ -412,10 +431,18 @@ def _evaluate(
     device: torch.device,
     limit: int | None,
 ) -> EvalResult:
+    """Score `limit` examples of `test` spread evenly over it (a mixed training set is
+    ordered by size, so its first rows would all be the smallest problems)."""
     if limit is not None and limit < len(test):
-        test = Sequences(test.ids[:limit], test.lengths[:limit], test.prompt[:limit])
+        rows = np.linspace(0, len(test) - 1, limit).astype(np.int64)
+        test = Sequences(test.ids[rows], test.lengths[rows], test.prompt[rows])
     arg = config.data.task_arg
     return evaluate_model(model, task, vocab, test, config.format, arg, device=device)
+
+
+def _accuracies(prefix: str, result: EvalResult) -> dict[str, Any]:
+    """The numbers of `result` under `prefix` (eval_: test split, train_: training set)."""
+    return {f"{prefix}{k}": v for k, v in result.to_dict().items() if k != "first_error"}
 
 
 def load_run(out: str | Path) -> tuple[TrainConfig, GPT, Prepared]:
