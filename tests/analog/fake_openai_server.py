@@ -12,9 +12,12 @@ line of stdout. Modes:
   slow             like ok after sleeping --delay seconds (requests overlap: threaded)
   trickle          sends a reply's headers, then one byte every --delay seconds, forever
   echo_headers     every request fails with 401 and a body that echoes the request headers
+  truncated        the solver's replies are cut off: half the JSON, finish_reason "length"
+  truncated_below_N  like truncated for solver requests with max_tokens below N, else ok
 GET /mode/NAME switches the mode (an outage that ends: always500, then ok).
-GET /stats returns {"requests", "max_in_flight", "auth"} (auth: the Authorization headers
-seen, so tests can check the key is sent).
+GET /stats returns {"requests", "max_in_flight", "auth", "options"} (auth: the Authorization
+headers seen, so tests can check the key is sent; options: each chat request's body without
+its messages, so tests see token budgets and extra body fields).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOCK = threading.Lock()
-STATE = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "seen": set(), "auth": []}
+STATE = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "seen": set(), "auth": [],
+         "options": []}  # fmt: skip
 
 
 def agent_reply(body: dict, mode: str) -> str:
@@ -51,6 +55,18 @@ def agent_reply(body: dict, mode: str) -> str:
             }
         )
     return json.dumps({"verdict": "accept", "feedback": "supported by the passage"})
+
+
+def is_solver(body: dict) -> bool:
+    return "expert analog" in body["messages"][0]["content"]
+
+
+def cut_off(mode: str, max_tokens: int) -> bool:
+    if mode == "truncated":
+        return True
+    if mode.startswith("truncated_below_"):
+        return max_tokens < int(mode.removeprefix("truncated_below_"))
+    return False
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -121,15 +137,21 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "malformed_body" and first:
             return self.send(200, b"<html>upstream proxy error</html>")
         body = json.loads(raw)
+        with LOCK:
+            STATE["options"].append({k: v for k, v in body.items() if k != "messages"})
+        finish = "stop"
         if mode == "bad_content":
             content = "Sure! Here is a great question about op-amps for you."
         else:
             content = agent_reply(body, mode)
+        if is_solver(body) and cut_off(mode, body.get("max_tokens", 0)):
+            content, finish = content[: len(content) // 2], "length"
+        message = {"role": "assistant", "content": content}
         reply = {
             "id": "cmpl-1",
             "object": "chat.completion",
             "model": body.get("model", "fake"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 10},
         }
         self.send(200, json.dumps(reply).encode())

@@ -77,6 +77,37 @@ def test_backend_failures_are_not_done_and_a_rerun_retries_them(server, shipped_
     assert again["session"]["nodes"] == 0 and again["complete"] is True
 
 
+def test_truncated_replies_are_failures_with_their_cause_never_training_data(
+    server, shipped_nodes, tmp_path
+):
+    """Issue 18: a reply cut off by the token limit (finish_reason "length") was repaired
+    into a complete-looking object and accepted. Now it is asked again with twice the
+    budget, and a second cut is the node's recorded failure."""
+    srv = server("truncated")
+    out = tmp_path / "run"
+    summary = distill(shipped_nodes, out, http_config(srv, max_nodes=3, answer_tokens=100))
+    assert summary["complete"] and summary["qa_records"] == 0 and not (out / "qa.jsonl").exists()
+    assert summary["failures_by_cause"] == {"solver:truncated (finish_reason length)": 3}
+    failure = lines(out / "failures.jsonl")[0]
+    assert failure["stage"] == "solver" and failure["retryable"] is False
+    assert "100 tokens, then at 200" in failure["detail"] and failure["raw"].startswith("{")
+    solver_budgets = sorted(o["max_tokens"] for o in srv.stats()["options"])
+    assert solver_budgets.count(100) == 3 and solver_budgets.count(200) == 3
+
+
+def test_a_reply_cut_at_the_first_budget_is_accepted_from_the_doubled_one(
+    server, shipped_nodes, tmp_path
+):
+    srv = server("truncated_below_300")
+    summary = distill(
+        shipped_nodes, tmp_path / "run", http_config(srv, max_nodes=3, answer_tokens=160)
+    )
+    assert summary["accepted"] == 3 and summary["failed"] == 0
+    qa = lines(tmp_path / "run" / "qa.jsonl")
+    assert all(r["reasoning"].endswith("hence.") for r in qa)  # the whole reply, not half
+    assert [o["max_tokens"] for o in srv.stats()["options"]].count(320) == 3
+
+
 def test_duplicate_questions_are_dropped(server, shipped_nodes, tmp_path):
     summary = distill(shipped_nodes, tmp_path / "run", http_config(server("same_question")))
     assert summary["qa_records"] == 1
@@ -166,7 +197,6 @@ def test_an_api_key_echoed_by_the_server_never_reaches_the_run_directory(
     assert key[:12] not in result.stdout + result.stderr
 
 
-
 def test_the_cli_exits_non_zero_while_nodes_wait_for_a_retry(server, shipped_nodes, tmp_path):
     srv = server("always500")
     settings = tmp_path / "distill.toml"
@@ -184,9 +214,7 @@ def test_the_cli_exits_non_zero_while_nodes_wait_for_a_retry(server, shipped_nod
     assert up.returncode == 0, up.stderr
 
 
-def test_a_node_too_large_to_send_is_its_own_failure_not_a_request(
-    server, shipped_nodes, tmp_path
-):
+def test_a_node_too_large_to_send_is_its_own_failure_not_a_request(server, shipped_nodes, tmp_path):
     """Issue 23: request size is capped; a huge node (a hand-made nodes file) fails alone."""
     from circuitlab.analog.distill import MAX_NODE_CHARS
 

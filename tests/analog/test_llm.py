@@ -82,6 +82,44 @@ def test_requests_overlap_up_to_the_concurrency_limit(server):
     assert srv.stats()["max_in_flight"] == 4
 
 
+def test_finish_reason_reaches_the_caller_and_survives_the_cache(server, tmp_path):
+    """A cut-off reply looks whole once its JSON is repaired: only finish_reason tells."""
+    srv = server("truncated")
+    solver = messages("You are an expert analog circuit designer.", "Question: why?")
+    cached = CachedBackend(backend(srv), tmp_path)
+    (cut,) = cached.generate([ChatRequest(solver, max_tokens=50)])
+    (whole,) = cached.generate([ChatRequest(DESIGN, max_tokens=50)])
+    assert cut.finish_reason == "length" and cut.truncated and cut.text.startswith('{"reason')
+    assert whole.finish_reason == "stop" and not whole.truncated
+    (again,) = CachedBackend(backend(srv), tmp_path).generate([ChatRequest(solver, max_tokens=50)])
+    assert again.cached and again.truncated and again.text == cut.text
+
+
+def test_embedded_backend_reports_a_reply_that_used_its_whole_budget(tiny_model_dir):
+    """The embedded model's finish_reason: "length" when max_new_tokens ran out before an
+    end of sequence, "stop" when the model ended its reply."""
+    import torch
+
+    from circuitlab.analog.llm.embedded import EmbeddedBackend
+    from circuitlab.core.lm import load_lm
+
+    lm = load_lm(str(tiny_model_dir))
+    client = EmbeddedBackend(lm=lm, batch_size=2)
+    eos = lm.tokenizer.eos_token_id
+    never_eos = lm.model.lm_head.register_forward_hook(
+        lambda _m, _i, logits: logits.index_fill(-1, torch.tensor([eos]), -1e9)
+    )
+    requests = [ChatRequest(DESIGN, max_tokens=4), ChatRequest(DESIGN, max_tokens=4, seed=1)]
+    assert [r.finish_reason for r in client.generate(requests)] == ["length", "length"]
+    never_eos.remove()
+    always_eos = lm.model.lm_head.register_forward_hook(
+        lambda _m, _i, logits: logits.index_fill(-1, torch.tensor([eos]), 1e9)
+    )
+    (ended,) = client.generate([ChatRequest(DESIGN, max_tokens=4)])
+    always_eos.remove()
+    assert ended.finish_reason == "stop" and not ended.truncated
+
+
 def test_bad_config_is_a_user_error():
     with pytest.raises(CircuitlabError, match="http"):
         HTTPConfig(base_url="localhost:8000", model="m")

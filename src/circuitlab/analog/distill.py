@@ -35,7 +35,7 @@ from typing import Any
 from circuitlab.analog import agents
 from circuitlab.analog.agents import MalformedOutput, Role
 from circuitlab.analog.corpus.dedup import Deduplicator
-from circuitlab.analog.llm.base import Backend, ChatRequest
+from circuitlab.analog.llm.base import Backend, ChatRequest, ChatResult
 from circuitlab.analog.llm.cache import CachedBackend
 from circuitlab.analog.nodes import read_nodes
 from circuitlab.analog.taxonomy import UNTAGGED, top_branch
@@ -179,6 +179,9 @@ def _drop_cut_line(path: Path) -> None:
         handle.write(keep)
 
 
+# the cause of a reply that hit its token limit twice (ChatResult.truncated)
+TRUNCATED_CAUSE = "truncated (finish_reason length)"
+
 # what one node may hand an agent: ~12k tokens, far above a --max-words node (150 words is
 # about 1k characters), far below a request no server takes
 MAX_NODE_CHARS = 50_000
@@ -228,10 +231,14 @@ class Distiller:
 
         `build(item, prefill=..., max_tokens=..., temperature=..., seed=...)` makes the
         request. A backend that continues prefilled replies is asked field by field (see
-        Role.prefill); later fields get at most 48 tokens.
+        Role.prefill); later fields get at most 48 tokens. A reply cut off by its token
+        limit is asked once more with twice the budget; cut off again, it is the item's
+        failure (no sampling retry: a cut reply is not a malformed one, and a repaired
+        half-answer must never become training data).
         """
         pending = list(items)
         done: list[tuple[_Item, dict[str, Any]]] = []
+        given_up: list[_Item] = []
         last: dict[int, tuple[str, str, str | None]] = {}
         stepwise = self.backend.continues_prefill
         for attempt in range(self.config.max_attempts):
@@ -241,25 +248,28 @@ class Distiller:
             values: dict[int, dict[str, Any]] = {id(item): {} for item in pending}
             repaired: dict[int, bool] = {}
             failed: set[int] = set()
+            truncated: set[int] = set()
             for number, name in enumerate(role.fields if stepwise else role.fields[:1]):
                 asking = [it for it in pending if id(it) not in failed]
                 asking = [it for it in asking if name not in values[id(it)]]
                 if not asking:
                     continue
                 tokens = max_tokens if number == 0 else min(max_tokens, 48)
-                requests = [
-                    build(
-                        it,
-                        prefill=role.prefill(values[id(it)]) if stepwise else "",
-                        max_tokens=tokens,
-                        **options,
-                    )
-                    for it in asking
-                ]
-                for item, result in zip(asking, self.backend.generate(requests), strict=True):
+                results = self.ask(role, build, asking, tokens, values, options)
+                cut = [k for k, r in enumerate(results) if r.error is None and r.truncated]
+                again = self.ask(role, build, [asking[k] for k in cut], 2 * tokens, values, options)
+                for k, result in zip(cut, again, strict=True):
+                    results[k] = result
+                for item, result in zip(asking, results, strict=True):
                     if result.error is not None:
                         last[id(item)] = ("backend_error", result.error, None)
                         failed.add(id(item))
+                        continue
+                    if result.truncated:
+                        detail = f"cut off at {tokens} tokens, then at {2 * tokens}"
+                        last[id(item)] = (TRUNCATED_CAUSE, detail, result.text)
+                        failed.add(id(item))
+                        truncated.add(id(item))
                         continue
                     try:
                         value, fixed = agents.parse_object(result.text)
@@ -274,6 +284,9 @@ class Distiller:
                     last[id(item)] = ("schema", "", result.text)
             retry = []
             for item in pending:
+                if id(item) in truncated:
+                    given_up.append(item)
+                    continue
                 if id(item) in failed:
                     retry.append(item)
                     continue
@@ -288,7 +301,7 @@ class Distiller:
                     item.repaired.append(role.name)
                 done.append((item, value))
             pending = retry
-        for item in pending:
+        for item in [*pending, *given_up]:
             cause, detail, raw = last[id(item)]
             item.failure = {
                 "stage": role.name,
@@ -300,6 +313,28 @@ class Distiller:
                 "retryable": cause == "backend_error",
             }
         return done
+
+    def ask(
+        self,
+        role: Role,
+        build: Callable[..., ChatRequest],
+        items: Sequence[_Item],
+        max_tokens: int,
+        known: dict[int, dict[str, Any]],
+        options: dict[str, Any],
+    ) -> list[ChatResult]:
+        """One request per item; a prefilling backend continues from the fields known."""
+        stepwise = self.backend.continues_prefill
+        requests = [
+            build(
+                it,
+                prefill=role.prefill(known[id(it)]) if stepwise else "",
+                max_tokens=max_tokens,
+                **options,
+            )
+            for it in items
+        ]
+        return self.backend.generate(requests)
 
     def run_batch(self, nodes: Sequence[dict[str, Any]]) -> list[_Item]:
         c = self.config

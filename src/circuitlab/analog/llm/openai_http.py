@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from circuitlab.analog.llm.base import ChatRequest, ChatResult
+from circuitlab.analog.llm.base import TRUNCATED, ChatRequest, ChatResult
 from circuitlab.core.config import require
 from circuitlab.core.secrets import redact
 
@@ -106,12 +106,13 @@ class OpenAIBackend:
         last = "no attempt made"
         for attempt in range(self.config.retries + 1):
             try:
-                text, model, usage = self._post(data, headers)
+                reply = self._post(data, headers)
                 return ChatResult(
-                    text=text,
-                    model=model or self.config.model,
+                    text=reply["text"],
+                    model=reply["model"] or self.config.model,
                     seconds=time.perf_counter() - started,
-                    usage=usage,
+                    usage=reply["usage"],
+                    finish_reason=reply["finish_reason"],
                 )
             except RetryableError as e:
                 last = str(e)
@@ -133,7 +134,7 @@ class OpenAIBackend:
             seconds=time.perf_counter() - started,
         )
 
-    def _post(self, data: bytes, headers: dict[str, str]) -> tuple[str, str, dict[str, int]]:
+    def _post(self, data: bytes, headers: dict[str, str]) -> dict[str, Any]:
         self.requests_sent += 1
         request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
         try:
@@ -152,15 +153,24 @@ class OpenAIBackend:
             raise RetryableError(f"cannot reach {self.url}: {reason}") from None
         try:
             body = json.loads(raw)
-            text = body["choices"][0]["message"]["content"]
+            choice = body["choices"][0]
+            text = choice["message"]["content"]
+            finish = choice.get("finish_reason")
+            if text is None and finish == TRUNCATED:
+                text = ""  # the limit was spent before any content: truncated, not malformed
             if not isinstance(text, str):
                 raise TypeError("content is not a string")
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError,
+                AttributeError) as e:  # fmt: skip
             snippet = redact(raw.decode("utf-8", "replace"), [self._key])[:120]
             raise RetryableError(f"malformed response from {self.url} ({e}): {snippet!r}") from None
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-        return text, str(body.get("model") or ""), usage
-
+        return {
+            "text": text,
+            "model": str(body.get("model") or ""),
+            "usage": usage,
+            "finish_reason": finish if isinstance(finish, str) else None,
+        }
 
     def _read_by_deadline(self, response: Any) -> bytes:
         """The body, read in pieces against one deadline for the whole request: the socket
