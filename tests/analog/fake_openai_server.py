@@ -9,6 +9,8 @@ line of stdout. Modes:
   always500        every request fails with 500
   bad_content      valid HTTP, but the reply is prose instead of agent JSON
   same_question    like ok, but the designer always asks the same question
+  cites_passage    like ok, but the designer's question says "According to the passage"
+  solver_cites_passage  like ok, but the solver's reasoning says "As the text explains"
   slow             like ok after sleeping --delay seconds (requests overlap: threaded)
   trickle          sends a reply's headers, then one byte every --delay seconds, forever
   echo_headers     every request fails with 401 and a body that echoes the request headers
@@ -35,22 +37,30 @@ STATE = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "seen": set(), "auth
          "options": []}  # fmt: skip
 
 
+POINTERS = {"above", "passage", "text", "chapter", "section", "excerpt", "paragraph"}
+
+
 def agent_reply(body: dict, mode: str) -> str:
     system = body["messages"][0]["content"]
     user = body["messages"][-1]["content"]
     passage = user.split("\n", 1)[1] if "\n" in user else user
-    words = passage.split()[:6]
+    # a textbook's own "this chapter" or "the above", echoed, would be a closed-book reject
+    words = [w for w in passage.split() if w.lower().strip(".,;:") not in POINTERS][:6]
     tag = hashlib.sha1(passage.encode()).hexdigest()[:6]
     if "question designer" in system:
         if mode == "same_question":
-            return json.dumps({"question": "What is the main idea of this passage?"})
-        return json.dumps(
-            {"question": f"What does the passage say about {' '.join(words)} ({tag})?"}
-        )
+            return json.dumps({"question": "What is the main idea of negative feedback?"})
+        if mode == "cites_passage":
+            return json.dumps({"question": f"According to the passage, what is {tag}?"})
+        return json.dumps({"question": f"Explain how {' '.join(words)} works ({tag})."})
     if "expert analog" in system:
+        if mode == "solver_cites_passage":
+            return json.dumps(
+                {"reasoning": "As the text explains, the gain is set.", "answer": "x"}
+            )
         return json.dumps(
             {
-                "reasoning": f"Step 1: the passage states {' '.join(words)}. Step 2: hence.",
+                "reasoning": f"Step 1: recall that {' '.join(words)}. Step 2: hence.",
                 "answer": " ".join(words),
             }
         )

@@ -108,6 +108,24 @@ def test_a_reply_cut_at_the_first_budget_is_accepted_from_the_doubled_one(
     assert [o["max_tokens"] for o in srv.stats()["options"]].count(320) == 3
 
 
+@pytest.mark.parametrize(
+    "mode, cause",
+    [("cites_passage", "designer:refers_to_passage"),
+     ("solver_cites_passage", "solver:refers_to_passage")],
+)  # fmt: skip
+def test_questions_or_reasoning_citing_the_passage_are_rejected(
+    server, shipped_nodes, tmp_path, mode, cause
+):
+    """Issue 18: the student never sees the passage, so "According to the passage" in a
+    question or reasoning is a recorded failure (after the usual sampling retry)."""
+    out = tmp_path / "run"
+    summary = distill(shipped_nodes, out, http_config(server(mode), max_nodes=3))
+    assert summary["complete"] and summary["qa_records"] == 0
+    assert summary["failures_by_cause"] == {cause: 3}
+    failure = lines(out / "failures.jsonl")[0]
+    assert "the student never sees it" in failure["detail"] and failure["retryable"] is False
+
+
 def test_duplicate_questions_are_dropped(server, shipped_nodes, tmp_path):
     summary = distill(shipped_nodes, tmp_path / "run", http_config(server("same_question")))
     assert summary["qa_records"] == 1
