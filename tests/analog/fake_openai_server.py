@@ -11,6 +11,13 @@ line of stdout. Modes:
   same_question    like ok, but the designer always asks the same question
   cites_passage    like ok, but the designer's question says "According to the passage"
   solver_cites_passage  like ok, but the solver's reasoning says "As the text explains"
+  latex            like ok, but the solver writes LaTeX: raw, backslashes unescaped, into
+                   its JSON reasoning (LATEX_RAW) and JSON-escaped in its answer
+                   (LATEX_ANSWER, with a LaTeX line break)
+  reasoning_content  like ok, with the thinking in message.reasoning_content (THINKING)
+  reasoning_field  like ok, with the thinking in message.reasoning (THINKING)
+  think            like ok, with the content "<think>THINKING</think>" + the JSON (the
+                   designer's and reviewer's thinking hold a decoy object and "the passage")
   slow             like ok after sleeping --delay seconds (requests overlap: threaded)
   trickle          sends a reply's headers, then one byte every --delay seconds, forever
   echo_headers     every request fails with 401 and a body that echoes the request headers
@@ -37,6 +44,13 @@ STATE = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "seen": set(), "auth
          "options": []}  # fmt: skip
 
 
+LATEX_RAW = (
+    r"Use $V_{out} = -\frac{R_2}{R_1} V_{in}$ with \omega = 2\pi f, \beta\times\nu, "
+    r"10\,k\Omega and \tau = RC; \rho\theta\underline{x} holds."
+)
+LATEX_ANSWER = r"$A_v = -\frac{R_2}{R_1} = -10$, i.e. 20\,\mathrm{dB} \\ at $\omega \ll \omega_p$"
+THINKING = "Okay: the inverting gain is -R2/R1 because the virtual ground holds. So -10."
+DECOY = 'Draft: {"question": "Not this one, from the passage?", "verdict": "reject"}'
 POINTERS = {"above", "passage", "text", "chapter", "section", "excerpt", "paragraph"}
 
 
@@ -54,6 +68,9 @@ def agent_reply(body: dict, mode: str) -> str:
             return json.dumps({"question": f"According to the passage, what is {tag}?"})
         return json.dumps({"question": f"Explain how {' '.join(words)} works ({tag})."})
     if "expert analog" in system:
+        if mode == "latex":
+            reasoning = json.dumps(f"Step 1: {LATEX_RAW}")[1:-1].replace("\\\\", "\\")
+            return '{"reasoning": "' + reasoning + '", "answer": ' + json.dumps(LATEX_ANSWER) + "}"
         if mode == "solver_cites_passage":
             return json.dumps(
                 {"reasoning": "As the text explains, the gain is set.", "answer": "x"}
@@ -157,6 +174,12 @@ class Handler(BaseHTTPRequestHandler):
         if is_solver(body) and cut_off(mode, body.get("max_tokens", 0)):
             content, finish = content[: len(content) // 2], "length"
         message = {"role": "assistant", "content": content}
+        thinking_key = {"reasoning_content": "reasoning_content", "reasoning_field": "reasoning"}
+        if mode in thinking_key:
+            message[thinking_key[mode]] = THINKING
+        if mode == "think":
+            thought = THINKING if is_solver(body) else f"{DECOY} as the passage says"
+            message["content"] = f"<think>\n{thought}\n</think>\n\n{content}"
         reply = {
             "id": "cmpl-1",
             "object": "chat.completion",

@@ -245,3 +245,113 @@ def test_a_node_too_large_to_send_is_its_own_failure_not_a_request(server, shipp
     assert summary["failures_by_cause"] == {"node_too_large": 1} and summary["accepted"] == 2
     assert summary["complete"] is True and summary["retryable"] == 0
     assert srv.stats()["requests"] == 2 * 3  # the big node cost no request
+
+
+def test_latex_heavy_replies_are_kept_byte_for_byte(server, fake_replies, shipped_nodes, tmp_path):
+    """Issue 18: \\omega crashed the run (and every resume on the cached reply); \\frac and
+    \\beta were silently decoded to a form feed and a backspace."""
+    out = tmp_path / "run"
+    summary = distill(shipped_nodes, out, http_config(server("latex"), max_nodes=4))
+    assert summary["complete"] and summary["accepted"] == 4 and summary["failed"] == 0
+    for record in lines(out / "qa.jsonl"):
+        assert record["reasoning"] == f"Step 1: {fake_replies.LATEX_RAW}"
+        assert record["answer"] == fake_replies.LATEX_ANSWER
+        assert f"{fake_replies.LATEX_RAW}\n</think>" in record["response"]
+        assert f"<answer>\n{fake_replies.LATEX_ANSWER}\n</answer>" in record["response"]
+    again = distill(shipped_nodes, tmp_path / "again", http_config(server("latex"), max_nodes=4),
+                    cache_dir=out / "llm-cache")  # fmt: skip
+    assert again["session"]["cache_misses"] == 0 and again["accepted"] == 4
+
+
+@pytest.mark.parametrize("mode", ["reasoning_content", "reasoning_field", "think"])
+def test_a_reasoning_teachers_thinking_is_the_reasoning_kept(
+    server, fake_replies, shipped_nodes, tmp_path, mode
+):
+    """reasoning_content / reasoning / a leading <think> become the record's reasoning; the
+    JSON is read after </think> (the designer's thinking holds a decoy object and cites
+    "the passage": neither reaches the record)."""
+    out = tmp_path / "run"
+    summary = distill(shipped_nodes, out, http_config(server(mode), max_nodes=3))
+    assert summary["complete"] and summary["accepted"] == 3
+    for record in lines(out / "qa.jsonl"):
+        assert record["reasoning"] == fake_replies.THINKING
+        assert record["reasoning_source"] == "thinking"
+        assert record["reply_reasoning"].startswith("Step 1: recall that")
+        assert record["question"].startswith("Explain how") and "<think>" not in record["answer"]
+        assert record["response"].startswith(f"<think>\n{fake_replies.THINKING}\n</think>")
+
+
+def test_a_plain_teachers_reasoning_is_its_replys(server, shipped_nodes, tmp_path):
+    distill(shipped_nodes, tmp_path / "run", http_config(server("ok"), max_nodes=1))
+    (record,) = lines(tmp_path / "run" / "qa.jsonl")
+    assert record["reasoning_source"] == "reply" and record["reply_reasoning"] is None
+
+
+def test_rate_limited_requests_are_retried_and_the_run_finishes(server, shipped_nodes, tmp_path):
+    srv = server("rate429")
+    summary = distill(shipped_nodes, tmp_path / "run", http_config(srv, max_nodes=3))
+    assert summary["complete"] and summary["accepted"] == 3 and summary["failed"] == 0
+    assert srv.stats()["requests"] == 2 * 3 * 3  # each of the 9 requests: a 429, then a reply
+
+
+def distill_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "circuitlab", "analog", "distill", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env)
+
+
+def test_extra_body_and_timeout_reach_the_server_and_no_key_is_written(
+    server, shipped_nodes, tmp_path
+):
+    srv = server("ok")
+    out = tmp_path / "run"
+    key = "sk-extra-body-test-9876"
+    extra = '{"chat_template_kwargs": {"enable_thinking": false}, "top_p": 0.9}'
+    result = distill_cli(
+        "--nodes", str(shipped_nodes), "--out", str(out), "--backend", "openai",
+        "--base-url", srv.base_url, "--model", "fake-m", "--max-nodes", "2",
+        "--extra-body", extra, "--timeout", "900", env={**os.environ, "OPENAI_API_KEY": key},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    sent = srv.stats()["options"]
+    assert len(sent) == 6 and all(o["top_p"] == 0.9 for o in sent)
+    assert all(o["chat_template_kwargs"] == {"enable_thinking": False} for o in sent)
+    config = json.loads((out / "config.json").read_text())
+    assert config["extra_body"] == json.loads(extra) and config["timeout_s"] == 900
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert key not in path.read_text(errors="replace"), path
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ('{"top_p": 0.9', "--extra-body: not valid JSON"),
+        ("[1, 2]", "--extra-body: must be a JSON object"),
+        ('{"api_key": "abc"}', "looks like a credential"),
+        ('{"headers": {"Authorization": "Bearer sk-1234567"}}', "looks like a credential"),
+        ('{"note": "Bearer sk-12345678"}', "holds a credential"),
+        ('{"model": "other"}', "extra_body sets model"),
+    ],
+)
+def test_a_bad_extra_body_is_a_one_line_error_before_anything_is_written(
+    shipped_nodes, tmp_path, extra, message
+):
+    out = tmp_path / "run"
+    result = distill_cli(
+        "--nodes", str(shipped_nodes), "--out", str(out), "--backend", "openai",
+        "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--extra-body", extra,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_the_api_key_itself_in_the_extra_body_is_refused(shipped_nodes, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_KEY_IN_BODY", "plain-key-without-prefix")
+    config = DistillConfig(
+        backend="openai", base_url="http://127.0.0.1:9/v1", model="m",
+        api_key_env="TEST_KEY_IN_BODY", extra_body={"user": "plain-key-without-prefix"},
+    )  # fmt: skip
+    with pytest.raises(CircuitlabError, match="holds a credential"):
+        distill(shipped_nodes, tmp_path / "run", config)
+    assert not (tmp_path / "run").exists()

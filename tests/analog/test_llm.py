@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from circuitlab.analog.llm.base import ChatRequest, ChatResult, messages
+from circuitlab.analog.llm.base import ChatRequest, ChatResult, messages, split_thinking
 from circuitlab.analog.llm.cache import CachedBackend
 from circuitlab.analog.llm.openai_http import HTTPConfig, OpenAIBackend
 from circuitlab.core.errors import CircuitlabError
@@ -120,11 +120,44 @@ def test_embedded_backend_reports_a_reply_that_used_its_whole_budget(tiny_model_
     assert ended.finish_reason == "stop" and not ended.truncated
 
 
+def test_split_thinking_reads_the_reply_after_a_leading_think_block():
+    assert split_thinking('<think>\nhmm {"a": 1}\n</think>\n\n{"a": 2}') == (
+        'hmm {"a": 1}',
+        '{"a": 2}',
+    )
+    assert split_thinking("  <think>cut off mid-thought") == ("cut off mid-thought", "")
+    assert split_thinking('{"a": "<think>x</think>"}') == (None, '{"a": "<think>x</think>"}')
+
+
+@pytest.mark.parametrize("mode", ["reasoning_content", "reasoning_field", "think"])
+def test_a_reasoning_models_thinking_is_kept_apart_from_its_reply(server, fake_replies, mode):
+    srv = server(mode)
+    solver = messages("You are an expert analog circuit designer.", "Question: why?")
+    (result,) = backend(srv).generate([ChatRequest(solver)])
+    assert result.reasoning == fake_replies.THINKING
+    assert result.text.startswith('{"reasoning"') and "<think>" not in result.text
+
+
+def test_extra_body_reaches_the_server_and_keys_the_cache(server, tmp_path):
+    srv = server("ok")
+    extra = {"chat_template_kwargs": {"enable_thinking": False}, "top_p": 0.9}
+    client = backend(srv, extra_body=extra)
+    client.generate([ChatRequest(DESIGN, max_tokens=20)])
+    (sent,) = srv.stats()["options"]
+    assert sent["chat_template_kwargs"] == {"enable_thinking": False} and sent["top_p"] == 0.9
+    assert sent["max_tokens"] == 20 and sent["model"] == "fake-m"
+    # other server options give other replies: a cache must not answer one with the other's
+    assert client.identity != backend(srv).identity
+    assert client.identity == backend(srv, extra_body=dict(extra)).identity
+
+
 def test_bad_config_is_a_user_error():
     with pytest.raises(CircuitlabError, match="http"):
         HTTPConfig(base_url="localhost:8000", model="m")
     with pytest.raises(CircuitlabError, match="model"):
         HTTPConfig(base_url="http://x", model="")
+    with pytest.raises(CircuitlabError, match="JSON object"):
+        HTTPConfig(base_url="http://x", model="m", extra_body=[1])  # type: ignore[arg-type]
 
 
 class Counting:

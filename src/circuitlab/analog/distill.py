@@ -43,6 +43,7 @@ from circuitlab.core.config import config_to_dict, option, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import append_jsonl, atomic_open, atomic_write_text, read_jsonl
 from circuitlab.core.runs import RunDir
+from circuitlab.core.secrets import redact
 
 BACKENDS = ("embedded", "openai")
 
@@ -56,7 +57,8 @@ class DistillConfig:
     variable holding the key; the key itself is never stored). The token limits suit the
     embedded 135M model; give a server's large model room (answer_tokens 1024 or more).
     A reply that fails its schema is retried (max_attempts in all) with sampling at
-    retry_temperature and a new seed.
+    retry_temperature and a new seed. timeout_s is for one whole reply: a reasoning teacher
+    thinks for minutes before it answers.
     """
 
     backend: str = option("embedded", "embedded or openai.")
@@ -76,9 +78,18 @@ class DistillConfig:
         "Environment variable holding the API key; the key is never written anywhere.",
     )
     concurrency: int = option(8, "HTTP requests in flight.")
-    timeout_s: float = 120.0
+    timeout_s: float = option(
+        600.0, "Seconds one reply may take, retries apart (openai).", flags=("--timeout",)
+    )
     retries: int = 4
     json_mode: bool = False
+    extra_body: dict[str, Any] | None = option(  # noqa: RUF009 - default None, never mutated
+        None,
+        "JSON object merged into every request body (openai), e.g. "
+        '\'{"chat_template_kwargs": {"enable_thinking": false}, "top_p": 0.9}\'. It is written '
+        "to config.json: never put a key in it.",
+        parse=lambda text: json_object(text, "--extra-body"),
+    )
     max_nodes: int | None = option(None, "Distil at most this many nodes \\[default: all].")
     batch_size: int = option(8, "Nodes per batch.")
     question_tokens: int = option(64, "Token limit, designer.")
@@ -108,6 +119,61 @@ class DistillConfig:
             require(getattr(self, name) >= 8, f"{name} {getattr(self, name)}: at least 8")
         require(0 < self.question_near_duplicate <= 1, "question_near_duplicate: in (0, 1]")
         require(self.threads >= 0, f"threads {self.threads}: 0 (torch default) or more")
+        require(self.timeout_s > 0, f"timeout {self.timeout_s}: must be positive")
+        if self.extra_body is not None:
+            require(
+                isinstance(self.extra_body, dict),
+                f"extra_body {self.extra_body!r}: must be a JSON object (a TOML table)",
+            )
+            check_extra_body(self.extra_body)
+
+
+def json_object(text: str, what: str) -> dict[str, Any]:
+    """`text` read as a JSON object, or a one-line error naming the option."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CircuitlabError(f"{what}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(value, dict):
+        raise CircuitlabError(f"{what}: must be a JSON object {{...}}, got {text[:60]!r}")
+    return value
+
+
+# keys the client itself sets from the config and the request: an override would send
+# another model's name or drop the prompt
+_OWN_KEYS = ("model", "messages")
+_CREDENTIAL_KEY = re.compile(
+    r"(?i)^(?:.*[-_])?(?:api[-_]?key|key|token|secret|password|authorization|auth)$"
+)
+
+
+def check_extra_body(extra: dict[str, Any], api_key: str | None = None) -> None:
+    """Refuse an extra body that would put a credential into config.json (where the whole
+    config is written, and which run directories share) or override the client's keys."""
+    own = sorted(set(extra) & set(_OWN_KEYS))
+    require(not own, f"extra_body sets {', '.join(own)}: give --model; messages are built here")
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                require(
+                    not _CREDENTIAL_KEY.match(str(key)),
+                    f"extra_body key {str(key)!r} looks like a credential, and extra_body is "
+                    "written to config.json: give the key through the variable named by "
+                    "--api-key-env",
+                )
+                walk(inner)
+        elif isinstance(value, list):
+            for inner in value:
+                walk(inner)
+
+    walk(extra)
+    text = json.dumps(extra)
+    require(
+        redact(text, [api_key]) == text,
+        "extra_body holds a credential (a bearer token or the API key), and extra_body is "
+        "written to config.json: give the key through the variable named by --api-key-env",
+    )
 
 
 def make_backend(
@@ -121,8 +187,12 @@ def make_backend(
             config.model, batch_size=config.batch_size, lm=lm, threads=config.threads
         )
     else:
+        import os
+
         from circuitlab.analog.llm.openai_http import HTTPConfig, OpenAIBackend
 
+        if config.extra_body:  # the key is known only now
+            check_extra_body(config.extra_body, api_key or os.environ.get(config.api_key_env))
         http = HTTPConfig(
             base_url=str(config.base_url),
             model=str(config.model),
@@ -131,6 +201,7 @@ def make_backend(
             retries=config.retries,
             concurrency=config.concurrency,
             json_mode=config.json_mode,
+            extra_body=config.extra_body,
         )
         inner = OpenAIBackend(http, api_key=api_key)
     return CachedBackend(inner, cache_dir)
@@ -197,11 +268,25 @@ class _Item:
     feedback: str = ""
     revisions: int = 0
     models: dict[str, str] | None = None
+    reasoning_source: str = ""  # "thinking" (a reasoning teacher's) or "reply"
+    reply_reasoning: str | None = None
     repaired: list[str] | None = None
     failure: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.models, self.repaired = {}, []
+
+
+def _with_thinking(role: Role, value: dict[str, Any], thinking: str | None) -> dict[str, Any]:
+    """A reasoning teacher's thinking is the reasoning the student learns (the released data's
+    <think> part); what the reply itself calls reasoning is kept beside it as reply_reasoning.
+    Roles without a reasoning field ignore the thinking: only their reply counts."""
+    if "reasoning" not in role.fields:
+        return value
+    if not thinking:
+        return {**value, "reasoning_source": "reply"}
+    mine = {"reply_reasoning": value["reasoning"]} if value.get("reasoning") else {}
+    return {**value, **mine, "reasoning": thinking, "reasoning_source": "thinking"}
 
 
 class Distiller:
@@ -249,6 +334,7 @@ class Distiller:
             repaired: dict[int, bool] = {}
             failed: set[int] = set()
             truncated: set[int] = set()
+            thinking: dict[int, str] = {}
             for number, name in enumerate(role.fields if stepwise else role.fields[:1]):
                 asking = [it for it in pending if id(it) not in failed]
                 asking = [it for it in asking if name not in values[id(it)]]
@@ -278,6 +364,8 @@ class Distiller:
                         failed.add(id(item))
                         continue
                     repaired[id(item)] = repaired.get(id(item), False) or fixed
+                    if result.reasoning:
+                        thinking[id(item)] = result.reasoning
                     known = values[id(item)]
                     known.update({k: v for k, v in value.items() if k not in known})
                     item.models = {**(item.models or {}), role.name: result.model}
@@ -290,8 +378,9 @@ class Distiller:
                 if id(item) in failed:
                     retry.append(item)
                     continue
+                value = _with_thinking(role, values[id(item)], thinking.get(id(item)))
                 try:
-                    value = agents.check(role, values[id(item)])
+                    value = agents.check(role, value)
                 except MalformedOutput as e:
                     last[id(item)] = (e.cause, e.detail, last[id(item)][2])
                     retry.append(item)
@@ -402,6 +491,8 @@ class Distiller:
         )
         for item, value in solved:
             item.reasoning, item.answer = value["reasoning"], value["answer"]
+            item.reasoning_source = value["reasoning_source"]
+            item.reply_reasoning = value.get("reply_reasoning")
 
 
 def qa_record(item: _Item) -> dict[str, Any]:
@@ -413,6 +504,8 @@ def qa_record(item: _Item) -> dict[str, Any]:
         "question": item.question,
         "reasoning": item.reasoning,
         "answer": item.answer,
+        "reasoning_source": item.reasoning_source,
+        "reply_reasoning": item.reply_reasoning,
         # The released AnalogSeeker data's shape: prompt, and a response with the reasoning
         # in <think> and the final answer in <answer>.
         "prompt": item.question,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -83,3 +84,17 @@ class Backend(Protocol):
 
 def messages(system: str, user: str) -> tuple[tuple[str, str], ...]:
     return (("system", system), ("user", user))
+
+
+_THINK = re.compile(r"\s*<think>(.*?)(?:</think>|$)", re.S)
+
+
+def split_thinking(content: str) -> tuple[str | None, str]:
+    """(thinking, reply) of a reply that opens with `<think>...</think>` (Qwen3, DeepSeek-R1
+    and their kin served without a reasoning parser): the answer or JSON is read from what
+    follows `</think>`, never from the thinking. An unclosed `<think>` (the token limit hit
+    mid-thought) is all thinking and no reply. Content without one is returned as it is."""
+    found = _THINK.match(content)
+    if found is None:
+        return None, content
+    return found.group(1).strip(), content[found.end() :].lstrip()
