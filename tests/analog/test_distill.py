@@ -355,3 +355,16 @@ def test_the_api_key_itself_in_the_extra_body_is_refused(shipped_nodes, tmp_path
     with pytest.raises(CircuitlabError, match="holds a credential"):
         distill(shipped_nodes, tmp_path / "run", config)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_recorded_before_extra_body_existed_still_resumes(server, shipped_nodes, tmp_path):
+    srv = server("ok")
+    out = tmp_path / "run"
+    config = http_config(srv, max_nodes=2)
+    distill(shipped_nodes, out, config, stop_after_batches=0)
+    stored = json.loads((out / "config.json").read_text())
+    del stored["extra_body"]  # as an older circuitlab wrote it
+    (out / "config.json").write_text(json.dumps(stored))
+    assert distill(shipped_nodes, out, config)["accepted"] == 2
+    with pytest.raises(CircuitlabError, match="extra_body"):
+        distill(shipped_nodes, out, http_config(srv, max_nodes=2, extra_body={"top_p": 0.5}))

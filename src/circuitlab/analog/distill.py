@@ -610,7 +610,10 @@ def distill(
     # the backend is built (its settings and model checked) before config.json is written:
     # a refused run must not leave a config that refuses the corrected rerun
     backend = make_backend(config, cache_dir or Path(out) / "llm-cache", api_key=api_key, lm=lm)
-    run = RunDir.open(out, {**config_to_dict(config), "nodes_sha256": digest})
+    # a run recorded before a setting existed (extra_body) ran as its default: it resumes
+    run = RunDir.open(
+        out, {**config_to_dict(config), "nodes_sha256": digest}, config_to_dict(DistillConfig())
+    )
     qa_path, failures_path = run.path / "qa.jsonl", run.path / "failures.jsonl"
     for path in (qa_path, failures_path):
         _drop_cut_line(path)
