@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 import threading
 import time
@@ -66,7 +67,9 @@ def agent_reply(body: dict, mode: str) -> str:
             return json.dumps({"question": "What is the main idea of negative feedback?"})
         if mode == "cites_passage":
             return json.dumps({"question": f"According to the passage, what is {tag}?"})
-        return json.dumps({"question": f"Explain how {' '.join(words)} works ({tag})."})
+        kind = re.search(r"Question type: ([\w -]+)\.", user)  # the designer's ask, echoed
+        start = f"{kind.group(1).capitalize()}: explain" if kind else "Explain"
+        return json.dumps({"question": f"{start} how {' '.join(words)} works ({tag})."})
     if "expert analog" in system:
         if mode == "latex":
             reasoning = json.dumps(f"Step 1: {LATEX_RAW}")[1:-1].replace("\\\\", "\\")

@@ -189,6 +189,8 @@ def test_bad_distill_settings_are_user_errors():
         DistillConfig(backend="gpt")
     with pytest.raises(CircuitlabError, match="max_nodes"):
         DistillConfig(max_nodes=0)
+    with pytest.raises(CircuitlabError, match="questions_per_node"):
+        DistillConfig(questions_per_node=0)
 
 
 def test_an_api_key_echoed_by_the_server_never_reaches_the_run_directory(
@@ -277,7 +279,7 @@ def test_a_reasoning_teachers_thinking_is_the_reasoning_kept(
         assert record["reasoning"] == fake_replies.THINKING
         assert record["reasoning_source"] == "thinking"
         assert record["reply_reasoning"].startswith("Step 1: recall that")
-        assert record["question"].startswith("Explain how") and "<think>" not in record["answer"]
+        assert "Not this one" not in record["question"] and "<think>" not in record["answer"]
         assert record["response"].startswith(f"<think>\n{fake_replies.THINKING}\n</think>")
 
 
@@ -368,3 +370,47 @@ def test_a_run_recorded_before_extra_body_existed_still_resumes(server, shipped_
     assert distill(shipped_nodes, out, config)["accepted"] == 2
     with pytest.raises(CircuitlabError, match="extra_body"):
         distill(shipped_nodes, out, http_config(srv, max_nodes=2, extra_body={"top_p": 0.5}))
+
+
+def test_questions_per_node_asks_each_node_every_type_in_rotation(server, shipped_nodes, tmp_path):
+    """Issue 18: every node yielded exactly one recall question. With K questions a node,
+    node i's question k is of type i + k (conceptual, calculation, design trade-off,
+    troubleshooting), and the designer is told which (the fake echoes it)."""
+    from circuitlab.analog.agents import QUESTION_TYPES
+
+    types = [name for name, _ in QUESTION_TYPES]
+    srv = server("ok")
+    out = tmp_path / "run"
+    config = http_config(srv, max_nodes=3, questions_per_node=4, batch_size=5)
+    distill(shipped_nodes, out, config, stop_after_batches=1)
+    assert len(lines(out / "qa.jsonl")) == 5
+    summary = distill(shipped_nodes, out, config)  # resumes mid-node
+    qa = lines(out / "qa.jsonl")
+    assert summary["complete"] and summary["qa_records"] == 12 == summary["accepted"]
+    assert len({r["id"] for r in qa}) == 12 and srv.stats()["requests"] == 12 * 3
+    by_node: dict = {}
+    for r in qa:
+        by_node.setdefault(r["node_id"], {})[r["question_index"]] = r["question_type"]
+        assert r["question"].lower().startswith(r["question_type"] + ": explain")
+    assert len(by_node) == 3 and summary["nodes_processed"] == 3
+    firsts = []
+    for kinds in by_node.values():
+        assert sorted(kinds) == [0, 1, 2, 3] and sorted(kinds.values()) == sorted(types)
+        firsts.append(kinds[0])
+        start = types.index(kinds[0])
+        assert [kinds[k] for k in range(4)] == [types[(start + k) % 4] for k in range(4)]
+    assert len(set(firsts)) == 3  # each node starts one type further on
+    assert summary["qa_per_node"] == 4.0
+    assert summary["accepted_by_question_type"] == {t: 3 for t in sorted(types)}
+    assert all(c["qa_per_node"] == 4.0 for c in summary["coverage"].values())
+
+
+def test_one_question_a_node_rotates_the_type_from_node_to_node(server, shipped_nodes, tmp_path):
+    from circuitlab.analog.agents import question_type
+
+    distill(shipped_nodes, tmp_path / "run", http_config(server("ok"), max_nodes=8))
+    qa = lines(tmp_path / "run" / "qa.jsonl")
+    order = [n["id"] for n in select_nodes(lines(shipped_nodes), 8, 0)]
+    kinds = {r["node_id"]: r["question_type"] for r in qa}
+    assert [kinds[n] for n in order] == [question_type(i) for i in range(8)]
+    assert all(r["id"] == "qa-" + r["node_id"].removeprefix("n-") for r in qa)  # ids as before

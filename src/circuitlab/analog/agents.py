@@ -129,8 +129,34 @@ def passage(node: dict[str, Any]) -> str:
     return f'Textbook passage (section "{title}"):\n{node["text"]}'
 
 
-def designer_request(node: dict[str, Any], prefill: str = "", **options: Any) -> ChatRequest:
+# The kinds of question a node is asked for, rotated across a node's questions and from
+# node to node (distill --questions-per-node): one recall question per node taught a
+# student one kind of answer. (name, what the designer is told)
+QUESTION_TYPES: tuple[tuple[str, str], ...] = (
+    ("conceptual", "a conceptual question: why or how something works, or what follows from "
+     "a principle"),
+    ("calculation", "a calculation with numbers: give every value it needs (component values, "
+     "supply, frequency) and ask for a numeric result with units"),
+    ("design trade-off", "a design trade-off: choosing between options or parameter values, "
+     "and what each choice costs and gains"),
+    ("troubleshooting", "a troubleshooting question: a circuit that misbehaves in a stated way; "
+     "ask for the likely cause or the fix"),
+)  # fmt: skip
+
+
+def question_type(index: int) -> str:
+    """The name of question type `index` (taken modulo the number of types)."""
+    return QUESTION_TYPES[index % len(QUESTION_TYPES)][0]
+
+
+def designer_request(
+    node: dict[str, Any], prefill: str = "", kind: str | None = None, **options: Any
+) -> ChatRequest:
+    """`kind`: one of QUESTION_TYPES' names, or None for a question on the main concept."""
     user = f"{passage(node)}\n\nWrite one self-contained exam question on this material."
+    if kind is not None:
+        what = dict(QUESTION_TYPES)[kind]
+        user = f"{passage(node)}\n\nQuestion type: {kind}. Write {what}, self-contained."
     return ChatRequest(messages(DESIGNER.system, user), prefill=prefill, json=True, **options)
 
 

@@ -91,7 +91,12 @@ class DistillConfig:
         parse=lambda text: json_object(text, "--extra-body"),
     )
     max_nodes: int | None = option(None, "Distil at most this many nodes \\[default: all].")
-    batch_size: int = option(8, "Nodes per batch.")
+    questions_per_node: int = option(
+        1,
+        "Questions per node, of rotating types (conceptual, calculation, design trade-off, "
+        "troubleshooting; each node starts one type further on).",
+    )
+    batch_size: int = option(8, "Questions (node x question) per batch.")
     question_tokens: int = option(64, "Token limit, designer.")
     answer_tokens: int = option(160, "Token limit, solver reasoning.")
     review_tokens: int = option(48, "Token limit, reviewer.")
@@ -113,6 +118,10 @@ class DistillConfig:
             f"max_nodes {self.max_nodes}: at least 1",
         )
         require(self.batch_size >= 1, f"batch_size {self.batch_size}: at least 1")
+        require(
+            self.questions_per_node >= 1,
+            f"questions_per_node {self.questions_per_node}: at least 1",
+        )
         require(self.max_attempts >= 1, f"max_attempts {self.max_attempts}: at least 1")
         require(self.max_revisions >= 0, f"max_revisions {self.max_revisions}: must be >= 0")
         for name in ("question_tokens", "answer_tokens", "review_tokens"):
@@ -261,6 +270,8 @@ MAX_NODE_CHARS = 50_000
 @dataclass
 class _Item:
     node: dict[str, Any]
+    index: int = 0  # which of the node's questions (0 .. questions_per_node - 1)
+    kind: str | None = None  # its question type (agents.QUESTION_TYPES)
     question: str = ""
     reasoning: str = ""
     answer: str = ""
@@ -425,9 +436,10 @@ class Distiller:
         ]
         return self.backend.generate(requests)
 
-    def run_batch(self, nodes: Sequence[dict[str, Any]]) -> list[_Item]:
+    def run_batch(self, units: Sequence[tuple[dict[str, Any], int, str]]) -> list[_Item]:
+        """Distil a batch of (node, question index, question type) units."""
         c = self.config
-        items = [_Item(node) for node in nodes]
+        items = [_Item(node, index=index, kind=kind) for node, index, kind in units]
         for item in items:  # a node too big to send is that node's failure, not a request
             size = len(str(item.node.get("text", "")))
             if size > MAX_NODE_CHARS:
@@ -439,12 +451,12 @@ class Distiller:
         designed = self.call(
             agents.DESIGNER,
             [it for it in items if it.failure is None],
-            lambda it, **o: agents.designer_request(it.node, **o),
+            lambda it, **o: agents.designer_request(it.node, kind=it.kind, **o),
             c.question_tokens,
         )
         solvable = []
         for item, value in designed:
-            match = self.questions.check(f"q-{item.node['id']}", value["question"])
+            match = self.questions.check(f"q-{_unit_id(item)}", value["question"])
             if match is not None:
                 item.failure = {
                     "stage": "designer",
@@ -495,12 +507,27 @@ class Distiller:
             item.reply_reasoning = value.get("reply_reasoning")
 
 
+def _unit_id(item: _Item) -> str:
+    """The node's id, with the question index after the first (a one-question run's ids
+    are those it always had)."""
+    node_id = str(item.node["id"]).removeprefix("n-")
+    return node_id if item.index == 0 else f"{node_id}-{item.index}"
+
+
+def unit_key(record: dict[str, Any]) -> tuple[str, int]:
+    """What a qa or failure line marks done: the node and which of its questions (records
+    written before questions_per_node existed are a node's first)."""
+    return record["node_id"], int(record.get("question_index", 0))
+
+
 def qa_record(item: _Item) -> dict[str, Any]:
     node = item.node
     models = item.models or {}
     return {
-        "id": f"qa-{node['id'].removeprefix('n-')}",
+        "id": f"qa-{_unit_id(item)}",
         "node_id": node["id"],
+        "question_index": item.index,
+        "question_type": item.kind,
         "question": item.question,
         "reasoning": item.reasoning,
         "answer": item.answer,
@@ -535,6 +562,8 @@ def failure_record(item: _Item) -> dict[str, Any]:
     node = item.node
     return {
         "node_id": node["id"],
+        "question_index": item.index,
+        "question_type": item.kind,
         **(item.failure or {}),
         "question": item.question or None,
         "tags": node.get("tags", []),
@@ -544,10 +573,14 @@ def failure_record(item: _Item) -> dict[str, Any]:
 
 
 def summarize(
-    selected: list[dict[str, Any]], qa: list[dict[str, Any]], failures: list[dict[str, Any]]
+    selected: list[dict[str, Any]],
+    qa: list[dict[str, Any]],
+    failures: list[dict[str, Any]],
+    questions_per_node: int = 1,
 ) -> dict[str, Any]:
     verdicts = Counter(r["verdict"] for r in qa)
     processed = len(qa) + len(failures)
+    accepted_by_type = Counter(r.get("question_type") for r in qa if r["verdict"] == "accept")
     by_branch: dict[str, Counter[str]] = defaultdict(Counter)
     for node in selected:
         for branch in node.get("branches") or [UNTAGGED]:
@@ -566,18 +599,32 @@ def summarize(
                 models[part].append(model)
     return {
         "nodes_selected": len(selected),
-        "nodes_processed": processed,
+        # nodes with every question done; for one question a node, the processed count
+        "nodes_processed": sum(
+            n >= questions_per_node
+            for n in Counter(r["node_id"] for r in (*qa, *failures)).values()
+        ),
+        "questions_per_node": questions_per_node,
+        "questions_selected": len(selected) * questions_per_node,
+        "questions_processed": processed,
         "qa_records": len(qa),
+        "qa_per_node": round(len(qa) / len(selected), 3) if selected else None,
+        "accepted_per_node": round(verdicts["accept"] / len(selected), 3) if selected else None,
+        "accepted_by_question_type": dict(sorted((str(k), v) for k, v in accepted_by_type.items())),
         "accepted": verdicts["accept"],
         "revise": verdicts["revise"],
         "rejected": verdicts["reject"],
         "failed": len(failures),
         "retryable": sum(bool(f.get("retryable")) for f in failures),
+        # per question asked
         "acceptance_rate": round(verdicts["accept"] / processed, 4) if processed else None,
         "failures_by_cause": dict(Counter(f["cause"] for f in failures).most_common()),
         "repaired_json": dict(Counter(r for q in qa for r in q.get("repaired_json", []))),
         "mean_grounding": round(sum(q["grounding"] for q in qa) / len(qa), 3) if qa else None,
-        "coverage": {b: dict(c) for b, c in sorted(by_branch.items())},
+        "coverage": {
+            b: {**c, "qa_per_node": round(c["qa"] / c["nodes"], 3) if c["nodes"] else None}
+            for b, c in sorted(by_branch.items())
+        },
         "models": dict(models),
     }
 
@@ -624,16 +671,23 @@ def distill(
         atomic_write_text(failures_path, "".join(json.dumps(r) + "\n" for r in final))
         failures = final
     selected = select_nodes(nodes, config.max_nodes, config.seed)
-    done = {r["node_id"] for r in qa} | {r["node_id"] for r in failures}
+    done = {unit_key(r) for r in (*qa, *failures)}
     distiller = Distiller(config, backend)
     for record in qa:
         distiller.remember(record)
-    pending = [n for n in selected if n["id"] not in done]
+    per_node = config.questions_per_node
+    # node i's question k is of type i + k: every type comes first for some node
+    pending = [
+        (node, k, agents.question_type(i + k))
+        for i, node in enumerate(selected)
+        for k in range(per_node)
+        if (node["id"], k) not in done
+    ]
     counts = Counter({"accept": 0, "revise": 0, "reject": 0})
     counts.update(r["verdict"] for r in qa)
     counts["failed"] = len(failures)
     counts["done"] = len(done)
-    counts["total"] = len(selected)
+    counts["total"] = len(selected) * per_node
     if on_batch:
         on_batch(dict(counts))
     started, new_records = time.perf_counter(), 0
@@ -642,7 +696,7 @@ def distill(
             break
         batch = pending[start : start + config.batch_size]
         items = distiller.run_batch(batch)
-        for item in items:  # one line per node: its done marker
+        for item in items:  # one line per node's question: its done marker
             if item.failure is None:
                 record = qa_record(item)
                 append_jsonl(qa_path, [record])
@@ -658,12 +712,13 @@ def distill(
         if on_batch:
             on_batch(dict(counts))
     seconds = time.perf_counter() - started
-    summary = summarize(selected, qa, failures)
+    summary = summarize(selected, qa, failures, per_node)
     summary.update(
         backend=config.backend,
         model=backend.model,
-        # complete: every node has a final outcome; backend failures are not final
-        complete=summary["nodes_processed"] == len(selected) and summary["retryable"] == 0,
+        # complete: every question has a final outcome; backend failures are not final
+        complete=summary["questions_processed"] == summary["questions_selected"]
+        and summary["retryable"] == 0,
         session={
             "nodes": new_records,
             "seconds": round(seconds, 2),
