@@ -1,19 +1,20 @@
 """Multi-agent distillation: knowledge nodes -> question / reasoning / answer records.
 
-For each node the designer writes a question, the solver answers it with step-by-step
-reasoning, and the reviewer accepts, asks for a revision (the solver answers again with the
-feedback, up to `max_revisions` times) or rejects. Nodes go through in batches, stage by
-stage, so the embedded model generates a batch at once and an HTTP server sees
-`concurrency` requests in flight.
+For each node the designer writes `questions_per_node` questions of rotating types, the
+solver answers each with step-by-step reasoning, and the reviewer accepts, asks for a
+revision (the solver answers again with the feedback, up to `max_revisions` times) or
+rejects. Questions go through in batches, stage by stage, so the embedded model generates a
+batch at once and an HTTP server sees `concurrency` requests in flight. A reply cut off by
+its token limit, or one that cites the passage the student never sees, is a failure.
 
 Outputs in the run directory:
-    qa.jsonl        one record per node that produced a reviewed QA pair (any verdict)
-    failures.jsonl  one record per node that did not (stage, cause, the last raw reply)
+    qa.jsonl        one record per node question that produced a reviewed QA pair
+    failures.jsonl  one record per node question that did not (stage, cause, the raw reply)
     results.json    acceptance rate, failures by cause, coverage per taxonomy branch
     llm-cache/      every successful LLM response, by content hash
-A node's single line in qa.jsonl or failures.jsonl is its done marker: a killed run leaves
-at most a cut-off last line, which the rerun drops before it continues, so no record is
-duplicated or lost, and the cache makes redoing the interrupted batch free.
+A node question's single line in qa.jsonl or failures.jsonl is its done marker: a killed
+run leaves at most a cut-off last line, which the rerun drops before it continues, so no
+record is duplicated or lost, and the cache makes redoing the interrupted batch free.
 
 Over 500 lines: the three agents' stages, their revision loop and the done markers share one
 batch state (`Distiller`), which a split would pass between modules.
