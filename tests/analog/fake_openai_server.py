@@ -16,6 +16,7 @@ line of stdout. Modes:
                    (LATEX_ANSWER, with a LaTeX line break)
   reasoning_content  like ok, with the thinking in message.reasoning_content (THINKING)
   reasoning_field  like ok, with the thinking in message.reasoning (THINKING)
+  think_only       content null, the thinking in reasoning_content, finish_reason "length"
   think            like ok, with the content "<think>THINKING</think>" + the JSON (the
                    designer's and reviewer's thinking hold a decoy object and "the passage")
   slow             like ok after sleeping --delay seconds (requests overlap: threaded)
@@ -180,6 +181,9 @@ class Handler(BaseHTTPRequestHandler):
         thinking_key = {"reasoning_content": "reasoning_content", "reasoning_field": "reasoning"}
         if mode in thinking_key:
             message[thinking_key[mode]] = THINKING
+        if mode == "think_only":
+            message.update(content=None, reasoning_content=THINKING)
+            finish = "length"
         if mode == "think":
             thought = THINKING if is_solver(body) else f"{DECOY} as the passage says"
             message["content"] = f"<think>\n{thought}\n</think>\n\n{content}"

@@ -333,6 +333,7 @@ def test_extra_body_and_timeout_reach_the_server_and_no_key_is_written(
         ('{"headers": {"Authorization": "Bearer sk-1234567"}}', "looks like a credential"),
         ('{"note": "Bearer sk-12345678"}', "holds a credential"),
         ('{"model": "other"}', "extra_body sets model"),
+        ('{"max_tokens": 99}', "use --question-tokens"),
     ],
 )
 def test_a_bad_extra_body_is_a_one_line_error_before_anything_is_written(

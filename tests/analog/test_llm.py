@@ -138,6 +138,13 @@ def test_a_reasoning_models_thinking_is_kept_apart_from_its_reply(server, fake_r
     assert result.text.startswith('{"reasoning"') and "<think>" not in result.text
 
 
+def test_a_reasoning_model_that_spent_its_budget_thinking_is_a_truncated_reply(server):
+    srv = server("think_only")
+    (result,) = backend(srv).generate([ChatRequest(DESIGN)])
+    assert result.error is None and result.text == "" and result.truncated
+    assert result.reasoning and srv.stats()["requests"] == 1  # not retried as malformed
+
+
 def test_extra_body_reaches_the_server_and_keys_the_cache(server, tmp_path):
     srv = server("ok")
     extra = {"chat_template_kwargs": {"enable_thinking": False}, "top_p": 0.9}

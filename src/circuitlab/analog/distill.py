@@ -149,9 +149,16 @@ def json_object(text: str, what: str) -> dict[str, Any]:
     return value
 
 
-# keys the client itself sets from the config and the request: an override would send
-# another model's name or drop the prompt
-_OWN_KEYS = ("model", "messages")
+# keys the client sets from the config and the request, and where to set each instead: an
+# override would send another model's name, drop the prompt or pin the token budget that a
+# truncated reply's retry doubles
+_OWN_KEYS = {
+    "model": "--model",
+    "messages": "the agents' prompts",
+    "max_tokens": "--question-tokens / --answer-tokens / --review-tokens",
+    "temperature": "temperature / retry_temperature in a --config file",
+    "seed": "--seed",
+}
 _CREDENTIAL_KEY = re.compile(
     r"(?i)^(?:.*[-_])?(?:api[-_]?key|key|token|secret|password|authorization|auth)$"
 )
@@ -160,8 +167,8 @@ _CREDENTIAL_KEY = re.compile(
 def check_extra_body(extra: dict[str, Any], api_key: str | None = None) -> None:
     """Refuse an extra body that would put a credential into config.json (where the whole
     config is written, and which run directories share) or override the client's keys."""
-    own = sorted(set(extra) & set(_OWN_KEYS))
-    require(not own, f"extra_body sets {', '.join(own)}: give --model; messages are built here")
+    for key in sorted(set(extra) & set(_OWN_KEYS)):
+        raise CircuitlabError(f"extra_body sets {key}, which circuitlab sets: use {_OWN_KEYS[key]}")
 
     def walk(value: Any) -> None:
         if isinstance(value, dict):

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from circuitlab.analog.llm.base import TRUNCATED, ChatRequest, ChatResult, split_thinking
+from circuitlab.analog.llm.base import ChatRequest, ChatResult, split_thinking
 from circuitlab.core.config import require
 from circuitlab.core.secrets import redact
 
@@ -175,8 +175,11 @@ class OpenAIBackend:
             text = message["content"]
             finish = choice.get("finish_reason")
             thinking = message.get("reasoning_content") or message.get("reasoning")
-            if text is None and finish == TRUNCATED:
-                text = ""  # the limit was spent before any content: truncated, not malformed
+            if text is None and isinstance(finish, str):
+                # a finished choice with no content (a reasoning model that spent the limit
+                # thinking, or thought and said nothing): an empty or truncated reply for
+                # the caller to judge, not a malformed body to retry
+                text = ""
             if not isinstance(text, str):
                 raise TypeError("content is not a string")
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError,
