@@ -415,3 +415,65 @@ def test_one_question_a_node_rotates_the_type_from_node_to_node(server, shipped_
     kinds = {r["node_id"]: r["question_type"] for r in qa}
     assert [kinds[n] for n in order] == [question_type(i) for i in range(8)]
     assert all(r["id"] == "qa-" + r["node_id"].removeprefix("n-") for r in qa)  # ids as before
+
+
+class FieldByField:
+    """A backend that continues a prefilled reply, as the embedded model does, with a
+    fixed reply per agent and a budget of one character a token: what it writes past the
+    budget is cut, with finish_reason "length"."""
+
+    continues_prefill = True
+    model = identity = "field-by-field"
+    REASONING = "Feedback makes the closed-loop gain 1/beta when the loop gain is large."
+
+    def __init__(self) -> None:
+        self.budgets: list[tuple[str, int]] = []
+
+    def generate(self, requests):
+        from circuitlab.analog.llm.base import ChatResult
+
+        results = []
+        for r in requests:
+            system = r.messages[0][1]
+            if "question designer" in system:
+                role, full = (
+                    "designer",
+                    {"question": "Why does feedback set the gain of an op-amp?"},
+                )
+            elif "expert analog" in system:
+                role, full = "solver", {"reasoning": self.REASONING, "answer": "It is 1/beta."}
+            else:
+                role, full = "reviewer", {"verdict": "accept", "feedback": "right"}
+            self.budgets.append((role, r.max_tokens))
+            text = json.dumps(full)
+            assert text.startswith(r.prefill), (text, r.prefill)
+            rest = text[len(r.prefill) :]
+            cut = len(rest) > r.max_tokens
+            results.append(ChatResult(r.prefill + rest[: r.max_tokens], self.model,
+                                      finish_reason="length" if cut else "stop"))  # fmt: skip
+        return results
+
+
+def test_field_by_field_a_cut_after_the_asked_field_keeps_it_and_asks_the_next(
+    shipped_nodes, tmp_path
+):
+    """The embedded backend writes on past the field it was asked for; a cut there leaves
+    the asked field whole, which is kept (the cut one is asked next), never repaired."""
+    from circuitlab.analog.distill import Distiller
+    from circuitlab.analog.llm.cache import CachedBackend
+
+    node = lines(shipped_nodes)[0]
+    fits = len(FieldByField.REASONING) + 10  # the reasoning and its closing quote, not the answer
+    for budget, outcome in ((fits, "accepted"), (fits // 3, "truncated")):
+        backend = FieldByField()
+        config = DistillConfig(answer_tokens=budget, max_revisions=0)
+        cached = CachedBackend(backend, tmp_path / f"cache-{budget}")
+        (item,) = Distiller(config, cached).run_batch([(node, 0, "conceptual")])
+        solver = [b for role, b in backend.budgets if role == "solver"]
+        if outcome == "accepted":
+            assert item.failure is None and item.verdict == "accept"
+            assert item.reasoning == FieldByField.REASONING and item.answer == "It is 1/beta."
+            assert solver == [budget, 48]  # no doubled retry: the reasoning was whole
+        else:
+            assert item.failure["cause"] == "solver:truncated (finish_reason length)"
+            assert solver == [budget, 2 * budget] and not item.reasoning

@@ -296,6 +296,26 @@ class _Item:
         self.models, self.repaired = {}, []
 
 
+# appended to a cut reply before parsing: it lands in whatever string the cut fell in
+_CUT = "\ue000"
+
+
+def _whole_fields(result: ChatResult, stepwise: bool) -> dict[str, Any]:
+    """The fields of a reply that its token limit did not cut: all of a complete reply's;
+    of a cut one, those the cut did not fall in (a marker appended at the cut ends up in
+    that field's value or key), when the backend is asked field by field and so can be
+    asked for the missing ones; none otherwise."""
+    if result.error is not None or (result.truncated and not stepwise):
+        return {}
+    try:
+        value, _ = agents.parse_object((result.text or "") + (_CUT if result.truncated else ""))
+    except MalformedOutput:
+        return {}
+    return {
+        k: v for k, v in value.items() if _CUT not in k and not (isinstance(v, str) and _CUT in v)
+    }
+
+
 def _with_thinking(role: Role, value: dict[str, Any], thinking: str | None) -> dict[str, Any]:
     """A reasoning teacher's thinking is the reasoning the student learns (the released data's
     <think> part); what the reply itself calls reasoning is kept beside it as reply_reasoning.
@@ -361,16 +381,17 @@ class Distiller:
                     continue
                 tokens = max_tokens if number == 0 else min(max_tokens, 48)
                 results = self.ask(role, build, asking, tokens, values, options)
-                cut = [k for k, r in enumerate(results) if r.error is None and r.truncated]
+                whole = [_whole_fields(r, stepwise) for r in results]
+                cut = [k for k, w in enumerate(whole) if results[k].truncated and name not in w]
                 again = self.ask(role, build, [asking[k] for k in cut], 2 * tokens, values, options)
                 for k, result in zip(cut, again, strict=True):
-                    results[k] = result
-                for item, result in zip(asking, results, strict=True):
+                    results[k], whole[k] = result, _whole_fields(result, stepwise)
+                for item, result, kept in zip(asking, results, whole, strict=True):
                     if result.error is not None:
                         last[id(item)] = ("backend_error", result.error, None)
                         failed.add(id(item))
                         continue
-                    if result.truncated:
+                    if result.truncated and name not in kept:
                         detail = f"cut off at {tokens} tokens, then at {2 * tokens}"
                         last[id(item)] = (TRUNCATED_CAUSE, detail, result.text)
                         failed.add(id(item))
@@ -382,6 +403,8 @@ class Distiller:
                         last[id(item)] = (e.cause, e.detail, result.text)
                         failed.add(id(item))
                         continue
+                    if result.truncated:  # the asked field is whole; the one cut is asked next
+                        value, fixed = kept, False
                     repaired[id(item)] = repaired.get(id(item), False) or fixed
                     if result.reasoning:
                         thinking[id(item)] = result.reasoning
