@@ -68,7 +68,7 @@ def agent_reply(body: dict, mode: str) -> str:
             return json.dumps({"question": "What is the main idea of negative feedback?"})
         if mode == "cites_passage":
             return json.dumps({"question": f"According to the passage, what is {tag}?"})
-        kind = re.search(r"Question type: ([\w -]+)\.", user)  # the designer's ask, echoed
+        kind = re.search(r"Question type: ([\w -]+) \(", user)  # the designer's ask, echoed
         start = f"{kind.group(1).capitalize()}: explain" if kind else "Explain"
         return json.dumps({"question": f"{start} how {' '.join(words)} works ({tag})."})
     if "expert analog" in system:

@@ -156,7 +156,12 @@ def designer_request(
     user = f"{passage(node)}\n\nWrite one self-contained exam question on this material."
     if kind is not None:
         what = dict(QUESTION_TYPES)[kind]
-        user = f"{passage(node)}\n\nQuestion type: {kind}. Write {what}, self-contained."
+        # the type's description stays apart from the ask: a small model echoes an ask
+        # that reads like a question ("Write why or how something works")
+        user = (
+            f"{passage(node)}\n\nQuestion type: {kind} ({what}).\n"
+            "Write one self-contained exam question of this type on this material."
+        )
     return ChatRequest(messages(DESIGNER.system, user), prefill=prefill, json=True, **options)
 
 
