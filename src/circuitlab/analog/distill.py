@@ -94,8 +94,8 @@ class DistillConfig:
     max_nodes: int | None = option(None, "Distil at most this many nodes \\[default: all].")
     questions_per_node: int = option(
         1,
-        "Questions per node, of rotating types (conceptual, calculation, design trade-off, "
-        "troubleshooting; each node starts one type further on).",
+        "Questions per node; from 2, of rotating types (conceptual, calculation, design "
+        "trade-off, troubleshooting; each node starts one type further on).",
     )
     batch_size: int = option(8, "Questions (node x question) per batch.")
     question_tokens: int = option(64, "Token limit, designer.")
@@ -467,7 +467,7 @@ class Distiller:
         ]
         return self.backend.generate(requests)
 
-    def run_batch(self, units: Sequence[tuple[dict[str, Any], int, str]]) -> list[_Item]:
+    def run_batch(self, units: Sequence[tuple[dict[str, Any], int, str | None]]) -> list[_Item]:
         """Distil a batch of (node, question index, question type) units."""
         c = self.config
         items = [_Item(node, index=index, kind=kind) for node, index, kind in units]
@@ -707,9 +707,12 @@ def distill(
     for record in qa:
         distiller.remember(record)
     per_node = config.questions_per_node
-    # node i's question k is of type i + k: every type comes first for some node
+    # node i's question k is of type i + k: every type comes first for some node. One
+    # question a node is on its main concept, untyped: the embedded 135M model answers a
+    # typed ask (a calculation, a trade-off) with reasoning too long for its budget, and the
+    # one-node smoke demo then has no record
     pending = [
-        (node, k, agents.question_type(i + k))
+        (node, k, agents.question_type(i + k) if per_node > 1 else None)
         for i, node in enumerate(selected)
         for k in range(per_node)
         if (node["id"], k) not in done
