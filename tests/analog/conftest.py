@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -47,6 +49,17 @@ def server() -> Iterator[Callable[..., Server]]:
     yield start
     for s in started:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_replies() -> Any:
+    """The fake server's module, for the texts it sends (LATEX_RAW, THINKING...), so a test
+    compares what was written with what the server said without restating it."""
+    spec = importlib.util.spec_from_file_location("fake_openai_server", SERVER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,10 @@ from circuitlab.analog.agents import (
     REVIEWER,
     SOLVER,
     MalformedOutput,
+    designer_request,
     parse_object,
+    reviewer_request,
+    source_reference,
     validate,
 )
 
@@ -51,7 +54,6 @@ def test_parser_reports_unrecoverable_replies(text, cause):
     "role, text, cause",
     [
         (DESIGNER, '{"question": "What?"}', "schema:question"),  # too short
-        (DESIGNER, '{"question": "Describe the op-amp in detail."}', "schema:question"),
         (DESIGNER, '{"query": "What is the gain of a follower?"}', "schema:reply"),
         (SOLVER, '{"reasoning": "Because the gain is high enough to matter."}', "schema:reply"),
         (SOLVER, '{"reasoning": "x", "answer": "y"}', "schema:reasoning"),
@@ -68,6 +70,8 @@ def test_schema_rejects_wrong_replies_with_a_countable_cause(role, text, cause):
 def test_valid_replies_and_verdict_synonyms():
     value, _ = validate(DESIGNER, '{"question": "  What does negative feedback do? "}')
     assert value == {"question": "What does negative feedback do?"}
+    instruction = "Calculate the gain of an inverting amplifier with R1 = 1 kOhm, R2 = 10 kOhm."
+    assert validate(DESIGNER, json.dumps({"question": instruction}))[0]["question"] == instruction
     value, _ = validate(
         SOLVER,
         '{"reasoning": "Step 1: feedback subtracts output. Step 2: gain drops.", '
@@ -118,3 +122,47 @@ def test_any_reply_parses_or_is_a_recorded_failure(text):
     """Only MalformedOutput may escape: anything else crashes the run and every resume."""
     with contextlib.suppress(MalformedOutput):
         parse_object(text)
+
+
+@pytest.mark.parametrize(
+    "role, reply, phrase",
+    [
+        (DESIGNER, {"question": "According to the passage, what limits the slew rate?"},
+         "According to the passage"),
+        (DESIGNER, {"question": "What does the text say about Miller compensation?"},
+         "the text"),
+        (DESIGNER, {"question": "Using the values given above, find the gain."}, "given above"),
+        (DESIGNER, {"question": "What is the main point of this section on mirrors?"},
+         "this section"),
+        (SOLVER, {"reasoning": "The passage states that feedback lowers gain.", "answer": "1"},
+         "The passage"),
+        (SOLVER, {"reasoning": "Feedback lowers the gain by 1 + A beta.",
+                  "answer": "As in the above, 1/beta."}, "the above"),
+    ],
+)  # fmt: skip
+def test_replies_that_point_at_the_unseen_passage_are_refused(role, reply, phrase):
+    """Closed-book data: the student trains on the question alone."""
+    with pytest.raises(MalformedOutput) as info:
+        validate(role, json.dumps(reply))
+    assert info.value.cause == "refers_to_passage" and f'"{phrase}"' in info.value.detail
+
+
+def test_ordinary_circuit_english_is_not_a_source_reference():
+    for text in (
+        "The source follower has a gain just below one.",
+        "Find the reading of the voltmeter across the following resistor.",
+        "A section of transmission line is matched at both ends.",
+        "Choose the material of the substrate for low loss.",
+    ):
+        assert source_reference(text) is None, text
+    # the reviewer's feedback is not training data: it may mention the passage
+    value, _ = validate(REVIEWER, '{"verdict": "accept", "feedback": "as the passage says"}')
+    assert value["verdict"] == "accept"
+
+
+def test_prompts_ask_for_questions_that_stand_alone():
+    node = {"text": "An op-amp with feedback has gain 1/beta.", "provenance": {"section": ["Ch"]}}
+    designer = designer_request(node).messages[0][1]
+    assert "self-contained" in designer and "every value" in designer and "?" not in designer
+    reviewer = reviewer_request(node, "q", "r", "a").messages
+    assert "stands alone" in reviewer[0][1] and "stand alone" in reviewer[1][1]

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from circuitlab.analog.llm.base import ChatRequest, ChatResult, messages
+from circuitlab.analog.llm.base import ChatRequest, ChatResult, messages, split_thinking
 from circuitlab.analog.llm.cache import CachedBackend
 from circuitlab.analog.llm.openai_http import HTTPConfig, OpenAIBackend
 from circuitlab.core.errors import CircuitlabError
@@ -82,11 +82,89 @@ def test_requests_overlap_up_to_the_concurrency_limit(server):
     assert srv.stats()["max_in_flight"] == 4
 
 
+def test_finish_reason_reaches_the_caller_and_survives_the_cache(server, tmp_path):
+    """A cut-off reply looks whole once its JSON is repaired: only finish_reason tells."""
+    srv = server("truncated")
+    solver = messages("You are an expert analog circuit designer.", "Question: why?")
+    cached = CachedBackend(backend(srv), tmp_path)
+    (cut,) = cached.generate([ChatRequest(solver, max_tokens=50)])
+    (whole,) = cached.generate([ChatRequest(DESIGN, max_tokens=50)])
+    assert cut.finish_reason == "length" and cut.truncated and cut.text.startswith('{"reason')
+    assert whole.finish_reason == "stop" and not whole.truncated
+    (again,) = CachedBackend(backend(srv), tmp_path).generate([ChatRequest(solver, max_tokens=50)])
+    assert again.cached and again.truncated and again.text == cut.text
+
+
+def test_embedded_backend_reports_a_reply_that_used_its_whole_budget(tiny_model_dir):
+    """The embedded model's finish_reason: "length" when max_new_tokens ran out before an
+    end of sequence, "stop" when the model ended its reply."""
+    import torch
+
+    from circuitlab.analog.llm.embedded import EmbeddedBackend
+    from circuitlab.core.lm import load_lm
+
+    lm = load_lm(str(tiny_model_dir))
+    client = EmbeddedBackend(lm=lm, batch_size=2)
+    eos = lm.tokenizer.eos_token_id
+    never_eos = lm.model.lm_head.register_forward_hook(
+        lambda _m, _i, logits: logits.index_fill(-1, torch.tensor([eos]), -1e9)
+    )
+    requests = [ChatRequest(DESIGN, max_tokens=4), ChatRequest(DESIGN, max_tokens=4, seed=1)]
+    assert [r.finish_reason for r in client.generate(requests)] == ["length", "length"]
+    never_eos.remove()
+    always_eos = lm.model.lm_head.register_forward_hook(
+        lambda _m, _i, logits: logits.index_fill(-1, torch.tensor([eos]), 1e9)
+    )
+    (ended,) = client.generate([ChatRequest(DESIGN, max_tokens=4)])
+    always_eos.remove()
+    assert ended.finish_reason == "stop" and not ended.truncated
+
+
+def test_split_thinking_reads_the_reply_after_a_leading_think_block():
+    assert split_thinking('<think>\nhmm {"a": 1}\n</think>\n\n{"a": 2}') == (
+        'hmm {"a": 1}',
+        '{"a": 2}',
+    )
+    assert split_thinking("  <think>cut off mid-thought") == ("cut off mid-thought", "")
+    assert split_thinking('{"a": "<think>x</think>"}') == (None, '{"a": "<think>x</think>"}')
+
+
+@pytest.mark.parametrize("mode", ["reasoning_content", "reasoning_field", "think"])
+def test_a_reasoning_models_thinking_is_kept_apart_from_its_reply(server, fake_replies, mode):
+    srv = server(mode)
+    solver = messages("You are an expert analog circuit designer.", "Question: why?")
+    (result,) = backend(srv).generate([ChatRequest(solver)])
+    assert result.reasoning == fake_replies.THINKING
+    assert result.text.startswith('{"reasoning"') and "<think>" not in result.text
+
+
+def test_a_reasoning_model_that_spent_its_budget_thinking_is_a_truncated_reply(server):
+    srv = server("think_only")
+    (result,) = backend(srv).generate([ChatRequest(DESIGN)])
+    assert result.error is None and result.text == "" and result.truncated
+    assert result.reasoning and srv.stats()["requests"] == 1  # not retried as malformed
+
+
+def test_extra_body_reaches_the_server_and_keys_the_cache(server, tmp_path):
+    srv = server("ok")
+    extra = {"chat_template_kwargs": {"enable_thinking": False}, "top_p": 0.9}
+    client = backend(srv, extra_body=extra)
+    client.generate([ChatRequest(DESIGN, max_tokens=20)])
+    (sent,) = srv.stats()["options"]
+    assert sent["chat_template_kwargs"] == {"enable_thinking": False} and sent["top_p"] == 0.9
+    assert sent["max_tokens"] == 20 and sent["model"] == "fake-m"
+    # other server options give other replies: a cache must not answer one with the other's
+    assert client.identity != backend(srv).identity
+    assert client.identity == backend(srv, extra_body=dict(extra)).identity
+
+
 def test_bad_config_is_a_user_error():
     with pytest.raises(CircuitlabError, match="http"):
         HTTPConfig(base_url="localhost:8000", model="m")
     with pytest.raises(CircuitlabError, match="model"):
         HTTPConfig(base_url="http://x", model="")
+    with pytest.raises(CircuitlabError, match="JSON object"):
+        HTTPConfig(base_url="http://x", model="m", extra_body=[1])  # type: ignore[arg-type]
 
 
 class Counting:

@@ -3,10 +3,14 @@
 AnalogSeeker's multi-agent framework turns implicit knowledge in textbook prose into
 question/answer pairs with detailed reasoning. Each role here is a prompt, the fields of
 its JSON reply and a schema for it:
-- designer: from a node's text, one question answerable from that text alone;
+- designer: from a node's text, one self-contained question (every value it needs stated);
 - solver: step-by-step reasoning and a final answer, grounded in the node's text;
-- reviewer: checks the answer against the source: accept, revise (with feedback for the
-  solver) or reject.
+- reviewer: checks the answer against the source, and that the question stands alone:
+  accept, revise (with feedback for the solver) or reject.
+The data are closed-book: a student trains on the question alone and never sees the
+passage, so a question or reasoning that points at it ("according to the passage") teaches
+the student to cite a text it does not have. `source_reference` finds such phrases and
+`check` rejects them (cause refers_to_passage).
 Replies are parsed leniently (code fences, text around the object, a reply cut off by the
 token limit are repaired; LaTeX written unescaped into a string is kept as written; see
 `parse_object`) and then validated against the role's schema; what still fails is a
@@ -28,7 +32,8 @@ QUESTION_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["question"],
     "properties": {
-        "question": {"type": "string", "minLength": 15, "maxLength": 800, "pattern": r"\?"}
+        # no "?" required: "Calculate the gain of ..." is a question
+        "question": {"type": "string", "minLength": 15, "maxLength": 800}
     },
 }
 SOLUTION_SCHEMA: dict[str, Any] = {
@@ -75,28 +80,35 @@ class Role:
 DESIGNER = Role(
     "designer",
     "You are a question designer for a course on analog circuit design. Read the textbook "
-    "passage and write ONE exam question that tests its main concept and can be answered "
-    "from the passage alone. Reply with only a JSON object: "
-    '{"question": "<the question, ending with a question mark>"}',
+    "passage and write ONE self-contained exam question that tests its main concept. The "
+    "student sees only the question, never the passage: state in the question every value, "
+    "condition and circuit detail needed to answer it, and never refer to the passage, the "
+    'text or a section (no "according to the passage"). A question may be an instruction '
+    '("Calculate the gain of ..."). Reply with only a JSON object: '
+    '{"question": "<the question>"}',
     ("question",),
     QUESTION_SCHEMA,
 )
 SOLVER = Role(
     "solver",
-    "You are an expert analog circuit designer. Answer the question using the textbook "
-    "passage. Reason step by step, citing the facts of the passage, then state the final "
-    'answer. Reply with only a JSON object: {"reasoning": "<step-by-step reasoning>", '
-    '"answer": "<the final answer>"}',
+    "You are an expert analog circuit designer. Answer the exam question: reason step by "
+    "step, then state the final answer. The textbook passage is background for you alone: "
+    "use its facts, but write the reasoning as a self-contained explanation that never "
+    "mentions the passage, the text or a section. Reply with only a JSON object: "
+    '{"reasoning": "<step-by-step reasoning>", "answer": "<the final answer>"}',
     ("reasoning", "answer"),
     SOLUTION_SCHEMA,
 )
 REVIEWER = Role(
     "reviewer",
     "You are a strict reviewer of exam material on analog circuits. Check the answer and its "
-    "reasoning against the textbook passage. Verdict accept if correct and supported by the "
-    "passage, revise if fixable (say what to fix), reject if the question or answer is "
-    'wrong or off topic. Reply with only a JSON object: {"verdict": "accept" or "revise" '
-    'or "reject", "feedback": "<one sentence>"}',
+    "reasoning against the textbook passage, and check that the question stands alone: a "
+    "student who never saw the passage must find every value it needs in the question, and "
+    "neither question nor answer may refer to a passage or text. Verdict accept if correct, "
+    "supported by the passage and standing alone; revise if fixable (say what to fix); "
+    "reject if the question or answer is wrong, off topic or cannot stand alone. Reply "
+    'with only a JSON object: {"verdict": "accept" or "revise" or "reject", "feedback": '
+    '"<one sentence>"}',
     ("verdict", "feedback"),
     REVIEW_SCHEMA,
 )
@@ -117,8 +129,39 @@ def passage(node: dict[str, Any]) -> str:
     return f'Textbook passage (section "{title}"):\n{node["text"]}'
 
 
-def designer_request(node: dict[str, Any], prefill: str = "", **options: Any) -> ChatRequest:
-    user = f"{passage(node)}\n\nWrite one exam question about this passage."
+# The kinds of question a node is asked for, rotated across a node's questions and from
+# node to node (distill --questions-per-node): one recall question per node taught a
+# student one kind of answer. (name, what the designer is told)
+QUESTION_TYPES: tuple[tuple[str, str], ...] = (
+    ("conceptual", "a conceptual question: why or how something works, or what follows from "
+     "a principle"),
+    ("calculation", "a calculation with numbers: give every value it needs (component values, "
+     "supply, frequency) and ask for a numeric result with units"),
+    ("design trade-off", "a design trade-off: choosing between options or parameter values, "
+     "and what each choice costs and gains"),
+    ("troubleshooting", "a troubleshooting question: a circuit that misbehaves in a stated way; "
+     "ask for the likely cause or the fix"),
+)  # fmt: skip
+
+
+def question_type(index: int) -> str:
+    """The name of question type `index` (taken modulo the number of types)."""
+    return QUESTION_TYPES[index % len(QUESTION_TYPES)][0]
+
+
+def designer_request(
+    node: dict[str, Any], prefill: str = "", kind: str | None = None, **options: Any
+) -> ChatRequest:
+    """`kind`: one of QUESTION_TYPES' names, or None for a question on the main concept."""
+    user = f"{passage(node)}\n\nWrite one self-contained exam question on this material."
+    if kind is not None:
+        what = dict(QUESTION_TYPES)[kind]
+        # the type's description stays apart from the ask: a small model echoes an ask
+        # that reads like a question ("Write why or how something works")
+        user = (
+            f"{passage(node)}\n\nQuestion type: {kind} ({what}).\n"
+            "Write one self-contained exam question of this type on this material."
+        )
     return ChatRequest(messages(DESIGNER.system, user), prefill=prefill, json=True, **options)
 
 
@@ -146,7 +189,8 @@ def reviewer_request(
 ) -> ChatRequest:
     user = (
         f"{passage(node)}\n\nQuestion: {question}\nReasoning: {reasoning}\nAnswer: {answer}"
-        "\n\nIs the answer correct and supported by the passage?"
+        "\n\nIs the answer correct and supported by the passage, and does the question stand "
+        "alone for a student who never sees the passage?"
     )
     return ChatRequest(messages(REVIEWER.system, user), prefill=prefill, json=True, **options)
 
@@ -248,8 +292,34 @@ def parse_object(text: str | None) -> tuple[dict[str, Any], bool]:
     raise MalformedOutput(cause, text[:200])
 
 
+# Phrases that point at a text the student never sees. The one list of them: the designer
+# and solver prompts ask for closed-book text, this catches what a model writes anyway.
+# Deliberately narrow: "the source" (of a MOSFET), "the material", "the reading" (of a
+# meter) and "the following" are ordinary analog-circuit English.
+SOURCE_REFERENCES = (
+    r"according to the (?:passage|text|excerpt|section|paragraph|chapter|textbook|author)s?",
+    r"(?:the|this|that|above|given|provided|preceding) (?:passage|excerpt|paragraph)s?",
+    r"(?:the|this|above|given|provided|preceding) text",
+    r"this (?:section|chapter)",
+    r"the above",
+    r"(?:mentioned|stated|described|discussed|shown|given) (?:above|in the text)",
+    r"the author(?:s|'s)?",
+)
+_SOURCE_REFERENCE = re.compile(r"\b(?:" + "|".join(SOURCE_REFERENCES) + r")\b", re.I)
+# the fields of a role's reply that the student trains on
+CLOSED_BOOK_FIELDS = {"designer": ("question",), "solver": ("reasoning", "answer")}
+
+
+def source_reference(text: str) -> str | None:
+    """The first phrase of `text` that refers to an unseen passage ("the passage",
+    "according to the text", "the above"), or None when `text` stands alone."""
+    found = _SOURCE_REFERENCE.search(text)
+    return found.group(0) if found else None
+
+
 def check(role: Role, value: dict[str, Any]) -> dict[str, Any]:
-    """Schema-check a parsed reply of `role` (strings stripped, verdict lower-cased)."""
+    """Schema-check a parsed reply of `role` (strings stripped, verdict lower-cased), and
+    refuse a question, reasoning or answer that refers to the passage (refers_to_passage)."""
     value = {k: v.strip() if isinstance(v, str) else v for k, v in value.items()}
     if role is REVIEWER and isinstance(value.get("verdict"), str):
         verdict = value["verdict"].lower().strip(" .!")
@@ -259,6 +329,12 @@ def check(role: Role, value: dict[str, Any]) -> dict[str, Any]:
     except jsonschema.ValidationError as e:
         where = ".".join(str(p) for p in e.absolute_path) or "reply"
         raise MalformedOutput(f"schema:{where}", e.message[:200]) from None
+    for name in CLOSED_BOOK_FIELDS.get(role.name, ()):
+        phrase = source_reference(value[name])
+        if phrase is not None:
+            raise MalformedOutput(
+                "refers_to_passage", f'the {name} says "{phrase}"; the student never sees it'
+            )
     return value
 
 

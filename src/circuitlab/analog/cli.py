@@ -163,16 +163,23 @@ def distill(
 
 def _print_distill_summary(summary: dict[str, Any], out: Path) -> None:
     table = Table(title=f"distillation with {summary['model']} ({summary['backend']})")
-    for column in ("branch", "nodes", "qa", "accepted", "failed"):
-        table.add_column(column, justify="left" if column == "branch" else "right")
+    columns = ("nodes", "qa", "qa_per_node", "accepted", "failed")
+    table.add_column("branch")
+    for column in columns:
+        table.add_column(column.replace("_per_", "/"), justify="right")
     for branch, counts in summary["coverage"].items():
-        table.add_row(
-            branch, *(str(counts.get(k, 0)) for k in ("nodes", "qa", "accepted", "failed"))
-        )
+        table.add_row(branch, *(str(counts.get(k, 0)) for k in columns))
     console.print(table)
     rate = summary["acceptance_rate"]
+    per_node = summary.get("questions_per_node", 1)
+    done = f"{summary['nodes_processed']}/{summary['nodes_selected']} nodes"
+    if per_node > 1:
+        done = (
+            f"{summary['questions_processed']}/{summary['questions_selected']} questions "
+            f"({per_node} a node, {summary['accepted_per_node']} accepted a node)"
+        )
     console.print(
-        f"{summary['nodes_processed']}/{summary['nodes_selected']} nodes: "
+        f"{done}: "
         f"{summary['accepted']} accepted, {summary['revise']} still to revise, "
         f"{summary['rejected']} rejected, {summary['failed']} failed "
         f"(acceptance rate {rate if rate is None else f'{rate:.1%}'})"

@@ -2,13 +2,16 @@
 
 A backend never raises for a failed request: the result carries the error, so one bad
 request (a 500 that outlived its retries, a timeout) is a recorded failure of one item and
-the rest of the batch goes on.
+the rest of the batch goes on. A result also says why the reply ended (`finish_reason`):
+a reply cut off by its token limit must never pass for a complete one, and only the
+backend knows it was cut (a repaired JSON object looks whole).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -40,14 +43,29 @@ class ChatRequest:
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
+# finish_reason of a reply that hit its token limit (OpenAI's spelling; the embedded
+# backend reports it when generation used every new token without an end of sequence)
+TRUNCATED = "length"
+
+
 @dataclass(frozen=True)
 class ChatResult:
+    """One reply. `reasoning`: a reasoning model's thinking, kept apart from `text` (the
+    reply proper, where the answer or JSON is read); `finish_reason`: "stop", "length"
+    (TRUNCATED) or None where the backend did not say (a cache entry from before it did)."""
+
     text: str | None  # None when the request failed
     model: str
     error: str | None = None
     cached: bool = False
     seconds: float = 0.0
     usage: dict[str, int] = field(default_factory=dict)
+    finish_reason: str | None = None
+    reasoning: str | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == TRUNCATED
 
 
 class Backend(Protocol):
@@ -66,3 +84,17 @@ class Backend(Protocol):
 
 def messages(system: str, user: str) -> tuple[tuple[str, str], ...]:
     return (("system", system), ("user", user))
+
+
+_THINK = re.compile(r"\s*<think>(.*?)(?:</think>|$)", re.S)
+
+
+def split_thinking(content: str) -> tuple[str | None, str]:
+    """(thinking, reply) of a reply that opens with `<think>...</think>` (Qwen3, DeepSeek-R1
+    and their kin served without a reasoning parser): the answer or JSON is read from what
+    follows `</think>`, never from the thinking. An unclosed `<think>` (the token limit hit
+    mid-thought) is all thinking and no reply. Content without one is returned as it is."""
+    found = _THINK.match(content)
+    if found is None:
+        return None, content
+    return found.group(1).strip(), content[found.end() :].lstrip()

@@ -1,7 +1,8 @@
 """Responses cached on disk by content hash: a rerun or resumed run pays nothing twice.
 
 The key is the SHA-256 of the backend identity (kind and model) and the full request
-(messages, token limit, temperature, seed, prefill). Only successful responses are stored,
+(messages, token limit, temperature, seed, prefill). Only successful responses are stored
+(with why they ended, so a cached truncated reply is still known to be one),
 one small JSON file each, written atomically, so a kill never leaves a broken entry and a
 failed request is retried next time. No API key is ever part of a key or an entry.
 """
@@ -52,7 +53,13 @@ class CachedBackend:
             entry = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             return None
-        return ChatResult(text=entry["text"], model=entry["model"], cached=True)
+        return ChatResult(
+            text=entry["text"],
+            model=entry["model"],
+            cached=True,
+            finish_reason=entry.get("finish_reason"),
+            reasoning=entry.get("reasoning"),
+        )
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         results: list[ChatResult | None] = [self.lookup(r) for r in requests]
@@ -66,6 +73,12 @@ class CachedBackend:
                 if result.error is None and result.text is not None:
                     atomic_write_json(
                         self.path(requests[i].key(self.identity)),
-                        {"model": result.model, "text": result.text, "seconds": result.seconds},
+                        {
+                            "model": result.model,
+                            "text": result.text,
+                            "seconds": result.seconds,
+                            "finish_reason": result.finish_reason,
+                            "reasoning": result.reasoning,
+                        },
                     )
         return [r for r in results if r is not None]

@@ -4,7 +4,8 @@ Requests are grouped by sampling settings, sorted by prompt length and generated
 left-padded batches, which on a CPU is several times the throughput of one at a time. The
 model loads on the first request that misses the cache, so a fully cached rerun never
 loads it. JSON requests stop as soon as the reply's object closes ("}"), which saves most
-of the tokens a small model would otherwise ramble on with.
+of the tokens a small model would otherwise ramble on with. A reply that used its whole
+token budget without ending is reported as finish_reason "length", as a server does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from circuitlab.analog.llm.base import ChatRequest, ChatResult
+from circuitlab.analog.llm.base import TRUNCATED, ChatRequest, ChatResult
 from circuitlab.core.config import require
 from circuitlab.core.lm import display_name, load_lm
 
@@ -71,18 +72,21 @@ class EmbeddedBackend:
             indices = sorted(indices, key=lambda i: len(prompts[i]))
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                texts, seconds = self._generate(
+                texts, finishes, seconds = self._generate(
                     [prompts[i] for i in chunk], temperature, max_tokens, seed, as_json
                 )
-                for i, text in zip(chunk, texts, strict=True):
+                for i, text, finish in zip(chunk, texts, finishes, strict=True):
                     results[i] = ChatResult(
-                        text=requests[i].prefill + text, model=self.model, seconds=seconds
+                        text=requests[i].prefill + text,
+                        model=self.model,
+                        seconds=seconds,
+                        finish_reason=finish,
                     )
         return [r for r in results if r is not None]
 
     def _generate(
         self, prompts: list[str], temperature: float, max_tokens: int, seed: int, as_json: bool
-    ) -> tuple[list[str], float]:
+    ) -> tuple[list[str], list[str], float]:
         import torch
 
         from circuitlab.core.threads import torch_threads
@@ -106,4 +110,35 @@ class EmbeddedBackend:
         seconds = time.perf_counter() - started
         new = output[:, encoded["input_ids"].shape[1] :]
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-        return texts, seconds / len(prompts)
+        ends = _end_ids(model, tokenizer)
+        finishes = [
+            _finish_reason(row.tolist(), ends, text, as_json, max_tokens)
+            for row, text in zip(new, texts, strict=True)
+        ]
+        return texts, finishes, seconds / len(prompts)
+
+
+def _end_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Token ids that end (or, once a row has ended, pad) a generated row."""
+    ids: set[int] = set()
+    for value in (
+        getattr(model.generation_config, "eos_token_id", None),
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    ):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(v for v in value if isinstance(v, int))
+    return ids
+
+
+def _finish_reason(row: list[int], ends: set[int], text: str, as_json: bool, limit: int) -> str:
+    """ "length" when the row used all `limit` new tokens and ended neither with an end of
+    sequence (a row that ended early is padded with end/pad ids) nor at the JSON stop
+    string: the server's finish_reason, for a model that has no server."""
+    if len(row) < limit or any(token in ends for token in row):
+        return "stop"
+    if as_json and "}" in text:
+        return "stop"
+    return TRUNCATED

@@ -6,6 +6,12 @@ flight with a thread pool (standard library only: urllib + concurrent.futures).
 - Retries with exponential backoff and jitter on 429, 5xx, connection errors, timeouts and
   malformed response bodies; a Retry-After header is honoured (capped). Other 4xx errors
   (bad model name, bad key) fail at once: retrying cannot fix them.
+- A reasoning model's thinking (the message's `reasoning_content` or `reasoning`, as vLLM's
+  and others' reasoning parsers return it, or a leading `<think>...</think>` in the
+  content) is kept apart as the result's `reasoning`; `text` is the reply after it.
+- `extra_body` (chat_template_kwargs, top_p, guided decoding: whatever the server takes) is
+  merged into every request body; it is part of the cache identity, since it changes
+  the replies.
 - The API key comes from the constructor or the environment variable named in the config;
   it is sent in the Authorization header and nowhere else: the config (which is written to
   the run directory) holds only the variable's name, and error messages pass through
@@ -14,6 +20,7 @@ flight with a thread pool (standard library only: urllib + concurrent.futures).
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -26,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from circuitlab.analog.llm.base import ChatRequest, ChatResult
+from circuitlab.analog.llm.base import ChatRequest, ChatResult, split_thinking
 from circuitlab.core.config import require
 from circuitlab.core.secrets import redact
 
@@ -44,6 +51,7 @@ class HTTPConfig:
     max_backoff_s: float = 30.0
     concurrency: int = 8
     json_mode: bool = False  # send response_format={"type": "json_object"} for JSON requests
+    extra_body: dict[str, Any] | None = None  # merged into every request body
 
     def __post_init__(self) -> None:
         require(
@@ -54,6 +62,10 @@ class HTTPConfig:
         require(self.timeout_s > 0, f"timeout {self.timeout_s}: must be positive")
         require(self.retries >= 0, f"retries {self.retries}: must be >= 0")
         require(self.concurrency >= 1, f"concurrency {self.concurrency}: use at least 1")
+        require(
+            self.extra_body is None or isinstance(self.extra_body, dict),
+            f"extra body {self.extra_body!r}: must be a JSON object",
+        )
 
 
 class RetryableError(Exception):
@@ -75,7 +87,10 @@ class OpenAIBackend:
 
     @property
     def identity(self) -> str:
-        return f"openai:{self.config.model}"
+        if not self.config.extra_body:
+            return f"openai:{self.config.model}"
+        extra = json.dumps(self.config.extra_body, sort_keys=True)
+        return f"openai:{self.config.model}:{hashlib.sha256(extra.encode()).hexdigest()[:16]}"
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         if len(requests) <= 1 or self.config.concurrency == 1:
@@ -94,6 +109,7 @@ class OpenAIBackend:
         }
         if request.json and self.config.json_mode:
             body["response_format"] = {"type": "json_object"}
+        body.update(self.config.extra_body or {})
         return body
 
     def complete(self, request: ChatRequest) -> ChatResult:
@@ -106,12 +122,14 @@ class OpenAIBackend:
         last = "no attempt made"
         for attempt in range(self.config.retries + 1):
             try:
-                text, model, usage = self._post(data, headers)
+                reply = self._post(data, headers)
                 return ChatResult(
-                    text=text,
-                    model=model or self.config.model,
+                    text=reply["text"],
+                    model=reply["model"] or self.config.model,
                     seconds=time.perf_counter() - started,
-                    usage=usage,
+                    usage=reply["usage"],
+                    finish_reason=reply["finish_reason"],
+                    reasoning=reply["reasoning"],
                 )
             except RetryableError as e:
                 last = str(e)
@@ -133,7 +151,7 @@ class OpenAIBackend:
             seconds=time.perf_counter() - started,
         )
 
-    def _post(self, data: bytes, headers: dict[str, str]) -> tuple[str, str, dict[str, int]]:
+    def _post(self, data: bytes, headers: dict[str, str]) -> dict[str, Any]:
         self.requests_sent += 1
         request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
         try:
@@ -152,15 +170,32 @@ class OpenAIBackend:
             raise RetryableError(f"cannot reach {self.url}: {reason}") from None
         try:
             body = json.loads(raw)
-            text = body["choices"][0]["message"]["content"]
+            choice = body["choices"][0]
+            message = choice["message"]
+            text = message["content"]
+            finish = choice.get("finish_reason")
+            thinking = message.get("reasoning_content") or message.get("reasoning")
+            if text is None and isinstance(finish, str):
+                # a finished choice with no content (a reasoning model that spent the limit
+                # thinking, or thought and said nothing): an empty or truncated reply for
+                # the caller to judge, not a malformed body to retry
+                text = ""
             if not isinstance(text, str):
                 raise TypeError("content is not a string")
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError,
+                AttributeError) as e:  # fmt: skip
             snippet = redact(raw.decode("utf-8", "replace"), [self._key])[:120]
             raise RetryableError(f"malformed response from {self.url} ({e}): {snippet!r}") from None
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-        return text, str(body.get("model") or ""), usage
-
+        inline, text = split_thinking(text)
+        parts = [p for p in (thinking, inline) if isinstance(p, str) and p.strip()]
+        return {
+            "text": text,
+            "reasoning": "\n\n".join(p.strip() for p in parts) or None,
+            "model": str(body.get("model") or ""),
+            "usage": usage,
+            "finish_reason": finish if isinstance(finish, str) else None,
+        }
 
     def _read_by_deadline(self, response: Any) -> bytes:
         """The body, read in pieces against one deadline for the whole request: the socket
