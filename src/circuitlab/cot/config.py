@@ -220,7 +220,7 @@ class SweepSettings(Execution):
         "quick",
         "quick (2-core CPU, < 30 min), demo (its arithmetic slice, a few minutes), "
         "paper (the official configuration, a GPU job), or a sweep file FILE.toml: "
-        "[train] TrainConfig fields, [[tasks]] task and sizes, [axes] any other field "
+        "\\[train] TrainConfig fields, \\[\\[tasks]] task and sizes, \\[axes] any other field "
         "with a list of values, and optional seeds, cot_layers, direct_layers.",
     )
     tasks: tuple[str, ...] = option((), "Only these tasks (repeatable).", flags=("--task",))
