@@ -173,7 +173,7 @@ def _opened_by_header(head: str, tail: str, response: str) -> bool:
     at inference the header is given too, so the reply is still the response."""
     return any(
         head.endswith(response[:k]) and tail.startswith(response[k:])
-        for k in range(1, len(response))
+        for k in range(1, min(len(response), len(head) + 1))
     )
 
 
