@@ -54,6 +54,9 @@ def write(path, records):
 
 def test_a_plain_template_keeps_the_reply_as_written(tokenizer):
     assert chat_response(tokenizer, "Why?", REPLY) == REPLY + "<|im_end|>\n"
+    # trimming the ends (Llama 3's template does) leaves the response as written
+    tokenizer.chat_template = PLAIN.replace("m['content'] }}", "m['content'] | trim }}")
+    assert chat_response(tokenizer, "Why?", "\n" + REPLY + "\n\n") == REPLY + "<|im_end|>\n"
 
 
 def test_a_template_that_strips_the_reasoning_is_refused_naming_it(tokenizer, tmp_path):

@@ -156,7 +156,8 @@ def chat_response(tokenizer: Any, prompt: str, response: str, system: str | None
                 "tokenizer whose template renders the assistant turn after that header"
             )
         tail = full[len(head) :]
-        if response not in tail and not _opened_by_header(head, tail, response):
+        # whitespace at the ends is the template's to trim (Llama 3's `| trim`)
+        if response.strip() not in tail and not _opened_by_header(head, tail, response):
             raise CircuitlabError(
                 f"the chat template of {name} rewrites the assistant turn, so training would "
                 f"not see the response as written (reasoning-model templates strip or move "
