@@ -59,7 +59,7 @@ def child(args: argparse.Namespace) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from circuitlab.analog.nsc_sft import NSCConfig, Trainer
-    from circuitlab.analog.sft_data import IGNORE, Example, SFTData
+    from circuitlab.analog.sft_data import IGNORE, Example, SFTData, Truncation
     from circuitlab.core.devices import reuse_freed_memory
     from circuitlab.core.lm import LoadedLM
     from circuitlab.core.runs import RunDir
@@ -83,7 +83,8 @@ def child(args: argparse.Namespace) -> dict:
     )
     prompt = 8
     example = Example(ids.tolist(), [IGNORE] * prompt + ids[prompt:].tolist(), source=1)
-    data = SFTData([example], records=1, filtered=0, too_long=0, truncated=0)
+    fits = Truncation("cut", len(example.input_ids), 1, 0, len(example.input_ids), 0, 0, 0, 0)
+    data = SFTData([example], records=1, filtered=0, too_long=0, truncated=0, truncation=fits)
     tokenizer = type("PadOnly", (), {"pad_token_id": 0})()
     work = Path(args.work)
     (work / "data.jsonl").write_text('{"prompt": "q", "response": "r"}\n')

@@ -72,6 +72,9 @@ class CharTokenizer:
     def __call__(self, text: str, **_: Any) -> _Ids:
         return _Ids([ord(c) for c in text])
 
+    def decode(self, ids: list[int], **_: Any) -> str:  # what a cut reply kept, for its report
+        return "".join(map(chr, ids))
+
 
 class _Ids(dict):
     """What a tokenizer returns: `["input_ids"]` and `.input_ids` both work."""

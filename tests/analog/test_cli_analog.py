@@ -62,6 +62,10 @@ def test_train_eval_and_run_report_bad_input_in_one_line(tmp_path):
         (["eval", "--protocol", "amsbench", "--mode", "loglik"], "protocol amsbench generates"),
         (["eval", "--drift-tokens", "-3"], "drift tokens -3: 0 (the whole probe)"),
         (["train", "--data", str(bad_mcq), "--dtype", "fp8", "--out", out], "dtype 'fp8'"),
+        (
+            ["train", "--data", str(bad_mcq), "--truncation", "keep", "--out", out],
+            "truncation 'keep': use cut or drop",
+        ),
         (["run", "--lambdas", "0,x", "--out", out], "comma-separated numbers"),
     ]:
         result = run(*args)

@@ -419,9 +419,51 @@ def test_bad_training_input_is_a_clear_error(tiny_model_dir, tmp_path):
         ({"kl_direction": "forward"}, "kl_direction"),
         ({"reference": "disk"}, "reference"),
         ({"max_length": 4}, "max_length"),
+        ({"truncation": "keep"}, "truncation 'keep': use cut or drop"),
     ]:
         with pytest.raises(CircuitlabError, match=message):
             NSCConfig(data="x.jsonl", **kw)
+
+
+def test_truncation_is_reported_in_results_and_drop_trains_on_what_fits(
+    tiny_model_dir, tmp_path, capsys
+):
+    records = [{"prompt": f"Why {i}?", "response": f"<answer>\nGain {i}.\n</answer>"}
+               for i in range(4)]  # fmt: skip
+    records += [{"prompt": "Why?", "response": "<think>\n" + " a" * 120 + "\n</think>\n"
+                 "<answer>\nGain.\n</answer>"}] * 2  # fmt: skip
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    options = {"max_steps": 1, "batch_size": 2, "max_length": 96}
+    cut = train(config(data, tiny_model_dir, **options), tmp_path / "cut", progress=False)
+    assert cut["examples"] == 6 and cut["truncated"] == 2
+    report = cut["truncation"]
+    assert (report["mode"], report["examples"], report["truncated"]) == ("cut", 6, 2)
+    assert report["share"] == pytest.approx(2 / 6, abs=1e-4) and report["tokens_lost"] > 2 * 60
+    assert (report["answer_cut"], report["eos_cut"], report["dropped"]) == (2, 2, 0)
+    assert json.loads((tmp_path / "cut" / "results.json").read_text())["truncation"] == report
+
+    drop = train(config(data, tiny_model_dir, truncation="drop", **options), tmp_path / "drop")
+    assert drop["examples"] == 4 and drop["truncation"]["dropped"] == 2
+    assert drop["truncation"]["tokens_lost"] > report["tokens_lost"]  # whole examples went
+    printed = capsys.readouterr().out  # at the start of training, before the bars
+    assert "data: 2 of 6 examples (33.3%) longer than --max-length 96, dropped:" in printed
+    stored = json.loads((tmp_path / "drop" / "config.json").read_text())
+    assert stored["truncation"] == "drop"
+
+
+def test_a_template_that_rewrites_the_reply_stops_training_before_it_writes(
+    tiny_model_dir, qa_file, tmp_path
+):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = tokenizer.chat_template.replace(
+        "message['content']", "message['content'].split('</think>')[-1]"
+    )
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lm = LoadedLM(model, tokenizer, "tiny", str(tiny_model_dir))
+    with pytest.raises(CircuitlabError, match=r"qa.jsonl:2: the chat template .* rewrites"):
+        train(config(qa_file, tiny_model_dir), tmp_path / "run", lm=lm, progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_dtype_is_validated_and_float32_stays_the_default():

@@ -40,6 +40,7 @@ move checkpointing and the reference out, which is where this file splits.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -66,7 +67,13 @@ from circuitlab.analog.reference import (
     model_logp,
     precompute_reference,
 )
-from circuitlab.analog.sft_data import SFTData, check_records, collate, load_sft_data
+from circuitlab.analog.sft_data import (
+    TRUNCATIONS,
+    SFTData,
+    check_records,
+    collate,
+    load_sft_data,
+)
 from circuitlab.core import checkpoint
 from circuitlab.core.config import comma_list, option, require
 from circuitlab.core.devices import reuse_freed_memory
@@ -88,6 +95,8 @@ MODEL_META = "circuitlab.json"
 SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
 # settings that change how a run computes, not what: a run resumes under other values
 UNSTAMPED = ("loss_chunk_tokens",)
+# fields added after runs were recorded without them: those ran as the default does
+ADDED = ("truncation",)
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,11 @@ class NSCConfig:
     lora_targets: str = "all-linear"
     lora_layers: int = option(0, "LoRA on the top N layers only; 0: all.")
     max_length: int = option(1024, "Tokens per example.")
+    truncation: str = option(
+        "cut",
+        "An example longer than --max-length: 'cut' (its reply from the right, losing the "
+        "end-of-turn and often the answer) or 'drop' (left out). Counted in results.json.",
+    )
     batch_size: int = option(4, "Examples per micro-batch.")
     grad_accum: int = option(1, "Micro-batches per optimizer step.")
     epochs: int = option(1, "Passes over the data.")
@@ -181,6 +195,10 @@ class NSCConfig:
         require(self.lora_layers >= 0, f"lora_layers {self.lora_layers}: 0 (all) or more")
         require(0 <= self.lora_dropout < 1, f"lora_dropout {self.lora_dropout}: in [0, 1)")
         require(self.max_length >= 16, f"max_length {self.max_length}: at least 16 tokens")
+        require(
+            self.truncation in TRUNCATIONS,
+            f"truncation {self.truncation!r}: use {' or '.join(TRUNCATIONS)}",
+        )
         require(self.batch_size >= 1, f"batch_size {self.batch_size}: at least 1")
         require(self.grad_accum >= 1, f"grad_accum {self.grad_accum}: at least 1")
         require(self.epochs >= 1, f"epochs {self.epochs}: at least 1")
@@ -504,8 +522,9 @@ def train(
     check_records(config.data)  # before a model is loaded for it
     stamped = {k: v for k, v in identity(config).items() if k not in UNSTAMPED}
     stamp = {**stamped, "data_sha256": digest}
+    older = {f.name: f.default for f in dataclasses.fields(NSCConfig) if f.name in ADDED}
     if (Path(out) / "config.json").exists():  # reopening writes nothing
-        run = RunDir.open(out, stamp)
+        run = RunDir.open(out, stamp, older)
         if run.is_done("train"):
             return run.results()
     reuse_freed_memory()
@@ -522,10 +541,13 @@ def train(
             max_length=config.max_length,
             verdicts=config.verdicts,
             system=config.system,
+            truncation=config.truncation,
         )
+        if progress and accelerator.is_main_process:
+            tqdm.write(f"data: {data.truncation.line()}")
         # opened only now that the model and data have loaded: a run refused for a bad
         # input must not leave a config.json that refuses the corrected rerun
-        run = RunDir.open(out, stamp)
+        run = RunDir.open(out, stamp, older)
         if accelerator.distributed_type not in SHARDED:
             # FSDP / DeepSpeed place the weights shard by shard in prepare(), as accelerate
             # intends; moving the whole model first would need all of it on every GPU
@@ -634,6 +656,7 @@ def _summary(
         "filtered_by_verdict": trainer.data.filtered,
         "prompt_too_long": trainer.data.too_long,
         "truncated": trainer.data.truncated,
+        "truncation": trainer.data.truncation.as_dict(),
         "trainable_parameters": sum(
             p.numel() for p in trainer.unwrapped.parameters() if p.requires_grad
         ),
