@@ -167,3 +167,35 @@ def test_what_needs_weights_or_a_server_is_a_one_line_error(tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_failed_requests_stop_the_evaluation_and_a_rerun_asks_only_for_them(server, tmp_path):
+    from circuitlab.analog.llm.cache import CachedBackend
+    from circuitlab.analog.llm.openai_http import HTTPConfig, OpenAIBackend
+    from circuitlab.analog.mcq import evaluate_mcq_remote
+    from circuitlab.core.errors import CircuitlabError
+
+    mcq, replies = write_inputs(tmp_path)
+    srv = server("flaky500", replies=replies)  # each distinct request: a 500 first, then ok
+    http = HTTPConfig(base_url=srv.base_url, model="fake", retries=0)
+    items = load_mcq(mcq)
+    config = MCQConfig(protocol="amsbench")
+
+    def ask(part):
+        backend = CachedBackend(OpenAIBackend(http), tmp_path / "cache")
+        try:
+            return backend, evaluate_mcq_remote(backend, part, config)
+        except CircuitlabError as e:  # a failure is no answer: never scored as a wrong one
+            return backend, str(e)
+
+    _, error = ask(items[:2])
+    assert isinstance(error, str) and error.startswith("2 of 2 requests failed")
+    assert "HTTP 500" in error
+    assert isinstance(ask(items[:2])[1], dict)  # asked again: answered, and cached
+    backend, error = ask(items)
+    assert isinstance(error, str) and error.startswith(f"{len(items) - 2} of {len(items)} req")
+    assert backend.stats.hits == 2  # the two answered before are not asked again
+    backend, result = ask(items)
+    assert isinstance(result, dict)
+    assert backend.stats.hits == 2 and backend.stats.misses == len(items) - 2
+    assert [p["choice"] for p in result["predictions"]] == [e for _, _, e in QUESTIONS]
