@@ -130,20 +130,21 @@ def test_amsbench_on_a_server_scores_as_the_canned_letters_imply_and_caches(serv
 
 def test_plain_generation_sends_the_lettered_prompt_greedy_with_no_system(server, tmp_path):
     mcq, replies = write_inputs(tmp_path)
-    srv = server("ok", replies=replies)
+    srv = server("slow", delay=0.3, replies=replies)  # replies overlap while they sleep
     config = EvalConfig(
         backend="openai",
         base_url=srv.base_url,
         model="fake",
         mcq=str(mcq),
-        questions=MCQConfig(mode="generate", limit=2),
+        concurrency=2,
+        questions=MCQConfig(mode="generate", limit=4),
     )
     result = evaluate_remote(config)  # no --out: no cache
     assert "cache" not in result
-    items = load_mcq(mcq)
-    picked = [items[0], items[2]]  # limit 2 spreads over the file
+    picked = load_mcq(mcq)[:4]  # limit 4 of 5 spreads over the file: the first four
     assert [p["id"] for p in result["mcq"]["predictions"]] == [i.id for i in picked]
     stats = srv.stats()
+    assert stats["max_in_flight"] == 2  # --concurrency: 2 in flight, never more
     assert sorted(m[-1]["content"] for m in stats["messages"]) == sorted(
         lettered(i) for i in picked
     )

@@ -22,6 +22,8 @@ Modes:
 - generate, protocol "amsbench" (`--protocol amsbench` alone selects generate): AMSBench's
   prompt and answer format, sampled at temperature 0.1; see amsbench_prompt.
 A reply the parser cannot read counts as wrong; the result counts them and lists their ids.
+The generative modes also run on a server (evaluate_mcq_remote: any llm backend), asked the
+same messages with the same settings and read by the same parser.
 
 Accuracy comes with a Wilson 95% interval, which stays inside [0, 1] and is honest at the
 small counts of a per-subfield breakdown.
