@@ -178,7 +178,8 @@ class Handler(BaseHTTPRequestHandler):
             STATE["options"].append({k: v for k, v in body.items() if k != "messages"})
             STATE["messages"].append(body["messages"])
         finish = "stop"
-        canned = [v for k, v in self.replies.items() if k in body["messages"][-1]["content"]]
+        last = body["messages"][-1]["content"] if self.replies else ""
+        canned = [v for k, v in self.replies.items() if k in last]
         if canned:
             content = canned[0]
         elif mode == "bad_content":

@@ -101,6 +101,7 @@ def test_amsbench_on_a_server_scores_as_the_canned_letters_imply_and_caches(serv
     assert first["reply"] == "**B**" and "resistor ratio" in first["reasoning"]
     assert got["backend"] == "openai" and "drift" not in got and "skipped" in got["drift_skipped"]
     assert "drift skipped" in result.stderr
+    assert f"fake at {srv.base_url}: generate: amsbench prompt" in " ".join(result.stderr.split())
 
     stats = srv.stats()
     assert stats["requests"] == 2 * len(QUESTIONS)  # each 429 retried once, then answered

@@ -296,7 +296,8 @@ def evaluate(
 
 def _print_eval(result: dict[str, Any]) -> None:
     m = result["mcq"]
-    title = f"{result['model']}: {m['method']}"  # how the answers were got, parser included
+    served = f" at {result['source']}" if result.get("backend") == "openai" else ""
+    title = f"{result['model']}{served}: {m['method']}"  # how the answers were got
     table = Table(title=title, min_width=min(len(title), console.width))
     for column in ("subfield", "n", "accuracy", "95% CI"):
         table.add_column(column, justify="left" if column == "subfield" else "right")
