@@ -18,9 +18,10 @@ SERVER = Path(__file__).with_name("fake_openai_server.py")
 
 
 class Server:
-    def __init__(self, mode: str, delay: float = 0.2) -> None:
+    def __init__(self, mode: str, delay: float = 0.2, replies: Path | None = None) -> None:
+        canned = ["--replies", str(replies)] if replies is not None else []
         self.process = subprocess.Popen(
-            [sys.executable, str(SERVER), "--mode", mode, "--delay", str(delay)],
+            [sys.executable, str(SERVER), "--mode", mode, "--delay", str(delay), *canned],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -42,8 +43,8 @@ def server() -> Iterator[Callable[..., Server]]:
     """Start fake OpenAI servers in given modes (each a real subprocess), stopped after."""
     started: list[Server] = []
 
-    def start(mode: str = "ok", delay: float = 0.2) -> Server:
-        started.append(Server(mode, delay))
+    def start(mode: str = "ok", delay: float = 0.2, replies: Path | None = None) -> Server:
+        started.append(Server(mode, delay, replies))
         return started[-1]
 
     yield start

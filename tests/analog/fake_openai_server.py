@@ -25,9 +25,13 @@ line of stdout. Modes:
   truncated        the solver's replies are cut off: half the JSON, finish_reason "length"
   truncated_below_N  like truncated for solver requests with max_tokens below N, else ok
 GET /mode/NAME switches the mode (an outage that ends: always500, then ok).
-GET /stats returns {"requests", "max_in_flight", "auth", "options"} (auth: the Authorization
-headers seen, so tests can check the key is sent; options: each chat request's body without
-its messages, so tests see token budgets and extra body fields).
+GET /stats returns {"requests", "max_in_flight", "auth", "options", "messages"} (auth: the
+Authorization headers seen, so tests can check the key is sent; options: each chat request's
+body without its messages, so tests see token budgets and extra body fields; messages: each
+chat request's messages).
+--replies FILE (a JSON object): canned contents, in any mode that answers: a request whose
+last message contains a key is answered with that key's value (an MCQ model's reply per
+question) instead of agent JSON.
 """
 
 from __future__ import annotations
@@ -40,10 +44,11 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 LOCK = threading.Lock()
 STATE = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "seen": set(), "auth": [],
-         "options": []}  # fmt: skip
+         "options": [], "messages": []}  # fmt: skip
 
 
 LATEX_RAW = (
@@ -103,6 +108,7 @@ def cut_off(mode: str, max_tokens: int) -> bool:
 class Handler(BaseHTTPRequestHandler):
     mode = "ok"
     delay = 0.0
+    replies: ClassVar[dict[str, str]] = {}
 
     def log_message(self, *args) -> None:  # quiet
         pass
@@ -170,8 +176,13 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(raw)
         with LOCK:
             STATE["options"].append({k: v for k, v in body.items() if k != "messages"})
+            STATE["messages"].append(body["messages"])
         finish = "stop"
-        if mode == "bad_content":
+        last = body["messages"][-1]["content"] if self.replies else ""
+        canned = [v for k, v in self.replies.items() if k in last]
+        if canned:
+            content = canned[0]
+        elif mode == "bad_content":
             content = "Sure! Here is a great question about op-amps for you."
         else:
             content = agent_reply(body, mode)
@@ -202,8 +213,12 @@ def main() -> None:
     parser.add_argument("--mode", default="ok")
     parser.add_argument("--delay", type=float, default=0.2)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--replies", default=None)
     args = parser.parse_args()
     Handler.mode, Handler.delay = args.mode, args.delay
+    if args.replies:
+        with open(args.replies, encoding="utf-8") as f:
+            Handler.replies = json.load(f)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print(server.server_address[1], flush=True)

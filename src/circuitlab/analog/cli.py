@@ -242,21 +242,36 @@ def evaluate(
     temperature 0.1 and reads the letter after any </think>; unparsable replies count as
     wrong and are listed by id.
 
+    --backend openai asks an OpenAI-compatible server instead (generative protocols only,
+    no drift; replies cached in llm-cache/ beside --out, failed requests retried).
+
     Example: circuitlab analog eval --model runs/nsc --mcq amsbench_tqa.jsonl
     Example: circuitlab analog eval --model runs/nsc-32b --device cuda --dtype bfloat16
     --mcq amsbench_tqa.json --protocol amsbench --max-new-tokens 4096
+    Example: circuitlab analog eval --backend openai --base-url http://gpu:8000/v1
+    --model Qwen/Qwen2.5-32B-Instruct --protocol amsbench --mcq amsbench_tqa.json
+    --concurrency 32 --out runs/eval/qwen32b.json
     """
-    from circuitlab.analog.evaluate import evaluate_mcq_and_drift
+    from circuitlab.analog.evaluate import evaluate_mcq_and_drift, evaluate_remote
     from circuitlab.analog.mcq import load_mcq
     from circuitlab.core.devices import pick_device
     from circuitlab.core.lm import torch_dtype
     from circuitlab.core.threads import torch_threads
 
-    torch_dtype(config.dtype)  # a bad name or device fails before the questions are read
-    where = pick_device(config.device)
-
+    if config.backend == "hf":
+        torch_dtype(config.dtype)  # a bad name or device fails before the questions are read
+        where = pick_device(config.device)
     count = len(load_mcq(config.mcq))
     limit = config.questions.limit
+    if config.backend == "openai":
+        with progress_bar("questions", min(count, limit or count)) as bar:
+            result = evaluate_remote(
+                config, out=out, on_batch=lambda n: bar.advance(bar.task_ids[0], n)
+            )
+        _print_eval(result)
+        if out is not None:
+            console.print(f"wrote {out}")
+        return
     with (
         torch_threads(config.threads),
         progress_bar("questions", min(count, limit or count)) as bar,
@@ -281,7 +296,8 @@ def evaluate(
 
 def _print_eval(result: dict[str, Any]) -> None:
     m = result["mcq"]
-    title = f"{result['model']}: {m['method']}"  # how the answers were got, parser included
+    served = f" at {result['source']}" if result.get("backend") == "openai" else ""
+    title = f"{result['model']}{served}: {m['method']}"  # how the answers were got
     table = Table(title=title, min_width=min(len(title), console.width))
     for column in ("subfield", "n", "accuracy", "95% CI"):
         table.add_column(column, justify="left" if column == "subfield" else "right")
@@ -295,6 +311,13 @@ def _print_eval(result: dict[str, Any]) -> None:
         ids = m["unparsed_ids"]
         more = f" and {len(ids) - 20} more (all in --out)" if len(ids) > 20 else ""
         console.print(f"unparsed replies (counted wrong): {', '.join(ids[:20])}{more}")
+    if "cache" in result:
+        c = result["cache"]
+        console.print(f"response cache {c['folder']}: {c['hits']} hits / {c['misses']} misses")
+    if m.get("truncated"):
+        console.print(f"{m['truncated']} replies cut off at --max-new-tokens")
+    if "drift_skipped" in result:
+        console.print(f"drift {result['drift_skipped']}")
     if "drift" in result:
         d = result["drift"]
         console.print(

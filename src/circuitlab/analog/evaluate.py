@@ -9,6 +9,11 @@ Everything loaded here (the model, a LoRA run's base, a full fine-tune's origina
 drift) comes in `dtype` on `device`, so that a 32B model can be evaluated on a GPU in
 bfloat16. The scores are float32 whatever the weights (the MCQ and drift code upcast the
 logits).
+
+With `backend` openai the model is a served name on any OpenAI-compatible server (vLLM,
+llama.cpp, Ollama), asked through distillation's HTTP client (its retries, concurrency and
+on-disk response cache; the key from the environment variable it names). A server gives
+replies, not weights: only the generative protocols run there, and no drift is measured.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ from typing import Any
 
 import torch
 
+from circuitlab.analog.distill import DistillConfig
 from circuitlab.analog.drift import check_max_tokens, load_probe, measure_drift
-from circuitlab.analog.mcq import MCQConfig, evaluate_mcq, load_mcq
+from circuitlab.analog.mcq import MCQConfig, evaluate_mcq, evaluate_mcq_remote, load_mcq
 from circuitlab.analog.nsc_sft import TrainedLM, load_model
-from circuitlab.core.config import nested, option
+from circuitlab.core.config import nested, option, option_of, require
 from circuitlab.core.devices import reuse_freed_memory
 from circuitlab.core.io import atomic_write_json
 from circuitlab.core.lm import load_lm, torch_dtype
@@ -38,8 +44,23 @@ class EvalConfig:
     """`analog eval`: which model, on which questions and text, where; the MCQ settings are
     MCQConfig's, kept at the top level of a TOML file."""
 
+    backend: str = option(
+        "hf", "hf (the model in-process) or openai (an OpenAI-compatible server)."
+    )
     model: str = option(
-        "embedded", "A model spec, or an `analog train` run directory (or its model/)."
+        "embedded",
+        "A model spec, or an `analog train` run directory (or its model/); openai: the "
+        "served model name.",
+    )
+    base_url: str | None = option_of(DistillConfig, "base_url")
+    api_key_env: str = option_of(DistillConfig, "api_key_env")
+    concurrency: int = option_of(DistillConfig, "concurrency")
+    timeout_s: float = option_of(DistillConfig, "timeout_s")
+    cache: str | None = option(
+        None,
+        "openai: folder of the response cache \\[default: llm-cache/ beside --out; none "
+        "without --out].",
+        parse=_path_text,
     )
     mcq: str | None = option(
         None,
@@ -67,6 +88,78 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_max_tokens(self.drift_tokens)
+        require(self.backend in BACKENDS, f"backend {self.backend!r}: use hf or openai")
+        if self.backend == "openai":
+            require(bool(self.base_url), "the openai backend needs --base-url")
+            require(
+                self.model != option_default(EvalConfig, "model"),
+                "the openai backend needs --model (the served model name)",
+            )
+            require(
+                self.questions.generates,
+                "loglik scoring needs the model's weights: use --backend hf, or with openai "
+                "--protocol amsbench or --mode generate",
+            )
+            asked = [flag for flag, given in (("--probe", self.probe), ("--base", self.base),
+                     ("--drift-tokens", self.drift_tokens)) if given]  # fmt: skip
+            require(
+                not asked,
+                f"{', '.join(asked)}: drift needs the model's weights, which the openai "
+                "backend does not have: use --backend hf",
+            )
+
+
+BACKENDS = ("hf", "openai")
+DRIFT_SKIPPED = "skipped: drift needs the model's weights; the openai backend has only replies"
+
+
+def option_default(cls: type, name: str) -> Any:
+    return cls.__dataclass_fields__[name].default
+
+
+def evaluate_remote(
+    config: EvalConfig,
+    out: str | Path | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    api_key: str | None = None,
+) -> dict[str, Any]:
+    """MCQ accuracy of a served model (config.backend openai): the generative protocols,
+    requests in flight `concurrency` at a time, replies cached beside `out` (or in
+    config.cache) so that a rerun asks the server nothing twice."""
+    from circuitlab.analog.llm.cache import CachedBackend
+    from circuitlab.analog.llm.openai_http import HTTPConfig, OpenAIBackend
+
+    items = load_mcq(config.mcq)
+    http = HTTPConfig(
+        base_url=str(config.base_url),
+        model=config.model,
+        api_key_env=config.api_key_env,
+        timeout_s=config.timeout_s,
+        concurrency=config.concurrency,
+    )
+    backend: Any = OpenAIBackend(http, api_key=api_key)
+    cache = config.cache or (Path(out).parent / "llm-cache" if out is not None else None)
+    if cache is not None:
+        backend = CachedBackend(backend, cache)
+    chunk = max(config.questions.batch_size, config.concurrency)
+    mcq = evaluate_mcq_remote(backend, items, config.questions, on_batch, chunk=chunk)
+    result: dict[str, Any] = {
+        "model": config.model,
+        "source": http.base_url,
+        "backend": "openai",
+        "mcq_file": str(config.mcq or ""),
+        "mcq": mcq,
+        "drift_skipped": DRIFT_SKIPPED,
+    }
+    if isinstance(backend, CachedBackend):
+        result["cache"] = {
+            "folder": str(cache),
+            "hits": backend.stats.hits,
+            "misses": backend.stats.misses,
+        }
+    if out is not None:
+        atomic_write_json(out, result)
+    return result
 
 
 def evaluate_mcq_and_drift(
