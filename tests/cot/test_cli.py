@@ -78,7 +78,7 @@ def test_config_json_of_older_runs_still_reopens(tmp_path):
     RunDir.open(tmp_path, identity(TrainConfig()), identity(TrainConfig()))
     later = {  # fields added since, at their defaults
         "under": False, "arch": "project", "batching": "length", "beta2": 0.95,
-        "decay": "matrices", "lr_step": "step", "recipe": "project",
+        "decay": "matrices", "lr_step": "step", "recipe": "project", "corrupt_rate": 0.0,
     }  # fmt: skip
     assert identity(TrainConfig()) == {**old, **later}
 

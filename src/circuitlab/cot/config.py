@@ -15,6 +15,7 @@ from circuitlab.core.executor import Execution
 from circuitlab.core.schedule import SCHEDULES
 from circuitlab.core.tracking import REPORT_TO_HELP, check_report_to
 from circuitlab.cot.data import (
+    CORRUPT_HELP,
     P_HELP,
     SIZE_HELP,
     TASK_HELP,
@@ -113,6 +114,7 @@ class TrainConfig(ModelShape):
         0.0, "Fraction of training problems drawn at smaller sizes, in equal shares."
     )
     under: bool = option(False, UNDER_HELP)
+    corrupt_rate: float = option(0.0, CORRUPT_HELP)
     epochs: int = option(10, "Passes over the training set.")
     batch_size: int = option(128, "Sequences per step.")
     lr: float = option(1e-4, "Peak AdamW learning rate.")
@@ -209,6 +211,7 @@ class TrainConfig(ModelShape):
             self.p,
             self.values,
             self.under,
+            self.corrupt_rate,
         )
 
 

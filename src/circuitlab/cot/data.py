@@ -22,6 +22,7 @@ import numpy as np
 from circuitlab.core.config import option, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.io import atomic_files
+from circuitlab.cot.corrupt import corrupt_steps
 from circuitlab.cot.tasks import TASKS, get_task, lis
 from circuitlab.cot.tasks.common import (
     Task,
@@ -44,6 +45,10 @@ VALUES_HELP = "LIS: questions use numbers below this (official 250; at least 2*s
 UNDER_HELP = (
     "The official --under training set: int(k / (1 + ... + size) * num) problems of each "
     "size k < size, whole chains deduplicated, the rest at full size (official: arithmetic)."
+)
+CORRUPT_HELP = (
+    "Fraction of training chains given one wrong step (a number changed, checked wrong by "
+    "the task's verifier), to measure how CoT degrades; the test split stays clean."
 )
 BOTH = "both"  # one draw written in both formats: the same problems, direct and CoT
 CHUNK = 131_072  # examples drawn per batch: big enough to amortise numpy overheads
@@ -73,6 +78,7 @@ class DataConfig:
     p: int = option(11, P_HELP)
     values: int = option(lis.NUMBER_RANGE, VALUES_HELP)
     under: bool = option(False, UNDER_HELP)
+    corrupt_rate: float = option(0.0, CORRUPT_HELP)
 
     def __post_init__(self) -> None:
         task = get_task(self.task)
@@ -82,6 +88,14 @@ class DataConfig:
         )
         require(self.num >= 1, f"--num {self.num}: ask for at least one example")
         require(self.tests >= 0, f"--test-num {self.test_num}: must be >= 0")
+        require(
+            0.0 <= self.corrupt_rate <= 1.0,
+            f"--corrupt-rate {self.corrupt_rate}: a fraction of the chains, in [0, 1]",
+        )
+        require(
+            not self.corrupt_rate or self.format != "direct",
+            "--corrupt-rate changes chains: use it with --format cot or both",
+        )
         if task.uses_modulus:
             check_modulus(self.p)
         if task.name == "lis":
@@ -113,16 +127,32 @@ class Drawn(NamedTuple):
     split: str  # "train" or "test"
     batch: TokenBatch  # new examples whose questions were never drawn before
     duplicates: int  # draws dropped so far because their question was drawn before
+    corrupted: int = 0  # chains of this batch given a wrong step (corrupt_rate)
 
 
 def iter_batches(config: DataConfig) -> Iterator[Drawn]:
     """Yield batches of new distinct examples until there are num training and then
-    test_num test examples.
+    test_num test examples; with corrupt_rate, training chains get wrong steps.
 
     Memory stays bounded by one chunk of examples plus the set of questions seen, which is
     only kept when another chunk has to be drawn; `under` holds both splits instead, since
     its training set is chosen after the test split is known.
     """
+    if not config.corrupt_rate:
+        yield from _iter_clean(config)
+        return
+    task = get_task(config.task)
+    rng = np.random.default_rng([config.seed, 104729])  # its own stream: the draw is unchanged
+    for drawn in _iter_clean(config):
+        if drawn.split == "train":
+            batch, count = corrupt_steps(
+                task, drawn.batch, config.size, config.task_arg, config.corrupt_rate, rng
+            )
+            drawn = drawn._replace(batch=batch, corrupted=count)
+        yield drawn
+
+
+def _iter_clean(config: DataConfig) -> Iterator[Drawn]:
     if not config.under:
         yield from _iter_distinct(config)
         return
@@ -376,7 +406,9 @@ def write_dataset(
             for fmt in config.formats
             for split in ("train", "test")
         }
-        for split, batch, duplicates_so_far in iter_batches(config):
+        corrupted = 0
+        for split, batch, duplicates_so_far, bad in iter_batches(config):
+            corrupted += bad
             for piece in iter_jsonl(task, batch, vocab, config.size, config.formats, split):
                 for fmt, text in piece.items():
                     handles[fmt, split].write(text)
@@ -400,6 +432,8 @@ def write_dataset(
                 "p": config.p if task.uses_modulus else None,
                 "values": config.values if task.name == "lis" else None,
                 "under": config.under,
+                "corrupt_rate": config.corrupt_rate,
+                "corrupted_chains": corrupted if fmt == "cot" else 0,
                 "num_train": counts["train"],
                 "num_test": counts["test"],
                 "duplicates_dropped": duplicates,
