@@ -79,6 +79,7 @@ def test_config_json_of_older_runs_still_reopens(tmp_path):
     later = {  # fields added since, at their defaults
         "under": False, "arch": "project", "batching": "length", "beta2": 0.95,
         "decay": "matrices", "lr_step": "step", "recipe": "project", "corrupt_rate": 0.0,
+        "data_file": None,
     }  # fmt: skip
     assert identity(TrainConfig()) == {**old, **later}
 

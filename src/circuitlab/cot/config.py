@@ -23,6 +23,7 @@ from circuitlab.cot.data import (
     VALUES_HELP,
     DataConfig,
 )
+from circuitlab.cot.files import DATA_FILE_HELP
 from circuitlab.cot.tasks.lis import NUMBER_RANGE
 
 
@@ -115,6 +116,7 @@ class TrainConfig(ModelShape):
     )
     under: bool = option(False, UNDER_HELP)
     corrupt_rate: float = option(0.0, CORRUPT_HELP)
+    data_file: str | None = option(None, DATA_FILE_HELP, flags=("--data",))
     epochs: int = option(10, "Passes over the training set.")
     batch_size: int = option(128, "Sequences per step.")
     lr: float = option(1e-4, "Peak AdamW learning rate.")
@@ -183,6 +185,12 @@ class TrainConfig(ModelShape):
             0.0 <= self.mix_smaller < 1.0, "mix_smaller is a fraction of training data, in [0, 1)"
         )
         require(not (self.under and self.mix_smaller), "use under or mix_smaller, not both")
+        generating = self.under or self.mix_smaller or self.corrupt_rate
+        require(
+            not (self.data_file and generating),
+            "--data trains on the file as it is: under, mix_smaller and corrupt_rate "
+            "belong to `cot data`",
+        )
         super().__post_init__()  # the model's shape
         self.data  # noqa: B018 - building the DataConfig checks task, size, p and values
 

@@ -42,6 +42,7 @@ from circuitlab.cot.config import TrainConfig
 from circuitlab.cot.curves import plot_learning_curve
 from circuitlab.cot.data import generate_splits, question_keys
 from circuitlab.cot.evaluate import EvalResult, evaluate_model
+from circuitlab.cot.files import read_data_files
 from circuitlab.cot.model import GPT, ModelConfig
 from circuitlab.cot.optim import learning_rate, make_optimizer
 from circuitlab.cot.sequences import Sequences, build_sequences, loss_labels
@@ -61,12 +62,15 @@ class Prepared:
 def prepare(config: TrainConfig) -> Prepared:
     task = get_task(config.task)
     vocab = task.vocab(config.size, config.data.task_arg)
-    splits = generate_splits(config.data)
-    train_batch = splits.train
-    if config.mix_smaller > 0:
-        train_batch = _mix_in_smaller(train_batch, config)
-    train = build_sequences(task, train_batch, vocab, config.format)
-    test = build_sequences(task, splits.test, vocab, config.format)
+    if config.data_file:
+        train, test = read_data_files(config.data_file, task, vocab, config.format)
+    else:
+        splits = generate_splits(config.data)
+        train_batch = splits.train
+        if config.mix_smaller > 0:
+            train_batch = _mix_in_smaller(train_batch, config)
+        train = build_sequences(task, train_batch, vocab, config.format)
+        test = build_sequences(task, splits.test, vocab, config.format)
     # Room beyond the longest true sequence, so a wrong (longer) generation can still end.
     max_len = max(train.max_len, test.max_len) + 8
     model_config = ModelConfig(
@@ -86,6 +90,10 @@ def prepare(config: TrainConfig) -> Prepared:
 def fresh_test(config: TrainConfig, count: int, size: int | None = None) -> Sequences:
     """`count` new test problems (another seed) of `size` (default: the trained size),
     none of whose questions was trained on."""
+    if config.data_file:
+        raise CircuitlabError(
+            "this run trained on --data: fresh problems could repeat its training questions"
+        )
     task = get_task(config.task)
     arg = config.data.task_arg
     vocab = task.vocab(config.size, arg)
