@@ -197,11 +197,14 @@ values = 30
 positions = ["sinusoidal", "alibi"]
 """
 
+EVAL_SIZES = 'eval_sizes = [7]\n'  # top-level key: goes before the first table
+
 
 def test_a_sweep_file_varies_any_field_as_an_axis(tmp_path: Path) -> None:
     path = tmp_path / "positions.toml"
-    path.write_text(SWEEP_FILE)
+    path.write_text(EVAL_SIZES + SWEEP_FILE)
     profile = sweep.get_profile(str(path))
+    assert profile.eval_sizes == (7,)
     pts = sweep.points(profile)
     assert sorted(p.name for p in pts) == sorted(
         f"lis-n5-{fmt}-L1-s3-positions{pos}"
@@ -214,7 +217,15 @@ def test_a_sweep_file_varies_any_field_as_an_axis(tmp_path: Path) -> None:
     variants = {r["variant"] for r in summary["summary"]}
     assert variants == {"cot positions=sinusoidal", "cot positions=alibi",
                         "direct L1 positions=sinusoidal", "direct L1 positions=alibi"}  # fmt: skip
-    assert "cot positions=alibi" in (tmp_path / "out" / "report.md").read_text()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "cot positions=alibi" in report and "on 7-size problems" in report
+    # every point was also tested on size 7, once: its eval-size7.json feeds the summary
+    for point in pts:
+        scored = json.loads((tmp_path / "out" / "points" / point.name / "eval-size7.json")
+                            .read_text())  # fmt: skip
+        assert scored["size"] == 7 and scored["trained_size"] == 5
+    by_variant = {r["variant"]: r for r in summary["summary"]}
+    assert 0.0 <= by_variant["cot positions=alibi"]["official_accuracy_at_7"] <= 1.0
 
 
 @pytest.mark.parametrize(
@@ -227,10 +238,19 @@ def test_a_sweep_file_varies_any_field_as_an_axis(tmp_path: Path) -> None:
         (('name = "positions"', "colour = 1"), "unknown key"),
         (("sizes = [5]", "sizes = 5"), "sizes must be a list"),
         (('positions = ["sinusoidal", "alibi"]', 'positions = ["rope"]'), "positions must be"),
+        (('name = "positions"', "eval_sizes = 7"), "eval_sizes must be a list"),
+        (('name = "positions"', "eval_sizes = [1]"), "size"),
     ],
 )
 def test_a_bad_sweep_file_is_one_clear_error(tmp_path: Path, change, message) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(SWEEP_FILE.replace(*change))
     with pytest.raises(CircuitlabError, match=message):
+        sweep.get_profile(str(path))
+
+
+def test_eval_sizes_with_learned_positions_is_refused_before_training(tmp_path: Path) -> None:
+    path = tmp_path / "learned.toml"
+    path.write_text(EVAL_SIZES + SWEEP_FILE.replace('"sinusoidal", "alibi"', '"learned"'))
+    with pytest.raises(CircuitlabError, match="eval_sizes needs positions sinusoidal or alibi"):
         sweep.get_profile(str(path))

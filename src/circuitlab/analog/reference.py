@@ -235,24 +235,27 @@ class LiveReference:
             self._captured = hidden[0]
 
     @torch.no_grad()
+    def _take_capture(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The recorded layer inputs if the last `capturing()` forward was this batch's
+        (consumed either way: a record serves one call)."""
+        captured, self._captured = self._captured, None
+        if captured is None or captured.shape[:2] != batch["input_ids"].shape:
+            return None
+        return captured if captured.device == batch["input_ids"].device else None
+
     def logp(self, batch: dict[str, torch.Tensor], pos: Positions) -> torch.Tensor:
         """Reference log-probs at the KL positions, [N, vocab] (row-major over the mask).
 
         From the recorded layer-F inputs when the last `capturing()` forward was this batch's
         (consumed: a record serves one call), otherwise from a full forward pass.
         """
-        captured, self._captured = self._captured, None
-        usable = (
-            captured is not None
-            and captured.shape[:2] == batch["input_ids"].shape
-            and captured.device == batch["input_ids"].device
-        )
+        captured = self._take_capture(batch)
         with reference_context(self.model):
             was_training = self.model.training
             self.model.eval()
             try:
-                if usable:
-                    assert captured is not None and self.suffix is not None
+                if captured is not None:
+                    assert self.suffix is not None
                     return suffix_logp(self.model, self.suffix, captured, batch, pos)
                 logp = model_logp(self.model, batch, pos.keep)
             finally:
@@ -263,19 +266,14 @@ class LiveReference:
     def head_reference(self, batch: dict[str, torch.Tensor], pos: Positions) -> HeadReference:
         """The reference's LM-head input at the KL positions and its head, for the chunked
         loss: `logp`'s rows, but never all at once (the same record rules as `logp`)."""
-        captured, self._captured = self._captured, None
-        usable = (
-            captured is not None
-            and captured.shape[:2] == batch["input_ids"].shape
-            and captured.device == batch["input_ids"].device
-        )
+        captured = self._take_capture(batch)
         with reference_context(self.model):
             head = self.model.get_output_embeddings()
             was_training = self.model.training
             self.model.eval()
             try:
-                if usable:
-                    assert captured is not None and self.suffix is not None
+                if captured is not None:
+                    assert self.suffix is not None
                     hidden = suffix_head_input(self.model, self.suffix, captured, batch, pos)
                 else:
                     hidden = head_input(self.model, batch, pos.keep, head)

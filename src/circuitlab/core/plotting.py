@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,8 +58,15 @@ def save_heatmaps(
     fig.colorbar(image, ax=axes[0].tolist(), label=colorbar, shrink=0.8)
     if title:
         fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, dpi=110, bbox_inches="tight")
+
+
+def save_figure(fig: Any, path: str | Path, *, dpi: int = 120, **savefig: Any) -> Path:
+    """Write a matplotlib figure as PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi, **savefig)
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)

@@ -129,41 +129,15 @@ def evaluate(
     verifier) and where chains first go wrong. Writes eval.json into the run directory
     (eval-sizeM.json with --size M).
     """
-    from circuitlab.core.devices import pick_device
-    from circuitlab.core.io import atomic_write_json, atomic_write_text
-    from circuitlab.cot.evaluate import evaluate_model
-    from circuitlab.cot.model import stretched
-    from circuitlab.cot.tasks import get_task
-    from circuitlab.cot.train import fresh_test, load_run
+    from circuitlab.core.io import atomic_write_text
+    from circuitlab.cot.rescore import rescore
 
     if samples is not None and not samples.parent.is_dir():
         raise CircuitlabError(f"--samples {samples}: no directory {samples.parent}")
-    config, model, prepared = load_run(run)
-    test = prepared.test
-    if size is not None:
-        test = fresh_test(config, test_num or 1000, size)
-        model = stretched(model, test.max_len + 8)  # room for a wrong, longer generation
-    elif test_num is not None:
-        test = fresh_test(config, test_num)
-    dev = pick_device(device)
-    task = get_task(config.task)
     records: list[dict[str, Any]] = []
-    result = evaluate_model(
-        model.to(dev),
-        task,
-        task.vocab(config.size, config.data.task_arg),
-        test,
-        config.format,
-        config.data.task_arg,
-        device=dev,
-        samples=records,
-    )
-    payload = {"task": config.task, "size": size or config.size, "format": config.format,
-               "layers": config.layers, "trained_size": config.size,
-               **result.to_dict()}  # fmt: skip
+    payload = rescore(run, test_num=test_num, size=size, device=device, samples=records)
     if samples is not None:
         atomic_write_text(samples, "".join(json.dumps(r) + "\n" for r in records))
-    atomic_write_json(run / ("eval.json" if size is None else f"eval-size{size}.json"), payload)
     _print_eval(payload, run)
 
 

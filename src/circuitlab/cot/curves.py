@@ -6,12 +6,11 @@ The two curves tell "fails to fit" (train accuracy low too) from "fails to gener
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from circuitlab.core.io import atomic_write_bytes
+from circuitlab.core.plotting import save_figure
 from circuitlab.cot.config import TrainConfig
 
 
@@ -45,8 +44,5 @@ def plot_learning_curve(metrics: Sequence[dict[str, Any]], path: Path, config: T
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"{config.task} n={config.size} {config.format}, {config.layers} layers")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path, dpi=110)
     return True

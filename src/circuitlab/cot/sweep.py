@@ -29,7 +29,8 @@ from typing import Any
 from circuitlab.core.config import config_to_dict, require
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.executor import Unit, check_executor, run_units
-from circuitlab.core.io import atomic_write_json, atomic_write_text
+from circuitlab.core.io import atomic_write_json, atomic_write_text, read_json
+from circuitlab.core.plotting import save_figure
 from circuitlab.core.runs import RunDir
 from circuitlab.cot.train import TrainConfig, train
 
@@ -53,6 +54,8 @@ class Profile:
     note: str
     # (TrainConfig field, values): every point is trained once per combination of values
     axes: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    # sizes every point is also tested on after training (length generalisation)
+    eval_sizes: tuple[int, ...] = ()
 
 
 def _paper() -> Profile:
@@ -158,7 +161,10 @@ def get_profile(name: str) -> Profile:
 
 # Fields a point's place in the sweep sets; an axis or [train] cannot.
 _STRUCTURAL = ("task", "size", "format", "layers", "seed")
-_PROFILE_KEYS = {"name", "note", "seeds", "cot_layers", "direct_layers", "train", "tasks", "axes"}
+_PROFILE_KEYS = {
+    "name", "note", "seeds", "cot_layers", "direct_layers", "train", "tasks", "axes",
+    "eval_sizes",
+}  # fmt: skip
 
 
 def load_profile(path: Path) -> Profile:
@@ -206,9 +212,32 @@ def load_profile(path: Path) -> Profile:
         seeds=tuple(data.get("seeds", (2021,))),
         note=str(data.get("note", f"custom sweep from {path.name}")),
         axes=tuple(axes),
+        eval_sizes=_eval_sizes(data.get("eval_sizes", []), where),
     )
-    points(profile)  # builds (so validates) every point's TrainConfig before anything runs
+    for point in points(profile):  # builds (so validates) every point before anything runs
+        _check_eval_sizes(point.config, profile.eval_sizes, where)
     return profile
+
+
+def _eval_sizes(values: Any, where: str) -> tuple[int, ...]:
+    ok = isinstance(values, list) and all(isinstance(v, int) for v in values)
+    require(ok, f"{where}: eval_sizes must be a list of integers")
+    return tuple(values)
+
+
+def _check_eval_sizes(config: TrainConfig, sizes: tuple[int, ...], where: str) -> None:
+    """What `rescore` would refuse after training, refused before it."""
+    if not sizes:
+        return
+    from circuitlab.cot.tasks import get_task
+
+    task, arg = get_task(config.task), config.data.task_arg
+    require(config.positions != "learned",
+            f"{where}: eval_sizes needs positions sinusoidal or alibi, not learned")  # fmt: skip
+    for size in sizes:
+        task.check_size(size)
+        require(task.vocab(size, arg) == task.vocab(config.size, arg),
+                f"{where}: eval_sizes {size}: {task.name}'s vocabulary differs there")  # fmt: skip
 
 
 def fields_of_axes(table: Any, where: str, names: set[str]) -> list[tuple[str, tuple[Any, ...]]]:
@@ -283,7 +312,7 @@ def run_sweep(
     todo = points(profile, tasks, device)
     root = Path(out)
     units = [
-        Unit(p.name, _train_point, (p.config, str(root / "points" / p.name)),
+        Unit(p.name, _train_point, (p.config, str(root / "points" / p.name), profile.eval_sizes),
              cost=_cost(p.config)[0], gpus=1.0 if p.config.device in ("cuda", "auto") else 0.0)
         for p in todo
     ]  # fmt: skip
@@ -299,9 +328,25 @@ def run_sweep(
 
 
 def _train_point(
-    config: TrainConfig, path: str, *, progress: Callable[[float, float], None]
+    config: TrainConfig,
+    path: str,
+    eval_sizes: tuple[int, ...] = (),
+    *,
+    progress: Callable[[float, float], None],
 ) -> dict[str, Any]:
-    return train(config, path, resume=True, quiet=True, on_step=progress)
+    """Train (or resume) one point, then test it on each of `eval_sizes` (each kept in
+    the point's eval-sizeM.json, so a resumed sweep scores a size once)."""
+    result = train(config, path, resume=True, quiet=True, on_step=progress)
+    from circuitlab.cot.rescore import eval_path, rescore
+
+    at_size = {}
+    for size in eval_sizes:
+        done = eval_path(path, size)
+        scored = read_json(done) if done.exists() else rescore(
+            path, size=size, test_num=config.test_num, device=config.device
+        )  # fmt: skip
+        at_size[str(size)] = scored["official_accuracy"]
+    return {**result, "at_size": at_size} if at_size else result
 
 
 def _point_line(unit: Unit, result: dict[str, Any]) -> str:
@@ -340,13 +385,17 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # results of runs before the official metric existed lack it: answer accuracy then
         official = [r.get("official_accuracy", r["answer_accuracy"]) for r in rs]
         fit = [r["train_official_accuracy"] for r in rs if "train_official_accuracy" in r]
+        at_size = {}
+        for m in sorted({m for r in rs for m in r.get("at_size", {})}, key=int):
+            got = [r["at_size"][m] for r in rs if m in r.get("at_size", {})]
+            at_size[f"official_accuracy_at_{m}"] = sum(got) / len(got)
         rows.append({
             "task": task, "size": size, "variant": variant, "seeds": len(rs),
             "answer_accuracy": sum(acc) / len(acc), "min": min(acc), "max": max(acc),
             "chain_accuracy": sum(chain) / len(chain),
             "official_accuracy": sum(official) / len(official),
             "train_official_accuracy": sum(fit) / len(fit) if fit else None,
-            "train_seconds": sum(r["train_seconds"] for r in rs) / len(rs),
+            "train_seconds": sum(r["train_seconds"] for r in rs) / len(rs), **at_size,
         })  # fmt: skip
     return rows
 
@@ -422,6 +471,9 @@ def report_markdown(profile: Profile, rows: list[dict[str, Any]]) -> str:
         "",
         *_accuracy_table(rows, variants, "train_official_accuracy"),
     ]
+    for size in profile.eval_sizes:
+        lines += ["", f"The same metric on {size}-size problems (rows: the trained size).", ""]
+        lines += _accuracy_table(rows, variants, f"official_accuracy_at_{size}")
     by_key = {(r["task"], r["size"]) for r in rows}
     official = sorted(k for k in by_key if k in OFFICIAL)
     header = f"Official (paper) numbers at the same sizes; CoT >= {OFFICIAL_COT_MIN}:"
@@ -441,7 +493,7 @@ def report_markdown(profile: Profile, rows: list[dict[str, Any]]) -> str:
 def _accuracy_table(rows: list[dict[str, Any]], variants: list[str], metric: str) -> list[str]:
     by_key: dict[tuple[str, int], dict[str, float | None]] = defaultdict(dict)
     for r in rows:
-        by_key[(r["task"], r["size"])][r["variant"]] = r[metric]
+        by_key[(r["task"], r["size"])][r["variant"]] = r.get(metric)
     lines = [
         "| task | size | " + " | ".join(variants) + " |",
         "| --- | --- | " + " | ".join("---" for _ in variants) + " |",
@@ -480,9 +532,4 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     axes[0][-1].legend(loc="lower left", fontsize=8)
     fig.suptitle(f"CoT vs direct ({title} profile)")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    from circuitlab.core.io import atomic_write_bytes
-
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
