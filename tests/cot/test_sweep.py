@@ -11,7 +11,7 @@ import pytest
 
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.threads import torch_threads
-from circuitlab.cot import sweep
+from circuitlab.cot import sweep, sweep_report
 from circuitlab.cot.train import TrainConfig
 
 TINY = TrainConfig(num=300, test_num=10, layers=1, d_model=16, heads=2, dropout=0.0,
@@ -79,7 +79,7 @@ def test_aggregate_means_over_seeds() -> None:
     base = {"task": "lis", "size": 5, "format": "direct", "layers": 3, "chain_accuracy": 0.0,
             "train_seconds": 1.0}  # fmt: skip
     # the second result predates the official metric: its answer accuracy stands in
-    rows = sweep.aggregate([{**base, "answer_accuracy": 0.2, "official_accuracy": 0.1},
+    rows = sweep_report.aggregate([{**base, "answer_accuracy": 0.2, "official_accuracy": 0.1},
                             {**base, "answer_accuracy": 0.6}])  # fmt: skip
     assert rows == [{"task": "lis", "size": 5, "variant": "direct L3", "seeds": 2,
                      "answer_accuracy": pytest.approx(0.4), "min": 0.2, "max": 0.6,
@@ -143,7 +143,7 @@ import importlib.util, sys
 spec = importlib.util.spec_from_file_location("sweep_tests", sys.argv[1])
 tests = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tests)
-from circuitlab.cot import sweep
+from circuitlab.cot import sweep, sweep_report
 sweep.run_sweep(tests.tiny_profile(), sys.argv[2], tasks=("arithmetic",), quiet=True,
                 workers=2, executor="ray")
 """
