@@ -201,6 +201,12 @@ def test_evaluate_and_sweep_write_a_table_and_plots(tmp_path: Path, tiny_dir: Pa
         for m in ("sae", "attribution", "random")
     }
     assert (out / "roc.png").exists() and "ROC AUC" in (out / "report.md").read_text()
+    for row in results["table"]:  # a bootstrap interval over heads beside AUC and AP
+        for key in ("auc", "ap"):
+            low, high = row[f"{key}_ci"]
+            assert 0 <= low <= high <= 1
+            assert f"{row[key]:.3f}" in (out / "report.md").read_text()
+    assert "percentile-bootstrap interval" in (out / "report.md").read_text()
     stamp = (out / "units" / "ioi-sae-s1.json").stat().st_mtime_ns
     assert run(*args).exit_code == 0  # resumes: nothing recomputed
     assert (out / "units" / "ioi-sae-s1.json").stat().st_mtime_ns == stamp
