@@ -8,6 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from reference_files import documents
@@ -71,6 +72,8 @@ def test_reference_on_a_model_directory(tmp_path: Path, tokenizer) -> None:
         (["reference", "--layers", ","], "no layers given"),
         (["discover", "--methods", "sae,acdc"], "unknown method"),
         (["discover", "--num", "3", "--n-train", "10"], "exceeds"),
+        (["discover", "--node-score", "zscore"], "node_score must be one of"),
+        (["evaluate", "--reference", "ioi=x.json", "--bootstrap", "-1"], "bootstrap"),
         (["evaluate", "--reference", "ioi"], "TASK=FILE"),
         (["sweep", "--reference", "x.json", "--features", "a,b"], "bad list"),
     ],
@@ -136,6 +139,18 @@ def test_discover_writes_scores_timings_and_a_heatmap(tmp_path: Path, tiny_dir: 
     assert {"activations", "sae_training", "scoring"} <= set(sae["seconds"])
     assert 0 <= sae["evaluation"]["auc"] <= 1 and len(sae["ranking"]) == 12
     assert (out / "heatmap.png").exists() and (out / "report.md").exists()
+
+
+def test_discover_null_z_scores_heads_against_label_shuffles(tmp_path: Path, tiny_dir) -> None:
+    out = tmp_path / "null"
+    result = run("discover", "--task", "ioi", "--model", str(tiny_dir), "--num", "8",
+                 "--epochs", "20", "--methods", "sae", "--node-score", "null-z",
+                 "--null-permutations", "30", "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    sae = json.loads((out / "scores.json").read_text())["methods"]["sae"]
+    assert sae["method"] == "sae-node-null-z" and sae["info"]["null"]["permutations"] == 30
+    p = np.array(sae["info"]["null"]["p"])
+    assert p.shape == (3, 4) and ((p >= 1 / 31 - 1e-6) & (p <= 1)).all()
 
 
 def test_a_malformed_reference_json_exits_2_with_one_line(tmp_path: Path, tiny_dir) -> None:

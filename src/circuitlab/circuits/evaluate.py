@@ -66,6 +66,8 @@ class EvaluateConfig(Execution):
     patch_num: int = option_of(DiscoveryConfig, "patch_num")
     n_train: int = option_of(DiscoveryConfig, "n_train")
     sae_dtype: str = option_of(DiscoveryConfig, "sae_dtype")
+    node_score: str = option_of(DiscoveryConfig, "node_score")
+    null_permutations: int = option_of(DiscoveryConfig, "null_permutations")
     dtype: str = option_of(DiscoveryConfig, "dtype")
     epochs: int = option_of(DiscoveryConfig, "epochs")
     threads: int = option_of(DiscoveryConfig, "threads")
@@ -96,6 +98,8 @@ class EvaluateConfig(Execution):
             threshold=self.threshold,
             patch_num=self.patch_num,
             sae_dtype=self.sae_dtype,
+            node_score=self.node_score,
+            null_permutations=self.null_permutations,
             dtype=self.dtype,
         )
 
