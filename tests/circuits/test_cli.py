@@ -76,6 +76,7 @@ def test_reference_on_a_model_directory(tmp_path: Path, tokenizer) -> None:
         (["evaluate", "--reference", "ioi=x.json", "--bootstrap", "-1"], "bootstrap"),
         (["evaluate", "--reference", "ioi"], "TASK=FILE"),
         (["sweep", "--reference", "x.json", "--features", "a,b"], "bad list"),
+        (["sweep", "--reference", "x.json", "--node-scores", "count,z"], "unknown node score"),
     ],
 )
 def test_bad_input_is_a_circuitlab_error(args, message) -> None:
@@ -257,7 +258,12 @@ def test_evaluate_and_sweep_write_a_table_and_plots(tmp_path: Path, tiny_dir: Pa
         ("l1", 0.02),
         ("reduction", "mean"),
         ("reduction", "last"),
+        ("node_score", "count"),
+        ("node_score", "null-z"),
     ]
+    # the node score leaves the SAE, and so the edge score, as it was
+    edge = {r["value"]: r["edge"] for r in rows if r["setting"] == "node_score"}
+    assert edge["count"] == edge["null-z"]
     assert (sweep_out / "sweep.png").exists()
 
 
