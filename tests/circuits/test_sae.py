@@ -114,6 +114,10 @@ def test_sae_method_null_z_option() -> None:
     config = SAEConfig(n_features=10, epochs=60)
     result = sae_discover(pos, neg, n_train=6, sae=config, node_score="null-z", permutations=50)
     assert result.node.method == "sae-node-null-z" and result.node.ranked()[0] == (1, 2)
+    perm_p, perm_n = torch.randperm(30), torch.randperm(30)
+    shuffled = sae_discover(pos[perm_p], neg[perm_n], n_train=6, sae=config,
+                            node_score="null-z", permutations=50)  # fmt: skip
+    assert torch.equal(result.node.scores, shuffled.node.scores)  # prompt order: no matter
     assert result.node.info["null"]["permutations"] == 50
     count = sae_discover(pos, neg, n_train=6, sae=config)
     assert result.node.info["null"]["count"] == count.node.scores.tolist()

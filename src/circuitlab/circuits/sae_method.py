@@ -206,8 +206,14 @@ def sae_discover(
         neg_codes = discrete_codes(trained.sae, neg_outputs)
         null = None
         if node_score == "null-z":
+            # the shuffles index prompts: in the hash order of their outputs, the same
+            # prompts get the same shuffles however they were ordered
             null = null_scores(
-                pos_codes, neg_codes, sae.n_features, permutations=permutations, seed=sae.seed
+                pos_codes[training_indices(pos_outputs, len(pos_outputs), sae.seed)],
+                neg_codes[training_indices(neg_outputs, len(neg_outputs), sae.seed)],
+                sae.n_features,
+                permutations=permutations,
+                seed=sae.seed,
             )
             node = null.z
         else:
