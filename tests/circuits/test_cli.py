@@ -8,6 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from reference_files import documents
@@ -71,8 +72,11 @@ def test_reference_on_a_model_directory(tmp_path: Path, tokenizer) -> None:
         (["reference", "--layers", ","], "no layers given"),
         (["discover", "--methods", "sae,acdc"], "unknown method"),
         (["discover", "--num", "3", "--n-train", "10"], "exceeds"),
+        (["discover", "--node-score", "zscore"], "node_score must be one of"),
+        (["evaluate", "--reference", "ioi=x.json", "--bootstrap", "-1"], "bootstrap"),
         (["evaluate", "--reference", "ioi"], "TASK=FILE"),
         (["sweep", "--reference", "x.json", "--features", "a,b"], "bad list"),
+        (["sweep", "--reference", "x.json", "--node-scores", "count,z"], "unknown node score"),
     ],
 )
 def test_bad_input_is_a_circuitlab_error(args, message) -> None:
@@ -138,6 +142,18 @@ def test_discover_writes_scores_timings_and_a_heatmap(tmp_path: Path, tiny_dir: 
     assert (out / "heatmap.png").exists() and (out / "report.md").exists()
 
 
+def test_discover_null_z_scores_heads_against_label_shuffles(tmp_path: Path, tiny_dir) -> None:
+    out = tmp_path / "null"
+    result = run("discover", "--task", "ioi", "--model", str(tiny_dir), "--num", "8",
+                 "--epochs", "20", "--methods", "sae", "--node-score", "null-z",
+                 "--null-permutations", "30", "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    sae = json.loads((out / "scores.json").read_text())["methods"]["sae"]
+    assert sae["method"] == "sae-node-null-z" and sae["info"]["null"]["permutations"] == 30
+    p = np.array(sae["info"]["null"]["p"])
+    assert p.shape == (3, 4) and ((p >= 1 / 31 - 1e-6) & (p <= 1)).all()
+
+
 def test_a_malformed_reference_json_exits_2_with_one_line(tmp_path: Path, tiny_dir) -> None:
     bad = tmp_path / "reference.json"
     bad.write_text('{"heads": 5}')
@@ -201,6 +217,12 @@ def test_evaluate_and_sweep_write_a_table_and_plots(tmp_path: Path, tiny_dir: Pa
         for m in ("sae", "attribution", "random")
     }
     assert (out / "roc.png").exists() and "ROC AUC" in (out / "report.md").read_text()
+    for row in results["table"]:  # a bootstrap interval over heads beside AUC and AP
+        for key in ("auc", "ap"):
+            low, high = row[f"{key}_ci"]
+            assert 0 <= low <= high <= 1
+            assert f"{row[key]:.3f}" in (out / "report.md").read_text()
+    assert "percentile-bootstrap interval" in (out / "report.md").read_text()
     stamp = (out / "units" / "ioi-sae-s1.json").stat().st_mtime_ns
     assert run(*args).exit_code == 0  # resumes: nothing recomputed
     assert (out / "units" / "ioi-sae-s1.json").stat().st_mtime_ns == stamp
@@ -236,7 +258,12 @@ def test_evaluate_and_sweep_write_a_table_and_plots(tmp_path: Path, tiny_dir: Pa
         ("l1", 0.02),
         ("reduction", "mean"),
         ("reduction", "last"),
+        ("node_score", "count"),
+        ("node_score", "null-z"),
     ]
+    # the node score leaves the SAE, and so the edge score, as it was
+    edge = {r["value"]: r["edge"] for r in rows if r["setting"] == "node_score"}
+    assert edge["count"] == edge["null-z"]
     assert (sweep_out / "sweep.png").exists()
 
 

@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 from reference_files import documents
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from circuitlab.circuits.references import circuit_metrics, load_reference
+from circuitlab.circuits.references import (
+    average_precision_rows,
+    bootstrap_intervals,
+    bootstrap_values,
+    circuit_metrics,
+    load_reference,
+    roc_auc_rows,
+)
 from circuitlab.core.errors import CircuitlabError
 
 
@@ -50,6 +57,51 @@ def test_metrics_match_sklearn_on_random_inputs() -> None:
 def test_metrics_refuse_a_reference_with_one_class() -> None:
     with pytest.raises(CircuitlabError, match="some heads but not all"):
         circuit_metrics(np.arange(4.0), np.zeros(4, dtype=bool), 0.5)
+
+
+def test_vectorised_auc_and_ap_match_sklearn_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        n = int(rng.integers(3, 40))
+        # integer scores on odd trials: many ties, which sklearn treats as one threshold
+        scores = rng.integers(0, 4, (3, n)).astype(float) if trial % 2 else rng.normal(size=(3, n))
+        truth = rng.random(n) < 0.3
+        truth[0], truth[1] = True, False
+        auc, ap = roc_auc_rows(scores, truth), average_precision_rows(scores, truth)
+        for row in range(3):
+            assert auc[row] == pytest.approx(roc_auc_score(truth, scores[row]))
+            assert ap[row] == pytest.approx(average_precision_score(truth, scores[row]))
+
+
+def test_bootstrap_over_heads_on_a_hand_computable_case() -> None:
+    # 2 reference heads (0.9, 0.3) and 2 others (0.8, 0.1): AUC 0.75. Each resampled
+    # (reference, other) pair is an independent uniform draw of one of each, so the mean
+    # bootstrap AUC is the sample's 0.75; AUC is 0 only when both reference draws are 0.3
+    # and both other draws are 0.8: probability 1/4 x 1/4.
+    scores = np.array([0.9, 0.8, 0.3, 0.1])
+    truth = np.array([True, False, True, False])
+    auc = bootstrap_values(scores, truth, resamples=20000, seed=1)["auc"]
+    assert auc.mean() == pytest.approx(0.75, abs=0.01)
+    assert (auc == 0).mean() == pytest.approx(1 / 16, abs=0.01)
+    assert bootstrap_intervals(scores, truth, seed=1)["auc"] == (0.0, 1.0)
+    # perfectly separated scores stay separated in every resample: AUC and AP exactly 1
+    separated = bootstrap_intervals(np.array([0.9, 0.1, 0.8, 0.2]), truth)
+    assert separated == {"auc": (1.0, 1.0), "ap": (1.0, 1.0)}
+
+
+def test_bootstrap_is_seeded_and_brackets_the_mean_over_runs() -> None:
+    rng = np.random.default_rng(3)
+    truth = rng.random(120) < 0.1
+    truth[0] = True
+    scores = rng.normal(size=(4, 120)) + 1.5 * truth  # 4 runs of an informative method
+    a = bootstrap_intervals(scores, truth, seed=5)
+    assert a == bootstrap_intervals(scores, truth, seed=5)
+    assert a != bootstrap_intervals(scores, truth, seed=6)
+    mean_auc = np.mean([roc_auc_score(truth, s) for s in scores])
+    mean_ap = np.mean([average_precision_score(truth, s) for s in scores])
+    assert a["auc"][0] < mean_auc < a["auc"][1] and a["ap"][0] < mean_ap < a["ap"][1]
+    with pytest.raises(CircuitlabError, match="resamples"):
+        bootstrap_intervals(scores, truth, resamples=0)
 
 
 def test_references_from_files_and_literature(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from circuitlab.circuits.sae import SAEConfig, discrete_codes, train_sae
 from circuitlab.circuits.sae_method import (
     edge_scores,
     node_scores,
+    null_scores,
     pair_scores,
     sae_discover,
     training_indices,
@@ -60,6 +61,79 @@ def test_node_scores_count_codes_only_on_positives() -> None:
     assert node_scores(pos, neg, 6).tolist() == [[2.0, 0.0]]
     normalised = node_scores(pos, neg, 6, normalised=True)
     torch.testing.assert_close(normalised, torch.tensor([[2 / 3, 0.0]]))
+
+
+def label_and_rare_codes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """codes [n, 1, 4] of positives and negatives on 200 codes.
+
+    head 0 depends on the label: positives mostly code 0, negatives code 1, each with a
+    sprinkle of 2 and 3 (its count |P \\ N| is at most 1 or 2). head 1 draws from all 200
+    codes whatever the label: most of its codes occur once, so about half of them are
+    positive-only by chance. heads 2 and 3 draw from 3 codes whatever the label.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(label: int) -> torch.Tensor:
+        codes = torch.empty(n, 1, 4, dtype=torch.long)
+        mixed = torch.rand(n, generator=gen) < 0.2
+        codes[:, 0, 0] = torch.where(mixed, torch.randint(2, 4, (n,), generator=gen), label)
+        codes[:, 0, 1] = torch.randint(0, 200, (n,), generator=gen)
+        codes[:, 0, 2:] = torch.randint(0, 3, (n, 2), generator=gen)
+        return codes
+
+    return draw(0), draw(1)
+
+
+def test_null_z_ranks_the_label_dependent_head_above_many_rare_codes() -> None:
+    pos, neg = label_and_rare_codes(60, 0)
+    counts = node_scores(pos, neg, 200).flatten()
+    assert int(counts.argmax()) == 1 and counts[1] > 10 * max(counts[0], 1)  # raw: rare wins
+    null = null_scores(pos, neg, 200, permutations=200, seed=0)
+    z, p = null.z.flatten(), null.p.flatten()
+    assert int(z.argmax()) == 0 and z[0] > 3 and abs(float(z[1])) < 3
+    # at most a few shuffles put every occurrence of code 2 or 3 on positives: p near 1 / 201
+    assert float(p[0]) <= 0.02 and float(p[1]) > 0.05
+    assert torch.equal(null.observed, node_scores(pos, neg, 200))
+
+
+def test_null_scores_are_seeded_and_exact_on_an_unshuffleable_case() -> None:
+    pos, neg = label_and_rare_codes(30, 1)
+    a = null_scores(pos, neg, 200, permutations=50, seed=3)
+    assert torch.equal(a.z, null_scores(pos, neg, 200, permutations=50, seed=3).z)
+    assert not torch.equal(a.z, null_scores(pos, neg, 200, permutations=50, seed=4).z)
+    # one code everywhere: every labelling counts 0, so z is 0 and p is 1, not a division by 0
+    same = torch.zeros(5, 1, 2, dtype=torch.long)
+    flat = null_scores(same, same, 3, permutations=20)
+    assert flat.z.tolist() == [[0.0, 0.0]] and flat.p.tolist() == [[1.0, 1.0]]
+    with pytest.raises(CircuitlabError, match="permutation"):
+        null_scores(same, same, 3, permutations=0)
+
+
+def test_sae_method_null_z_option() -> None:
+    pos, neg = synthetic_outputs(30, 0)
+    config = SAEConfig(n_features=10, epochs=60)
+    result = sae_discover(pos, neg, n_train=6, sae=config, node_score="null-z", permutations=50)
+    assert result.node.method == "sae-node-null-z" and result.node.ranked()[0] == (1, 2)
+    perm_p, perm_n = torch.randperm(30), torch.randperm(30)
+    shuffled = sae_discover(pos[perm_p], neg[perm_n], n_train=6, sae=config,
+                            node_score="null-z", permutations=50)  # fmt: skip
+    assert torch.equal(result.node.scores, shuffled.node.scores)  # prompt order: no matter
+    assert result.node.info["null"]["permutations"] == 50
+    count = sae_discover(pos, neg, n_train=6, sae=config)
+    assert result.node.info["null"]["count"] == count.node.scores.tolist()
+    with pytest.raises(CircuitlabError, match="node score"):
+        sae_discover(pos, neg, n_train=6, sae=config, node_score="zscore")
+
+
+def test_null_z_settings_are_validated() -> None:
+    from circuitlab.circuits.methods import DiscoveryConfig
+
+    with pytest.raises(CircuitlabError, match="node_score"):
+        DiscoveryConfig(node_score="z")
+    with pytest.raises(CircuitlabError, match="null_permutations"):
+        DiscoveryConfig(node_score="null-z", null_permutations=0)
+    with pytest.raises(CircuitlabError, match="normalised"):
+        DiscoveryConfig(node_score="null-z", normalised=True)
 
 
 def test_edge_scores_count_code_pairs_only_on_positives() -> None:

@@ -197,10 +197,13 @@ def evaluate(
     Example: circuitlab circuits evaluate --reference ioi=ref-ioi/reference.json
     --reference greater-than=ref-gt/reference.json --seeds 10
     """
-    from circuitlab.circuits.evaluate import run_evaluate
+    from circuitlab.circuits.evaluate import interval, run_evaluate
 
     results = run_evaluate(config, out)
-    table = Table(title="methods against reference circuits (mean +- std over runs)")
+    table = Table(
+        title="methods against reference circuits (mean +- std over runs [95% interval, "
+        "bootstrap over heads])"
+    )
     for column in ("task", "method", "runs", "ROC AUC", "AP", "F1", "F1@k", "seconds"):
         table.add_column(column, justify="left" if column in ("task", "method") else "right")
     for r in results["table"]:
@@ -208,8 +211,8 @@ def evaluate(
             r["task"],
             r["method"],
             str(r["runs"]),
-            f"{r['auc']:.3f} +- {r['auc_std']:.3f}",
-            f"{r['ap']:.3f}",
+            f"{r['auc']:.3f} +- {r['auc_std']:.3f}{interval(r, 'auc')}",
+            f"{r['ap']:.3f}{interval(r, 'ap')}",
             f"{r['f1']:.3f}",
             f"{r['f1_at_k']:.3f}",
             f"{r['seconds']:.1f}",

@@ -26,7 +26,13 @@ from circuitlab.circuits.methods import (
 )
 from circuitlab.circuits.options import reference_pairs
 from circuitlab.circuits.ranking import Ranking
-from circuitlab.circuits.references import check_reference, circuit_metrics, load_reference
+from circuitlab.circuits.references import (
+    BOOTSTRAP_LEVEL,
+    bootstrap_intervals,
+    check_reference,
+    circuit_metrics,
+    load_reference,
+)
 from circuitlab.core.config import config_to_dict, option, option_of, require
 from circuitlab.core.executor import Execution, Unit, identity
 from circuitlab.core.io import atomic_write_bytes, atomic_write_json, read_json
@@ -60,14 +66,22 @@ class EvaluateConfig(Execution):
     patch_num: int = option_of(DiscoveryConfig, "patch_num")
     n_train: int = option_of(DiscoveryConfig, "n_train")
     sae_dtype: str = option_of(DiscoveryConfig, "sae_dtype")
+    node_score: str = option_of(DiscoveryConfig, "node_score")
+    null_permutations: int = option_of(DiscoveryConfig, "null_permutations")
     dtype: str = option_of(DiscoveryConfig, "dtype")
     epochs: int = option_of(DiscoveryConfig, "epochs")
     threads: int = option_of(DiscoveryConfig, "threads")
+    bootstrap: int = option(
+        1000,
+        "Resamples of the heads for the 95% intervals of AUC and AP (percentile "
+        "bootstrap, seeded; 0: no intervals).",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(bool(self.references), "give at least one TASK=REFERENCE pair")
         require(self.seeds >= 1, f"seeds must be at least 1, got {self.seeds}")
+        require(self.bootstrap >= 0, f"bootstrap must be >= 0, got {self.bootstrap}")
         require(0 <= self.reference_threshold < 1, "reference_threshold must be in [0, 1)")
         self.discovery(self.references[0][0], 0)  # validates the method settings
 
@@ -84,6 +98,8 @@ class EvaluateConfig(Execution):
             threshold=self.threshold,
             patch_num=self.patch_num,
             sae_dtype=self.sae_dtype,
+            node_score=self.node_score,
+            null_permutations=self.null_permutations,
             dtype=self.dtype,
         )
 
@@ -101,6 +117,7 @@ def run_evaluate(config: EvaluateConfig, out: str | Path) -> dict[str, Any]:
     with torch_threads(config.threads if config.workers == 1 else 0):
         config.run(units, title="circuits evaluate")
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    runs: dict[tuple[str, str], tuple[list[np.ndarray], np.ndarray]] = {}
     curves: dict[str, dict[str, Any]] = {}
     for task_name, spec in config.references:
         shape = None
@@ -113,11 +130,18 @@ def run_evaluate(config: EvaluateConfig, out: str | Path) -> dict[str, Any]:
             metrics["seconds"] = data["seconds_total"]
             metrics["seed"] = seed
             rows.setdefault((task_name, method), []).append(metrics)
+            runs.setdefault((task_name, method), ([], ref.mask.ravel()))[0].append(scores.ravel())
             if seed == 0:
                 info = {"reference": ref.name, "size": len(ref.heads)}
                 curves.setdefault(task_name, info)
                 curves[task_name][method] = (scores.ravel(), ref.mask.ravel())
     table = _table(config, rows)
+    if config.bootstrap:
+        for row in table:
+            seeds, truth = runs[(row["task"], row["method"])]
+            intervals = bootstrap_intervals(np.stack(seeds), truth, resamples=config.bootstrap)
+            for key, (low, high) in intervals.items():
+                row[f"{key}_ci"] = [round(low, 4), round(high, 4)]
     results = {
         "settings": config_to_dict(config),
         "table": table,
@@ -209,14 +233,16 @@ def _report(results: dict[str, Any]) -> str:
         "Mean +- std over runs (SAE and random: seeds; gradient and patching baselines are "
         "deterministic on fixed prompts: 1 run). F1 and TPR/TNR hmean at threshold "
         f"{results['settings']['threshold']} x top score; F1@k: top-k heads, k = reference size.",
+        *_interval_note(results),
         "",
         "| task | method | runs | ROC AUC | AP | F1 | F1@k | TPR/TNR hmean | seconds |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results["table"]:
         lines.append(
-            f"| {r['task']} | {r['method']} | {r['runs']} | {r['auc']:.3f} +- {r['auc_std']:.3f} "
-            f"| {r['ap']:.3f} | {r['f1']:.3f} | {r['f1_at_k']:.3f} | {r['tpr_tnr_hmean']:.3f} "
+            f"| {r['task']} | {r['method']} | {r['runs']} | {r['auc']:.3f} +- {r['auc_std']:.3f}"
+            f"{interval(r, 'auc')} | {r['ap']:.3f}{interval(r, 'ap')} | {r['f1']:.3f} "
+            f"| {r['f1_at_k']:.3f} | {r['tpr_tnr_hmean']:.3f} "
             f"| {r['seconds']:.1f} |"
         )
     lines += ["", "References:"]
@@ -231,6 +257,23 @@ def _report(results: dict[str, Any]) -> str:
             lines.append(f"- {task}: {parts}")
     lines += ["", "ROC curves (seed 0): roc.png", ""]
     return "\n".join(lines)
+
+
+def interval(row: dict[str, Any], key: str) -> str:
+    """` [low, high]` of a table row's bootstrap interval for `key`, or nothing without one."""
+    ci = row.get(f"{key}_ci")
+    return f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+
+
+def _interval_note(results: dict[str, Any]) -> list[str]:
+    resamples = results["settings"]["bootstrap"]
+    if not resamples:
+        return []
+    return [
+        f"In brackets: {BOOTSTRAP_LEVEL:.0%} percentile-bootstrap interval of the mean over "
+        f"runs, resampling the heads ({resamples} resamples; reference heads and the others "
+        "resampled apart). It does not resample prompts: the std over seeds is separate.",
+    ]
 
 
 def _roc_plot(path: Path, curves: dict[str, dict[str, Any]], table: list[dict[str, Any]]) -> None:

@@ -27,6 +27,7 @@ from circuitlab.circuits.heads import REDUCTIONS, head_outputs
 from circuitlab.circuits.options import MODEL_HELP, TASK_HELP, THREADS_HELP
 from circuitlab.circuits.ranking import Ranking
 from circuitlab.circuits.sae import SAE_DTYPES, SAEConfig
+from circuitlab.circuits.sae_method import NODE_SCORES
 from circuitlab.circuits.tasks import CircuitTask
 from circuitlab.core.config import option, require
 from circuitlab.core.errors import CircuitlabError
@@ -71,6 +72,8 @@ def _sae(inputs: MethodInputs) -> dict[str, Ranking]:
         n_train=config.n_train,
         sae=config.sae_config(),
         normalised=config.normalised,
+        node_score=config.node_score,
+        permutations=config.null_permutations,
         edges="sae-edge" in inputs.wanted,
         seconds={"activations": outputs.seconds},
     )
@@ -164,6 +167,12 @@ class DiscoveryConfig:
     lr: float = 1e-3
     reduction: str = option("mean", "Head output over positions: mean or last.")
     normalised: bool = option(False, "Node score |P\\N| / |P u N| instead of |P\\N|.")
+    node_score: str = option(
+        "count",
+        "SAE node score: count (|P\\N|, the paper's) or null-z (z-score of |P\\N| among "
+        "its counts with the positive/negative labels shuffled: rare codes no longer win).",
+    )
+    null_permutations: int = option(200, "Label shuffles of the null-z node score.")
     sae_dtype: str = option("float32", "SAE matrix products: float32 or bfloat16.")
     # bfloat16 extracts ~2x faster on AVX-512 CPUs
     dtype: str = option("float32", "LM weights: float32 or bfloat16.")
@@ -193,6 +202,19 @@ class DiscoveryConfig:
         require(self.patch_num >= 1, f"patch_num must be at least 1, got {self.patch_num}")
         require(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         require(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+        require(
+            self.node_score in NODE_SCORES,
+            f"node_score must be one of {', '.join(NODE_SCORES)}, got {self.node_score!r}",
+        )
+        require(
+            self.null_permutations >= 1,
+            f"null_permutations must be at least 1, got {self.null_permutations}",
+        )
+        require(
+            not (self.normalised and self.node_score == "null-z"),
+            "normalised does not change the null-z score (|P u N| is the same under every "
+            "relabelling): drop one of them",
+        )
         SAEConfig(
             n_features=self.n_features, l1=self.l1, lr=self.lr, epochs=self.epochs
         )  # validates

@@ -7,7 +7,10 @@
    any reordering of the prompts.
 3. codes[prompt, head] = argmax over SAE features of the head's output on that prompt.
 4. Node score of head h: |P_h minus N_h|, the number of codes seen on positives and never on
-   negatives (`normalised`: divided by |P_h union N_h|).
+   negatives (`normalised`: divided by |P_h union N_h|). `node_score="null-z"` scores it
+   against a permutation null instead (`null_scores`): a head whose codes are many and rare
+   collects positive-only codes by chance, whatever the label; the z-score of its count
+   among label-shuffled counts of the same codes asks how far it exceeds that chance.
    Edge score: for each head pair, U = the number of code pairs (c1, c2) seen together on a
    positive and never on a negative; the top half of all head pairs by U (the paper's
    n_heads^2 / 2 of the n_heads^2 ordered pairs; pairs with U = 0 never count) vote for
@@ -60,6 +63,64 @@ def node_scores(
         union = (seen_pos | seen_neg).sum(1).float()
         only_pos = only_pos / union.clamp_min(1)
     return only_pos.view(shape)
+
+
+NODE_SCORES = ("count", "null-z")
+
+
+@dataclass(frozen=True)
+class NullScores:
+    """Each head's |P \\ N| against its permutation null, [n_layers, n_heads] each."""
+
+    z: torch.Tensor  # (observed - null mean) / null std
+    p: torch.Tensor  # empirical one-sided p-value, (1 + #null >= observed) / (1 + K)
+    observed: torch.Tensor  # |P \ N| itself
+    permutations: int
+
+
+def null_scores(
+    pos_codes: torch.Tensor,
+    neg_codes: torch.Tensor,
+    n_codes: int,
+    *,
+    permutations: int = 200,
+    seed: int = 0,
+) -> NullScores:
+    """|P \\ N| of every head against a null that shuffles which prompts are positive.
+
+    The codes are those already computed: each of `permutations` seeded shuffles of the
+    positive/negative labels (the number of positives kept) recounts |P \\ N| from them, with
+    no SAE retrained. A code is positive-only exactly when all of its occurrences at a head
+    fall on positives, so each shuffle is one count of codes per head over the relabelled
+    positives. The observed labelling counts as one member of the null (the identity
+    permutation, as in the usual (1 + b) / (1 + K) p-value), so the null std is 0 only when
+    every labelling gives the same count, and then z = 0.
+    """
+    if permutations < 1:
+        raise CircuitlabError(f"need at least 1 permutation, got {permutations}")
+    shape = pos_codes.shape[1:]
+    pooled = torch.cat([pos_codes, neg_codes]).reshape(len(pos_codes) + len(neg_codes), -1)
+    n, n_nodes = pooled.shape
+    keys = (torch.arange(n_nodes) * n_codes + pooled).long()  # [n, nodes]: (node, code) ids
+    total = torch.bincount(keys.flatten(), minlength=n_nodes * n_codes)
+    present = total > 0
+
+    def count(positives: torch.Tensor) -> torch.Tensor:
+        on_pos = torch.bincount(keys[positives].flatten(), minlength=n_nodes * n_codes)
+        return (present & (on_pos == total)).view(n_nodes, n_codes).sum(1)
+
+    gen = torch.Generator().manual_seed(seed)
+    observed = count(torch.arange(len(pos_codes)))
+    null = torch.stack(
+        [observed]
+        + [count(torch.randperm(n, generator=gen)[: len(pos_codes)]) for _ in range(permutations)]
+    ).double()  # [1 + K, nodes]
+    spread = null.std(0, unbiased=False)
+    z = torch.where(spread > 0, (observed - null.mean(0)) / spread.clamp_min(1e-12), 0.0)
+    p = (null >= observed).sum(0).double() / (1 + permutations)
+    return NullScores(
+        z.float().view(shape), p.float().view(shape), observed.float().view(shape), permutations
+    )
 
 
 def _seen(codes: torch.Tensor, n_codes: int) -> torch.Tensor:
@@ -115,14 +176,22 @@ def sae_discover(
     n_train: int = 10,
     sae: SAEConfig | None = None,
     normalised: bool = False,
+    node_score: str = "count",
+    permutations: int = 200,
     edges: bool = True,
     seconds: dict[str, float] | None = None,
 ) -> SAEResult:
     """The SAE method on head outputs [n, n_layers, n_heads, d_model] of positives/negatives.
 
+    node_score: "count" (|P \\ N|, the paper's) or "null-z" (its z-score against
+    `permutations` label shuffles, `null_scores`, seeded by the SAE's seed).
     seconds: time already spent (e.g. extracting the outputs), carried into the rankings.
     """
     sae = sae or SAEConfig()
+    if node_score not in NODE_SCORES:
+        raise CircuitlabError(
+            f"unknown node score {node_score!r}: use one of {', '.join(NODE_SCORES)}"
+        )
     if pos_outputs.shape[1:] != neg_outputs.shape[1:]:
         raise CircuitlabError("positive and negative head outputs differ in shape")
     spent = dict(seconds or {})
@@ -135,7 +204,20 @@ def sae_discover(
     with timed(node_time, "scoring"):
         pos_codes = discrete_codes(trained.sae, pos_outputs)
         neg_codes = discrete_codes(trained.sae, neg_outputs)
-        node = node_scores(pos_codes, neg_codes, sae.n_features, normalised=normalised)
+        null = None
+        if node_score == "null-z":
+            # the shuffles index prompts: in the hash order of their outputs, the same
+            # prompts get the same shuffles however they were ordered
+            null = null_scores(
+                pos_codes[training_indices(pos_outputs, len(pos_outputs), sae.seed)],
+                neg_codes[training_indices(neg_outputs, len(neg_outputs), sae.seed)],
+                sae.n_features,
+                permutations=permutations,
+                seed=sae.seed,
+            )
+            node = null.z
+        else:
+            node = node_scores(pos_codes, neg_codes, sae.n_features, normalised=normalised)
     info = {
         "n_train": n_train,
         "sae": {"n_features": sae.n_features, "l1": sae.l1, "epochs": sae.epochs},
@@ -145,7 +227,15 @@ def sae_discover(
         "codes_used": int(torch.cat([pos_codes.flatten(), neg_codes.flatten()]).unique().numel()),
     }
     name = "sae-node-normalised" if normalised else "sae-node"
-    node_rank = Ranking(name, node, node_time, info)
+    node_info = dict(info)
+    if null is not None:
+        name = "sae-node-null-z"
+        node_info["null"] = {
+            "permutations": null.permutations,
+            "count": null.observed.tolist(),
+            "p": np.round(null.p.double().numpy(), 6).tolist(),
+        }
+    node_rank = Ranking(name, node, node_time, node_info)
     edge_rank = None
     if edges:
         edge_time = dict(spent)

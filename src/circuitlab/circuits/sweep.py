@@ -2,8 +2,9 @@
 
 Around the defaults (10 training prompts, 200 features, the task's lambda, mean over
 positions), each of these is varied alone: the number of SAE training prompts, the number
-of features, lambda, and the position reduction. Every point is the node (and edge) ROC AUC
-against one reference, mean and std over seeds. Head outputs are extracted once per
+of features, lambda, the position reduction and the node score (`count`, the paper's, or
+`null-z`, against label shuffles: `sae_method.null_scores`). Every point is the node (and
+edge) ROC AUC against one reference, mean and std over seeds. Head outputs are extracted once per
 reduction; every (setting, value, seed) is saved as it finishes, so a rerun resumes.
 `circuitlab circuits sweep` writes results.json, report.md and sweep.png (one panel each).
 """
@@ -21,7 +22,7 @@ from circuitlab.circuits import shared
 from circuitlab.circuits.heads import REDUCTIONS
 from circuitlab.circuits.methods import DiscoveryConfig
 from circuitlab.circuits.references import check_reference, circuit_metrics, load_reference
-from circuitlab.circuits.sae_method import sae_discover
+from circuitlab.circuits.sae_method import NODE_SCORES, sae_discover
 from circuitlab.core.config import comma_list, config_to_dict, option, option_of, require
 from circuitlab.core.executor import Execution, Unit, identity
 from circuitlab.core.io import atomic_write_bytes, atomic_write_json, read_json
@@ -53,6 +54,10 @@ class SweepConfig(Execution):
     reductions: tuple[str, ...] = option(
         ("mean", "last"), "Position reductions to try.", parse=comma_list()
     )
+    node_scores: tuple[str, ...] = option(
+        NODE_SCORES, "SAE node scores to try (see discover --node-score).", parse=comma_list()
+    )
+    null_permutations: int = option_of(DiscoveryConfig, "null_permutations")
     epochs: int = option_of(DiscoveryConfig, "epochs")
     sae_dtype: str = option_of(DiscoveryConfig, "sae_dtype")
     dtype: str = option_of(DiscoveryConfig, "dtype")
@@ -71,6 +76,8 @@ class SweepConfig(Execution):
         require(all(v >= 0 for v in self.l1), "l1 values must be >= 0")
         bad = [r for r in self.reductions if r not in REDUCTIONS]
         require(not bad, f"unknown reduction(s) {bad}: use {', '.join(REDUCTIONS)}")
+        bad = [v for v in self.node_scores if v not in NODE_SCORES]
+        require(not bad, f"unknown node score(s) {bad}: use {', '.join(NODE_SCORES)}")
 
     def base(self) -> DiscoveryConfig:
         return DiscoveryConfig(
@@ -79,6 +86,7 @@ class SweepConfig(Execution):
             num=self.num,
             methods=("sae", "sae-edge"),
             epochs=self.epochs,
+            null_permutations=self.null_permutations,
             sae_dtype=self.sae_dtype,
             dtype=self.dtype,
         )
@@ -90,6 +98,7 @@ class SweepConfig(Execution):
         out += [("n_features", v, replace(base, n_features=v)) for v in self.n_features]
         out += [("l1", v, replace(base, l1=v)) for v in self.l1]
         out += [("reduction", v, replace(base, reduction=v)) for v in self.reductions]
+        out += [("node_score", v, replace(base, node_score=v)) for v in self.node_scores]
         return out
 
 
@@ -136,7 +145,14 @@ def _sweep_unit(config: SweepConfig, out: str, index: int, seed: int, *, progres
     sites = find_sites(lm.model)
     ref = load_reference(config.reference, sites.n_layers, sites.n_heads)
     cfg = replace(cfg, seed=seed)
-    result = sae_discover(got.positives, got.negatives, n_train=cfg.n_train, sae=cfg.sae_config())
+    result = sae_discover(
+        got.positives,
+        got.negatives,
+        n_train=cfg.n_train,
+        sae=cfg.sae_config(),
+        node_score=cfg.node_score,
+        permutations=cfg.null_permutations,
+    )
     record = {}
     for name, ranking in (("node", result.node), ("edge", result.edge)):
         assert ranking is not None
@@ -156,7 +172,8 @@ def _report(results: dict[str, Any]) -> str:
         f"# SAE robustness sweep: {s['task']} vs {s['reference']}",
         "",
         f"ROC AUC over heads, mean +- std over {s['seeds']} seeds; one setting varied at a time "
-        "(others at the defaults: 10 training prompts, 200 features, the task's lambda, mean).",
+        "(others at the defaults: 10 training prompts, 200 features, the task's lambda, mean, "
+        "count).",
         "",
         "| setting | value | node AUC | edge AUC | SAE seconds |",
         "| --- | --- | ---: | ---: | ---: |",
