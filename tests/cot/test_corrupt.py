@@ -53,3 +53,11 @@ def test_corrupt_rate_reaches_training_and_the_stats(tmp_path):
         DataConfig("lis", 6, "direct", corrupt_rate=0.1)
     with pytest.raises(CircuitlabError, match=r"in \[0, 1\]"):
         DataConfig("lis", 6, "cot", corrupt_rate=1.5)
+
+
+def test_fresh_test_problems_are_never_corrupted() -> None:
+    from circuitlab.cot.train import fresh_test
+
+    clean = TrainConfig(task="lis", size=6, num=100, test_num=10, seed=2)
+    noisy = dataclasses.replace(clean, corrupt_rate=0.5)
+    assert (fresh_test(clean, 50).ids == fresh_test(noisy, 50).ids).all()

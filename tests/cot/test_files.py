@@ -102,3 +102,26 @@ def test_bad_data_files_are_one_line_errors(tmp_path: Path, write, message) -> N
 def test_data_with_generation_settings_is_an_error() -> None:
     with pytest.raises(CircuitlabError, match="--data trains on the file as it is"):
         TrainConfig(task="arithmetic", size=2, data_file="x.jsonl", under=True)
+
+
+def test_a_data_file_run_may_generate_as_long_as_its_model(tmp_path: Path) -> None:
+    """Official CoT test lines hold the answer alone: the generation budget must not be
+    measured on them, or a chain is cut before its answer."""
+    from circuitlab.cot.model import GPT
+    from circuitlab.cot.train import generation_budget
+
+    task = get_task("arithmetic")
+    config = TrainConfig(task="arithmetic", size=4, num=40, test_num=4, seed=2)
+    examples = task.to_examples(prepare_batch(config), 4, config.data.task_arg)
+    chain = tmp_path / "Data" / "chain"
+    chain.mkdir(parents=True)
+    (chain / "train_data.txt").write_text("".join(task.text(e, "cot") + "\n" for e in examples))
+    (chain / "test_data.txt").write_text(f"{examples[0].question} =\n")
+    (chain / "test_ans.txt").write_text(f"{examples[0].answer}\n")
+    on_files = TrainConfig(task="arithmetic", size=4, data_file=str(tmp_path / "Data"))
+    prepared = prepare(on_files)
+    model = GPT(prepared.model_config)
+    longest = int((prepared.train.lengths - prepared.train.prompt).max())
+    assert int((prepared.test.lengths - prepared.test.prompt).max()) + 8 < longest
+    assert generation_budget(on_files, model) == model.config.max_len >= longest
+    assert generation_budget(config, model) is None  # generated data: the references' own

@@ -240,6 +240,9 @@ def test_a_sweep_file_varies_any_field_as_an_axis(tmp_path: Path) -> None:
         (('positions = ["sinusoidal", "alibi"]', 'positions = ["rope"]'), "positions must be"),
         (('name = "positions"', "eval_sizes = 7"), "eval_sizes must be a list"),
         (('name = "positions"', "eval_sizes = [1]"), "size"),
+        (('name = "positions"', "eval_sizes = [40]"), "values"),  # numbers below 30 at n=40
+        (("seeds = [3]", "seeds = 3"), "seeds must be a list of integers"),
+        (("cot_layers = 1", 'cot_layers = "x"'), "cot_layers must be an integer"),
     ],
 )
 def test_a_bad_sweep_file_is_one_clear_error(tmp_path: Path, change, message) -> None:
@@ -253,4 +256,14 @@ def test_eval_sizes_with_learned_positions_is_refused_before_training(tmp_path: 
     path = tmp_path / "learned.toml"
     path.write_text(EVAL_SIZES + SWEEP_FILE.replace('"sinusoidal", "alibi"', '"learned"'))
     with pytest.raises(CircuitlabError, match="eval_sizes needs positions sinusoidal or alibi"):
+        sweep.get_profile(str(path))
+
+
+def test_axes_over_recipe_fields_are_refused_under_the_official_recipe(tmp_path: Path) -> None:
+    """replace() of a resolved official config cannot undo the recipe: a point named
+    batching-length would train with shuffled batches."""
+    path = tmp_path / "recipe.toml"
+    text = SWEEP_FILE.replace("[train]", '[train]\nrecipe = "official"')
+    path.write_text(text.replace('positions = ["sinusoidal", "alibi"]', 'batching = ["length"]'))
+    with pytest.raises(CircuitlabError, match="batching under recipe official"):
         sweep.get_profile(str(path))

@@ -8,6 +8,10 @@ AMSBench's letter-prefixed strings ["A. ...", "B. ..."], or one string that lett
 ("A. 10 Ω B. 20 Ω" or "(A) 10 Ω (B) 20 Ω"). Every malformed row is an error that names the
 file, the row (JSONL: its line) and what is wrong with it.
 
+Over 500 lines: the reader, the prompts and parsers of both protocols, and the scoring of
+both backends (in-process and a server) share MCQ and MCQConfig here; splitting the reader
+and the reply parsers into modules of their own is the next step.
+
 Modes:
 - loglik, scoring "option" (default): each option's text is scored as the model's reply to
   the question, by its mean log-probability per token ("sum" to add them up instead);

@@ -17,7 +17,7 @@ from rich.table import Table
 from circuitlab.core.commands import config_options
 from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.progress import progress_bar
-from circuitlab.cot.config import SweepSettings, TrainConfig
+from circuitlab.cot.config import FRESH_PROBLEMS, SweepSettings, TrainConfig
 from circuitlab.cot.data import DataConfig, output_paths, write_dataset
 
 app = typer.Typer(
@@ -112,7 +112,7 @@ def evaluate(
         None,
         help="Evaluate on fresh problems of this size instead (length generalisation: "
         "larger than trained needs positions sinusoidal or alibi); --test-num sets how "
-        "many \\[default: 1000].",
+        f"many \\[default: {FRESH_PROBLEMS}].",
     ),
     samples: Path | None = typer.Option(
         None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from circuitlab.core.config import option, require
 from circuitlab.core.executor import Execution
@@ -67,6 +68,7 @@ class ModelShape:
         require(self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
 
 
+FRESH_PROBLEMS = 1000  # test problems `cot eval --size` draws when no count is given
 ARCHS = ("project", "official")
 POSITIONS = ("sinusoidal", "learned", "alibi")
 
@@ -116,7 +118,9 @@ class TrainConfig(ModelShape):
     )
     under: bool = option(False, UNDER_HELP)
     corrupt_rate: float = option(0.0, CORRUPT_HELP)
-    data_file: str | None = option(None, DATA_FILE_HELP, flags=("--data",))
+    data_file: str | None = option(
+        None, DATA_FILE_HELP, flags=("--data",), parse=lambda text: str(Path(text).resolve())
+    )
     epochs: int = option(10, "Passes over the training set.")
     batch_size: int = option(128, "Sequences per step.")
     lr: float = option(1e-4, "Peak AdamW learning rate.")
@@ -132,7 +136,7 @@ class TrainConfig(ModelShape):
     lr_step: str = option(
         "step",
         "step (the schedule advances every optimizer step) or epoch (official: once per "
-        "epoch, as transformers' get_scheduler, so epoch 0 trains at lr 0).",
+        "epoch, as transformers' get_scheduler; with a warmup epoch, epoch 0 trains at lr 0).",
     )
     batching: str = option(
         "length",

@@ -2,9 +2,10 @@
 
 The paper's metric is final-answer accuracy: the tokens before `<eos>` equal the answer.
 The official code's evaluation differs per task: arithmetic and equations read the answer
-of a generation, LIS and ED (and every direct model) ask the whole continuation through
-`<eos>` to be right, teacher-forced; greedy exact match is the same test (teacher forcing
-gets every token right exactly when greedy decoding writes the reference). That is
+of a generation, LIS (and every direct model) asks the whole continuation through `<eos>`
+to be right, teacher-forced (ED CoT has no official evaluation; it is scored as LIS);
+greedy exact match is the same test (teacher forcing gets every token right exactly when
+greedy decoding writes the reference). That is
 `sequence_accuracy`, and `official_accuracy` is the metric the official code reports for
 the task. Neither says why a chain is wrong, so every CoT generation also goes through the
 task's step verifier, which gives chain accuracy (every step valid and the answer right;
@@ -36,8 +37,9 @@ class Scored:
     exact: bool = False  # the continuation equals the reference's, `<eos>` included
 
 
-# Tasks whose official evaluation scores the whole CoT continuation (LIS/eval.py, and ED
-# through test.py's teacher-forced exact match); the others read the generated answer.
+# Tasks whose CoT is scored on the whole continuation: LIS as its official eval.py does;
+# ED by analogy (the official code has no ED CoT evaluation: ED/ has no eval.py). The
+# others read the generated answer, as arithmetic/ and equation/eval.py do.
 SEQUENCE_METRIC_TASKS = ("lis", "ed")
 
 
@@ -151,18 +153,22 @@ def evaluate_model(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     samples: list[dict[str, object]] | None = None,
+    max_new: int | None = None,
 ) -> EvalResult:
     """Greedy-decode every test question and score it.
 
     Prompts of equal length are batched together (absolute positions forbid left padding),
     so there is no padding at all in generation. `samples`, when given, receives one
-    record per question in test-split order (`sample_record`).
+    record per question in test-split order (`sample_record`). `max_new` bounds the
+    generation when the test split's references are shorter than a chain can be (the
+    official CoT test files hold the answer alone).
     """
     was_training = model.training
     model.eval()
     scored: list[Scored | None] = [None] * len(test)
     records: list[dict[str, object] | None] = [None] * len(test)
-    max_new = int((test.lengths - test.prompt).max(initial=1)) + 8
+    if max_new is None:  # the references' longest continuation, and room for a wrong one
+        max_new = int((test.lengths - test.prompt).max(initial=1)) + 8
     for plen in np.unique(test.prompt):
         rows = np.flatnonzero(test.prompt == plen)
         for start in range(0, len(rows), batch_size):
@@ -175,7 +181,9 @@ def evaluate_model(
                 reference = vocab.decode(seq[plen : test.lengths[row]])
                 _, ref_answer = task.format.split(reference)
                 text = vocab.decode(generated)
-                exact = bool((generated == EOS_ID).any()) and text == reference
+                ends = np.flatnonzero(generated == EOS_ID)
+                want = seq[plen : test.lengths[row]]  # through the reference's <eos>
+                exact = bool(len(ends)) and np.array_equal(generated[: ends[0] + 1], want)
                 scored[row] = score(task, question, text, ref_answer, fmt, p, exact)
                 if samples is not None:
                     records[row] = sample_record(task, question, text, reference, scored[row])

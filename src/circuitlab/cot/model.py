@@ -298,6 +298,8 @@ def official_name(name: str) -> str:
     a checkpoint of the official code loads (`load_official_state_dict`)."""
     if name in _OFFICIAL_NAMES:
         return _OFFICIAL_NAMES[name]
+    if not name.startswith("blocks."):
+        raise ValueError(f"the official model has no parameter like {name!r}")
     _, index, rest = name.split(".", 2)  # blocks.<i>.<module>.<weight|bias>
     module, kind = rest.rsplit(".", 1)
     return f"transformer.h.{index}.{_OFFICIAL_BLOCK[module]}.{kind}"

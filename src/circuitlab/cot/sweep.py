@@ -28,6 +28,7 @@ from circuitlab.core.errors import CircuitlabError
 from circuitlab.core.executor import Unit, check_executor, run_units
 from circuitlab.core.io import atomic_write_json, atomic_write_text, read_json
 from circuitlab.core.runs import RunDir
+from circuitlab.cot.config import OFFICIAL_RECIPE
 from circuitlab.cot.sweep_report import aggregate, plot_accuracy, report_markdown, to_csv
 from circuitlab.cot.train import TrainConfig, train
 
@@ -198,22 +199,44 @@ def load_profile(path: Path) -> Profile:
         config = TrainConfig(**{**base, **fields(extra, f"[[tasks]] {i + 1}"),
                                 "task": entry["task"], "size": sizes[0]})  # fmt: skip
         plans.append(TaskPlan(entry["task"], tuple(sizes), config))
-    axes = []
-    for name, values in fields_of_axes(data.get("axes", {}), where, names):
-        axes.append((name, values))
+    axes = fields_of_axes(data.get("axes", {}), where, names)
+    official = [p.task for p in plans if p.train.recipe == "official"]
+    recipe_axes = sorted({n for n, _ in axes} & {"recipe", *OFFICIAL_RECIPE})
+    require(not (official and recipe_axes),
+            f"{where}: [axes] {', '.join(recipe_axes)} under recipe official: the recipe "
+            "fixes these; vary recipe from the project recipe instead")  # fmt: skip
     profile = Profile(
-        str(data.get("name", path.stem)),
+        _text(data, "name", path.stem, where),
         tuple(plans),
-        cot_layers=int(data.get("cot_layers", 3)),
-        direct_layers=tuple(data.get("direct_layers", (3,))),
-        seeds=tuple(data.get("seeds", (2021,))),
-        note=str(data.get("note", f"custom sweep from {path.name}")),
+        cot_layers=_ints(data, "cot_layers", [3], where, one=True)[0],
+        direct_layers=_ints(data, "direct_layers", [3], where),
+        seeds=_ints(data, "seeds", [2021], where),
+        note=_text(data, "note", f"custom sweep from {path.name}", where),
         axes=tuple(axes),
         eval_sizes=_eval_sizes(data.get("eval_sizes", []), where),
     )
     for point in points(profile):  # builds (so validates) every point before anything runs
         _check_eval_sizes(point.config, profile.eval_sizes, where)
     return profile
+
+
+def _text(data: dict[str, Any], key: str, default: str, where: str) -> str:
+    value = data.get(key, default)
+    require(isinstance(value, str), f"{where}: {key} must be a string")
+    return value
+
+
+def _ints(
+    data: dict[str, Any], key: str, default: list[int], where: str, one: bool = False
+) -> tuple[int, ...]:
+    """A non-empty list of integers (`one`: a single integer) from the sweep file."""
+    value = data.get(key, default[0] if one else default)
+    values = [value] if one else value
+    ok = isinstance(values, list) and values and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values
+    )  # fmt: skip
+    require(ok, f"{where}: {key} must be {'an integer' if one else 'a list of integers'}")
+    return tuple(values)
 
 
 def _eval_sizes(values: Any, where: str) -> tuple[int, ...]:
@@ -231,10 +254,13 @@ def _check_eval_sizes(config: TrainConfig, sizes: tuple[int, ...], where: str) -
     task, arg = get_task(config.task), config.data.task_arg
     require(config.positions != "learned",
             f"{where}: eval_sizes needs positions sinusoidal or alibi, not learned")  # fmt: skip
+    require(not config.data_file, f"{where}: eval_sizes draws fresh problems: not with --data")
     for size in sizes:
-        task.check_size(size)
         require(task.vocab(size, arg) == task.vocab(config.size, arg),
                 f"{where}: eval_sizes {size}: {task.name}'s vocabulary differs there")  # fmt: skip
+        # the data fresh_test draws: DataConfig checks size and value range
+        dataclasses.replace(config.data, size=size, num=1, test_num=0, under=False,
+                            corrupt_rate=0.0)  # fmt: skip
 
 
 def fields_of_axes(table: Any, where: str, names: set[str]) -> list[tuple[str, tuple[Any, ...]]]:
@@ -339,9 +365,10 @@ def _train_point(
     at_size = {}
     for size in eval_sizes:
         done = eval_path(path, size)
-        scored = read_json(done) if done.exists() else rescore(
-            path, size=size, test_num=config.test_num, device=config.device
-        )  # fmt: skip
+        scored = read_json(done) if done.exists() else None
+        if scored is None or scored.get("fresh_problems") != config.test_num:
+            # (a `cot eval --size` of another count wrote the same file: score it anew)
+            scored = rescore(path, size=size, test_num=config.test_num, device=config.device)
         at_size[str(size)] = scored["official_accuracy"]
     return {**result, "at_size": at_size} if at_size else result
 

@@ -8,12 +8,9 @@ import csv
 import io
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from circuitlab.core.plotting import save_figure
-
-if TYPE_CHECKING:
-    from circuitlab.cot.sweep import Profile
 
 
 def _variant(result: dict[str, Any]) -> str:
@@ -83,7 +80,9 @@ OFFICIAL: dict[tuple[str, int], dict[str, float]] = {
 OFFICIAL_COT_MIN = 0.9946  # CoT (3 layers) reached at least this everywhere
 
 
-def report_markdown(profile: Profile, rows: list[dict[str, Any]]) -> str:
+def report_markdown(profile: Any, rows: list[dict[str, Any]]) -> str:
+    """`profile` is a sweep.Profile (its name, note and eval_sizes; not imported, since the
+    sweep imports this module)."""
     variants = sorted({r["variant"] for r in rows}, key=_variant_order)
     lines = [
         f"# cot sweep, profile `{profile.name}`",

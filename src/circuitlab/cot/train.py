@@ -106,8 +106,9 @@ def fresh_test(config: TrainConfig, count: int, size: int | None = None) -> Sequ
         )
     seen = set(question_keys(generate_splits(config.data).train))
     draw = dataclasses.replace(
-        config.data, size=size, num=count, test_num=0, seed=config.data_seed + 1, under=False
-    )
+        config.data, size=size, num=count, test_num=0, seed=config.data_seed + 1, under=False,
+        corrupt_rate=0.0,
+    )  # fmt: skip
     batch = generate_splits(draw).train
     keep = np.array([k not in seen for k in question_keys(batch)], dtype=bool)
     return build_sequences(task, batch.select(keep), vocab, config.format)
@@ -445,7 +446,17 @@ def _evaluate(
         rows = np.linspace(0, len(test) - 1, limit).astype(np.int64)
         test = Sequences(test.ids[rows], test.lengths[rows], test.prompt[rows])
     arg = config.data.task_arg
-    return evaluate_model(model, task, vocab, test, config.format, arg, device=device)
+    budget = generation_budget(config, model)
+    return evaluate_model(
+        model, task, vocab, test, config.format, arg, device=device, max_new=budget
+    )
+
+
+def generation_budget(config: TrainConfig, model: GPT) -> int | None:
+    """New tokens a generation may take: None (the test references' longest plus 8) for
+    generated data; the model's whole length for --data files, whose official CoT test
+    lines hold no chain to measure by."""
+    return model.config.max_len if config.data_file else None
 
 
 def _accuracies(prefix: str, result: EvalResult) -> dict[str, Any]:
