@@ -295,6 +295,8 @@ def train(
 
     per_epoch = steps_per_epoch(prepared.train, config, world)
     total = per_epoch * config.epochs
+    # training problems each evaluation also scores: at most the test's cost again
+    fit_count = min(len(prepared.test), config.eval_examples)
     scaler = torch.amp.GradScaler(enabled=config.amp == "fp16" and device.type == "cuda")
     ids_all = torch.as_tensor(prepared.train.ids)
     labels_all = torch.as_tensor(
@@ -384,7 +386,7 @@ def train(
             )
             train_result = _evaluate(
                 model, task, vocab, prepared.train, config, device,
-                min(len(prepared.test), config.eval_examples),
+                fit_count,
             )  # fmt: skip
             tracker.log_metrics(
                 step=position["step"],
@@ -401,7 +403,6 @@ def train(
     save_checkpoint(run, model, optimizer, dict(position), keep=1)
     eval_start = time.perf_counter()
     result = _evaluate(model, task, vocab, prepared.test, config, device, None)
-    fit_count = min(len(prepared.test), config.eval_examples)  # at most the test's cost again
     on_train = _evaluate(model, task, vocab, prepared.train, config, device, fit_count)
     logged = run.metrics()
     if not any("eval_official_accuracy" in r and r["step"] == position["step"] for r in logged):
